@@ -1,0 +1,402 @@
+//! The HTTP surface: `POST /emit`, `GET /realtime` (SSE), `GET /history`, `GET /health`,
+//! `GET /schema`, and the demo page at `/`.
+
+use std::collections::HashSet;
+use std::future::Future;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
+
+use crate::channel::Channel;
+use crate::cursor::Cursor;
+use crate::realtime::{EmitError, Tidings};
+use crate::schema::ValidateError;
+use crate::sse::{StreamRequest, StreamSettings};
+use crate::store::{Range, StoreError};
+use crate::id::StreamId;
+
+/// An error at the HTTP edge: a status and a JSON body `{"error", "message", …}`.
+///
+/// 4xx bodies say what was wrong and what is allowed; 5xx bodies say nothing internal (the cause
+/// is logged).
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    extra: Option<Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            extra: None,
+        }
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    fn with(mut self, extra: Value) -> Self {
+        self.extra = Some(extra);
+        self
+    }
+
+    fn store(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the event store is unavailable; retry later",
+        )
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.code, "message": self.message });
+        if let (Some(Value::Object(extra)), Value::Object(map)) = (self.extra, &mut body) {
+            map.extend(extra);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<EmitError> for ApiError {
+    fn from(e: EmitError) -> Self {
+        match e {
+            EmitError::Channel(e) => ApiError::bad_request("invalid_channel", e.to_string()),
+            EmitError::Invalid(ValidateError::UnknownEvent { name, known }) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_event",
+                format!("unknown event {name:?}; known events: {known}"),
+            ),
+            EmitError::Invalid(e @ ValidateError::Invalid { .. }) => {
+                let message = e.to_string();
+                let ValidateError::Invalid { event, violations } = e else { unreachable!() };
+                let errors: Vec<Value> = violations
+                    .iter()
+                    .map(|v| json!({ "pointer": format!("/data{}", v.pointer), "message": v.message }))
+                    .collect();
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload", message)
+                    .with(json!({ "event": event, "errors": errors }))
+            }
+            EmitError::TooLarge { size, max } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("payload is {size} bytes; at most {max} are allowed"),
+            )
+            .with(json!({ "limit": max })),
+            EmitError::Serialize(e) => ApiError::bad_request("invalid_json", e.to_string()),
+            EmitError::Store(e) => ApiError::store(e),
+        }
+    }
+}
+
+/// The tidings routes, ready to serve or to nest into an application's own router.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = tidings::Tidings::from_config(tidings::Config::default()).await?;
+/// let app = axum::Router::new().nest("/realtime-api", tidings::router(rt));
+/// # let _ = app; Ok(()) }
+/// ```
+pub fn router(rt: Tidings) -> Router {
+    let max_body = rt.inner.config.limits.max_payload_bytes + 1024;
+    Router::new()
+        .route("/", get(index))
+        .route("/emit", post(emit).layer(DefaultBodyLimit::max(max_body)))
+        .route("/realtime", get(realtime))
+        .route("/history", get(history))
+        .route("/health", get(health))
+        .route("/schema", get(schema))
+        .fallback(not_found)
+        .with_state(rt)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` completes, then drains connections.
+///
+/// # Errors
+/// The listener's I/O error.
+pub async fn serve(
+    listener: TcpListener,
+    rt: Tidings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(rt)).with_graceful_shutdown(shutdown).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; routes are POST /emit, GET /realtime, GET /history, GET /health, GET /schema",
+    )
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("../web/index.html"))
+}
+
+async fn schema(State(rt): State<Tidings>) -> Json<Value> {
+    Json(rt.registry().file().root.clone())
+}
+
+async fn health(State(rt): State<Tidings>) -> Response {
+    let (channels, subscribers) = rt.inner.hub.stats();
+    let store = rt.store().kind();
+    match rt.store().ping().await {
+        Ok(()) => Json(json!({
+            "status": "ok",
+            "store": store,
+            "channels_watched": channels,
+            "subscribers": subscribers,
+        }))
+        .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: store does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "unavailable", "store": store })),
+            )
+                .into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmitBody {
+    channel: String,
+    event: String,
+    data: Value,
+}
+
+fn check_key(rt: &Tidings, headers: &HeaderMap) -> Result<(), ApiError> {
+    let unauthorized = |m: &str| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m.to_string())
+    };
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing Authorization header; send Authorization: Bearer <emit key>"))?;
+    let given = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("Authorization must be Bearer <emit key>"))?;
+    if !constant_time_eq(given.trim().as_bytes(), rt.emit_key().as_bytes()) {
+        return Err(unauthorized("wrong emit key"));
+    }
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn emit(
+    State(rt): State<Tidings>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    check_key(&rt, &headers)?;
+    let max = rt.inner.config.limits.max_payload_bytes;
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body is larger than allowed; payloads may be at most {max} bytes"),
+            )
+            .with(json!({ "limit": max }))
+        } else {
+            ApiError::bad_request("invalid_body", r.body_text())
+        }
+    })?;
+    let req: EmitBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("{e}; expected {{\"channel\": string, \"event\": string, \"data\": payload}}"),
+        )
+    })?;
+    let channel = Channel::new(&req.channel).map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
+    let id = rt.emit_json(&channel, &req.event, &req.data).await?;
+    Ok(Json(json!({ "id": id })))
+}
+
+/// Query parameters, where `channel` may repeat.
+fn parse_query(raw: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn one<'a>(query: &'a [(String, String)], key: &str) -> Result<Option<&'a str>, ApiError> {
+    let mut found = query.iter().filter(|(k, _)| k == key);
+    let first = found.next().map(|(_, v)| v.as_str());
+    if found.next().is_some() {
+        return Err(ApiError::bad_request("invalid_query", format!("parameter {key:?} given more than once")));
+    }
+    Ok(first)
+}
+
+fn known_keys(query: &[(String, String)], allowed: &[&str]) -> Result<(), ApiError> {
+    match query.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+        Some((k, _)) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("unknown parameter {:?}; allowed are {}", k.chars().take(64).collect::<String>(), allowed.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+async fn realtime(
+    State(rt): State<Tidings>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = parse_query(raw.as_deref());
+    known_keys(&query, &["channel", "events", "cursor"])?;
+    let limits = &rt.inner.config.limits;
+
+    let mut channels: Vec<Channel> = Vec::new();
+    for (_, value) in query.iter().filter(|(k, _)| k == "channel") {
+        for name in value.split(',') {
+            let channel = Channel::new(name).map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
+            if !channels.contains(&channel) {
+                channels.push(channel);
+            }
+        }
+    }
+    if channels.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_channel",
+            "no channel given; add ?channel=<name> (repeat it, or separate names with commas, for more)",
+        ));
+    }
+    if channels.len() > limits.max_channels {
+        return Err(ApiError::bad_request(
+            "too_many_channels",
+            format!("{} channels requested; at most {} per connection", channels.len(), limits.max_channels),
+        )
+        .with(json!({ "limit": limits.max_channels })));
+    }
+
+    let events = match one(&query, "events")? {
+        None | Some("") => None,
+        Some(list) => {
+            let mut set = HashSet::new();
+            for name in list.split(',') {
+                if !rt.registry().contains(name) {
+                    return Err(ApiError::bad_request(
+                        "unknown_event",
+                        format!(
+                            "unknown event {:?} in events; known events: {}",
+                            name.chars().take(64).collect::<String>(),
+                            rt.registry().event_names().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+                set.insert(name.to_string());
+            }
+            Some(set)
+        }
+    };
+
+    // A browser's reconnect sends the newest cursor as Last-Event-ID, while its URL still holds
+    // whatever cursor it first connected with: the header wins.
+    let header_cursor = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::bad_request("invalid_cursor", "Last-Event-ID is not visible ASCII; send the id: of the last event seen")
+        })?),
+    };
+    let cursor_text = match header_cursor {
+        Some(h) if !h.is_empty() => Some(h),
+        _ => one(&query, "cursor")?,
+    };
+    let cursor = match cursor_text {
+        None | Some("") => None,
+        Some(text) => Some(Cursor::parse(text).map_err(|e| ApiError::bad_request("invalid_cursor", e.to_string()))?),
+    };
+
+    let sub = rt.inner.hub.subscribe(&channels).await.map_err(ApiError::store)?;
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let settings = StreamSettings {
+        heartbeat: rt.inner.config.heartbeat,
+        retry: rt.inner.config.retry,
+    };
+    tokio::spawn(crate::sse::run(
+        rt.store().clone(),
+        StreamRequest { channels, events, cursor },
+        sub,
+        settings,
+        tx,
+    ));
+    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+async fn history(State(rt): State<Tidings>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+    let query = parse_query(raw.as_deref());
+    known_keys(&query, &["channel", "limit", "after", "before"])?;
+    let name = one(&query, "channel")?
+        .ok_or_else(|| ApiError::bad_request("invalid_channel", "no channel given; add ?channel=<name>"))?;
+    let channel = Channel::new(name).map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
+    let max = rt.inner.config.limits.max_history;
+    let limit = match one(&query, "limit")? {
+        None => 100.min(max),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if n >= 1 => n.min(max),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_limit",
+                    format!("limit must be a whole number from 1 to {max} (larger values are capped to {max})"),
+                ))
+            }
+        },
+    };
+    let id = |key: &str| -> Result<Option<StreamId>, ApiError> {
+        one(&query, key)?
+            .map(|t| t.parse::<StreamId>().map_err(|e| ApiError::bad_request("invalid_id", format!("{key}: {e}"))))
+            .transpose()
+    };
+    let range = match (id("after")?, id("before")?) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("invalid_query", "give after or before, not both"));
+        }
+        (Some(a), None) => Range::After(a),
+        (None, Some(b)) => Range::Before(b),
+        (None, None) => Range::Latest,
+    };
+    let entries = rt.channel(channel.as_str()).history(range, limit).await?;
+    Ok(Json(json!({ "channel": channel, "entries": entries })))
+}

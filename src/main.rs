@@ -1,0 +1,224 @@
+//! The `tidings` command: serve the schema's events, or emit and tail from a terminal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tidings::{Config, Limits, Retention, Tidings};
+
+#[derive(Parser)]
+#[command(name = "tidings", version, about = "Typed realtime events: validated emits, capped streams, SSE with exact resume.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Emit one event through a running server's POST /emit.
+    Emit {
+        /// Channel name, e.g. room:1.
+        channel: String,
+        /// Event name, e.g. chat.message.
+        event: String,
+        /// The payload as JSON, e.g. '{"text":"hi","user":"ada"}'.
+        data: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print events of one or more channels as they arrive (GET /realtime).
+    Tail {
+        /// Channel names.
+        #[arg(required = true)]
+        channels: Vec<String>,
+        /// Resume from this cursor (the id: of an earlier event) instead of starting live.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TIDINGS_BIND", default_value = "127.0.0.1:3000")]
+    bind: SocketAddr,
+    /// The event schema.
+    #[arg(long, env = "TIDINGS_SCHEMA", default_value = "schema/events.json")]
+    schema: PathBuf,
+    /// Redis URL; without it events live in the embedded in-memory store.
+    #[arg(long, env = "REDIS_URL")]
+    redis: Option<String>,
+    /// Entries kept per channel (at least; Redis trims approximately).
+    #[arg(long, env = "TIDINGS_HISTORY_MAX_LEN", default_value_t = 1000)]
+    history_max_len: usize,
+    /// Drop a channel's history after this many seconds without an emit.
+    #[arg(long, env = "TIDINGS_HISTORY_TTL")]
+    history_ttl: Option<u64>,
+    /// Bearer key for POST /emit; generated and printed when not given.
+    #[arg(long, env = "TIDINGS_EMIT_KEY", hide_env_values = true)]
+    emit_key: Option<String>,
+    /// Seconds between SSE heartbeats.
+    #[arg(long, env = "TIDINGS_HEARTBEAT", default_value_t = 15)]
+    heartbeat: u64,
+    /// Channels one connection may watch.
+    #[arg(long, env = "TIDINGS_MAX_CHANNELS", default_value_t = 100)]
+    max_channels: usize,
+    /// Largest payload accepted, in bytes.
+    #[arg(long, env = "TIDINGS_MAX_PAYLOAD_BYTES", default_value_t = 65536)]
+    max_payload_bytes: usize,
+    /// Prefix of Redis keys.
+    #[arg(long, env = "TIDINGS_KEY_PREFIX", default_value = "tidings:")]
+    key_prefix: String,
+}
+
+#[derive(Args)]
+struct Remote {
+    /// The server's base URL.
+    #[arg(long, env = "TIDINGS_URL", default_value = "http://127.0.0.1:3000")]
+    url: String,
+    /// The emit key (for emit).
+    #[arg(long, env = "TIDINGS_EMIT_KEY", hide_env_values = true)]
+    key: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TIDINGS_LOG").unwrap_or_else(|_| "tidings=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Emit { channel, event, data, remote }) => emit(channel, event, data, remote).await,
+        Some(Command::Tail { channels, cursor, remote }) => tail(channels, cursor, remote).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let mut retention = Retention::default().max_len(args.history_max_len);
+    if let Some(ttl) = args.history_ttl {
+        retention = retention.ttl(Duration::from_secs(ttl));
+    }
+    let mut limits = Limits::default();
+    limits.max_channels = args.max_channels;
+    limits.max_payload_bytes = args.max_payload_bytes;
+    let mut config = Config::default()
+        .schema(&args.schema)
+        .retention(retention)
+        .heartbeat(Duration::from_secs(args.heartbeat.max(1)))
+        .key_prefix(args.key_prefix)
+        .limits(limits);
+    if let Some(url) = &args.redis {
+        config = config.redis_url(url);
+    }
+    let generated = args.emit_key.is_none();
+    if let Some(key) = args.emit_key {
+        config = config.emit_key(key);
+    }
+    let rt = Tidings::from_config(config).await?;
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.bind))?;
+    let addr = listener.local_addr()?;
+    let events: Vec<&str> = rt.registry().event_names().collect();
+    tracing::info!(
+        %addr,
+        store = rt.store().kind(),
+        schema = %args.schema.display(),
+        events = %events.join(", "),
+        "tidings is listening"
+    );
+    println!("tidings listening on http://{addr} ({} store, {} events)", rt.store().kind(), events.len());
+    if generated {
+        println!("emit key (generated; set TIDINGS_EMIT_KEY to choose one): {}", rt.emit_key());
+    }
+    tidings::serve(listener, rt, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn emit(channel: String, event: String, data: String, remote: Remote) -> Result<()> {
+    let data: serde_json::Value = serde_json::from_str(&data).context("the payload is not valid JSON")?;
+    let Some(key) = remote.key else {
+        bail!("no emit key: pass --key or set TIDINGS_EMIT_KEY (the server prints its key at start)");
+    };
+    let response = reqwest::Client::new()
+        .post(format!("{}/emit", remote.url.trim_end_matches('/')))
+        .bearer_auth(key)
+        .json(&serde_json::json!({ "channel": channel, "event": event, "data": data }))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {}", remote.url))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("{status}: {}", serde_json::to_string_pretty(&body)?);
+    }
+    println!("{}", body["id"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+async fn tail(channels: Vec<String>, cursor: Option<String>, remote: Remote) -> Result<()> {
+    use futures_util::StreamExt;
+    let mut url = reqwest::Url::parse(&format!("{}/realtime", remote.url.trim_end_matches('/')))?;
+    {
+        let mut q = url.query_pairs_mut();
+        for c in &channels {
+            q.append_pair("channel", c);
+        }
+        if let Some(c) = &cursor {
+            q.append_pair("cursor", c);
+        }
+    }
+    let response = reqwest::get(url).await.with_context(|| format!("cannot reach {}", remote.url))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        bail!("{status}: {}", response.text().await.unwrap_or_default());
+    }
+    let mut body = response.bytes_stream();
+    let mut pending = String::new();
+    let mut event = String::new();
+    while let Some(chunk) = body.next().await {
+        pending.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(end) = pending.find('\n') {
+            let line: String = pending.drain(..=end).collect();
+            let line = line.trim_end_matches(['\n', '\r']);
+            if let Some(name) = line.strip_prefix("event: ") {
+                event = name.to_string();
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                println!("{event}\t{data}");
+            } else if line.is_empty() {
+                event.clear();
+            }
+        }
+    }
+    eprintln!("stream ended by the server");
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! The SSE connection: replay from a cursor, then live events, one `id:` cursor for all channels.
+//!
+//! Frames (every field value is checked to be one line before it is written):
+//!
+//! ```text
+//! retry: 2000                           once, first: the reconnect delay hint
+//!
+//! id: room:1=1700000000000-0,room:2=0-0
+//! event: chat.message
+//! data: {"id":"1700000000000-0","channel":"room:1","event":"chat.message","data":{…}}
+//!
+//! id: room:1=…,room:2=…                 after history is replayed: the cursor so far
+//! event: tidings.ready
+//! data: {"cursor":"…","channels":["room:1","room:2"]}
+//!
+//! id: …                                 history after the client's cursor was trimmed
+//! event: tidings.reset
+//! data: {"channel":"room:1","oldest":"1700000000005-0","cursor":"…"}
+//!
+//! : heartbeat                           every heartbeat interval
+//!
+//! id: …                                 the client fell behind and is disconnected
+//! event: tidings.lagged
+//! data: {"reason":"…","cursor":"…"}
+//! ```
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use tokio::sync::mpsc;
+
+use crate::channel::Channel;
+use crate::cursor::Cursor;
+use crate::envelope::write_envelope;
+use crate::hub::{Delivery, Subscription};
+use crate::id::StreamId;
+use crate::store::{Entry, Store, StoreError};
+
+/// Entries read per channel per replay page.
+const REPLAY_PAGE: usize = 500;
+/// Frames are gathered into chunks of about this size before they are written.
+const CHUNK: usize = 32 * 1024;
+
+/// What one SSE connection asked for, already checked.
+pub(crate) struct StreamRequest {
+    pub channels: Vec<Channel>,
+    pub events: Option<HashSet<String>>,
+    pub cursor: Option<Cursor>,
+}
+
+pub(crate) struct StreamSettings {
+    pub heartbeat: Duration,
+    pub retry: Duration,
+}
+
+/// Writes frames into `out` and sends them to the client as chunks.
+struct Writer {
+    out: mpsc::Sender<Bytes>,
+    buf: String,
+}
+
+struct Gone;
+
+impl Writer {
+    async fn flush(&mut self) -> Result<(), Gone> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.buf));
+        self.out.send(chunk).await.map_err(|_| Gone)
+    }
+
+    async fn maybe_flush(&mut self) -> Result<(), Gone> {
+        if self.buf.len() >= CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn frame(&mut self, cursor: &Cursor, event: &str, data: impl FnOnce(&mut String)) {
+        let _ = write!(self.buf, "id: {cursor}\nevent: {event}\ndata: ");
+        data(&mut self.buf);
+        self.buf.push_str("\n\n");
+    }
+
+    fn entry(&mut self, cursor: &Cursor, channel: &Channel, entry: &Entry) {
+        let event = entry.event.clone();
+        self.frame(cursor, &event, |b| write_envelope(b, channel, entry));
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+/// One channel's replay in progress.
+struct ReplayState {
+    channel: Channel,
+    buf: VecDeque<Entry>,
+    after: StreamId,
+    done: bool,
+}
+
+async fn fill(store: &dyn Store, r: &mut ReplayState) -> Result<(), StoreError> {
+    let page = store.replay(&r.channel, r.after, REPLAY_PAGE).await?;
+    r.done = page.entries.len() < REPLAY_PAGE;
+    if let Some(last) = page.entries.last() {
+        r.after = last.id;
+    }
+    r.buf.extend(page.entries);
+    Ok(())
+}
+
+/// Runs one connection until the client goes away, the hub drops it, or the store fails.
+pub(crate) async fn run(
+    store: Arc<dyn Store>,
+    req: StreamRequest,
+    mut sub: Subscription,
+    settings: StreamSettings,
+    out: mpsc::Sender<Bytes>,
+) {
+    let mut w = Writer {
+        out,
+        buf: String::with_capacity(1024),
+    };
+    let _ = write!(w.buf, "retry: {}\n\n", settings.retry.as_millis());
+    let mut cursor = Cursor::default();
+    for (channel, pos) in &sub.start {
+        cursor.set(channel, *pos);
+    }
+    let wanted = |event: &str| req.events.as_ref().is_none_or(|set| set.contains(event));
+
+    if let Some(given) = &req.cursor {
+        match replay(&*store, &req, given, &mut cursor, &mut w, &wanted).await {
+            Ok(()) => {}
+            Err(ReplayError::Gone) => return,
+            Err(ReplayError::Store(e)) => {
+                // Ending the stream makes the client reconnect with its cursor and try again.
+                tracing::warn!(error = %e, "replay failed; closing the stream");
+                let _ = w.flush().await;
+                return;
+            }
+        }
+    }
+
+    let channels: Vec<String> = req.channels.iter().map(|c| json_str(c.as_str())).collect();
+    let text = cursor.to_string();
+    w.frame(&cursor, "tidings.ready", |b| {
+        let _ = write!(b, r#"{{"cursor":{},"channels":[{}]}}"#, json_str(&text), channels.join(","));
+    });
+    if w.flush().await.is_err() {
+        return;
+    }
+
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + settings.heartbeat, settings.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = w.out.closed() => return,
+            next = sub.rx.recv() => {
+                let Some(d) = next else {
+                    let reason = if sub.kicked() {
+                        "fell behind the live stream; reconnect with Last-Event-ID (the id of this frame) to resume"
+                    } else {
+                        "server is shutting down; reconnect with Last-Event-ID to resume"
+                    };
+                    let text = cursor.to_string();
+                    w.frame(&cursor, "tidings.lagged", |b| {
+                        let _ = write!(b, r#"{{"reason":{},"cursor":{}}}"#, json_str(reason), json_str(&text));
+                    });
+                    let _ = w.flush().await;
+                    return;
+                };
+                live(&mut w, &mut cursor, &d, &wanted);
+                while w.buf.len() < CHUNK {
+                    match sub.rx.try_recv() {
+                        Ok(d) => live(&mut w, &mut cursor, &d, &wanted),
+                        Err(_) => break,
+                    }
+                }
+                if w.flush().await.is_err() {
+                    return;
+                }
+            }
+            _ = heartbeat.tick() => {
+                w.buf.push_str(": heartbeat\n\n");
+                if w.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn live(w: &mut Writer, cursor: &mut Cursor, d: &Delivery, wanted: &impl Fn(&str) -> bool) {
+    let pos = cursor.get(&d.channel).unwrap_or(StreamId::ZERO);
+    if d.entry.id <= pos {
+        return; // already sent during replay
+    }
+    cursor.set(&d.channel, d.entry.id);
+    if wanted(&d.entry.event) {
+        w.entry(cursor, &d.channel, &d.entry);
+    }
+}
+
+enum ReplayError {
+    Gone,
+    Store(StoreError),
+}
+
+impl From<Gone> for ReplayError {
+    fn from(_: Gone) -> Self {
+        ReplayError::Gone
+    }
+}
+
+impl From<StoreError> for ReplayError {
+    fn from(e: StoreError) -> Self {
+        ReplayError::Store(e)
+    }
+}
+
+/// Sends every entry after the given cursor, merged across channels in id order, with a reset
+/// frame first for each channel whose history after the cursor is gone.
+async fn replay(
+    store: &dyn Store,
+    req: &StreamRequest,
+    given: &Cursor,
+    cursor: &mut Cursor,
+    w: &mut Writer,
+    wanted: &impl Fn(&str) -> bool,
+) -> Result<(), ReplayError> {
+    let mut states = Vec::new();
+    for channel in &req.channels {
+        let Some(after) = given.get(channel) else { continue };
+        let page = store.replay(channel, after, REPLAY_PAGE).await?;
+        let mut state = ReplayState {
+            channel: channel.clone(),
+            buf: VecDeque::new(),
+            after,
+            done: page.entries.len() < REPLAY_PAGE,
+        };
+        if let Some(t) = &page.trimmed {
+            state.after = t.resume_from;
+            cursor.set(channel, t.resume_from);
+            let text = cursor.to_string();
+            let oldest = t.oldest.map_or("null".to_string(), |id| json_str(&id.to_string()));
+            w.frame(cursor, "tidings.reset", |b| {
+                let _ = write!(
+                    b,
+                    r#"{{"channel":{},"oldest":{},"cursor":{}}}"#,
+                    json_str(channel.as_str()),
+                    oldest,
+                    json_str(&text)
+                );
+            });
+        } else {
+            cursor.set(channel, after);
+        }
+        if let Some(last) = page.entries.last() {
+            state.after = last.id;
+        }
+        state.buf.extend(page.entries);
+        states.push(state);
+    }
+    loop {
+        // Take the oldest head among channels so a replay reads in the order events happened.
+        let next = states
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.buf.front().map(|e| (e.id, i)))
+            .min();
+        let Some((_, i)) = next else { break };
+        let state = &mut states[i];
+        let entry = state.buf.pop_front().expect("head exists");
+        if entry.id > cursor.get(&state.channel).unwrap_or(StreamId::ZERO) {
+            cursor.set(&state.channel, entry.id);
+            if wanted(&entry.event) {
+                w.entry(cursor, &state.channel, &entry);
+            }
+        }
+        if state.buf.is_empty() && !state.done {
+            fill(store, state).await?;
+        }
+        w.maybe_flush().await?;
+    }
+    Ok(())
+}

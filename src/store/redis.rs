@@ -1,0 +1,518 @@
+//! Redis Streams: one stream per channel, capped with `XADD … MAXLEN ~`.
+//!
+//! Connections: writes and history reads go through one [`ConnectionManager`] with an explicit
+//! response timeout; the blocking `XREAD` of [`Store::tail`] runs on its own connection with no
+//! response timeout, because redis-rs would otherwise time it out and stall every command queued
+//! behind it. So a node holds two connections to Redis however many clients it serves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Value};
+
+use super::{Entry, Range, Replay, Retention, Store, StoreError, TailBatch, Trimmed};
+use crate::channel::Channel;
+use crate::id::StreamId;
+
+/// Reads the stream's trim state and a page of entries in one atomic step, so the answer to
+/// "was anything after this cursor trimmed?" and the entries returned describe the same moment.
+const REPLAY_LUA: &str = r#"
+local key = KEYS[1]
+if redis.call('EXISTS', key) == 0 then return {0} end
+local info = redis.call('XINFO', 'STREAM', key)
+local last, maxdel, first = '0-0', '0-0', ''
+for i = 1, #info, 2 do
+  local k = info[i]
+  if k == 'last-generated-id' then last = info[i + 1]
+  elseif k == 'max-deleted-entry-id' then maxdel = info[i + 1]
+  elseif k == 'first-entry' then
+    local fe = info[i + 1]
+    if type(fe) == 'table' then first = fe[1] end
+  end
+end
+return {1, last, maxdel, first, redis.call('XRANGE', key, '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
+"#;
+
+/// How to reach Redis and how to name keys.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidings::{RedisOptions, Retention};
+/// let opts = RedisOptions::new("redis://127.0.0.1:6379")
+///     .key_prefix("myapp:")
+///     .retention(Retention::default().max_len(5000))
+///     .timeout(Duration::from_secs(1));
+/// assert_eq!(opts.key_prefix, "myapp:");
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RedisOptions {
+    /// `redis://host:port/db` (or `rediss://`, `unix://`).
+    pub url: String,
+    /// Prefix of every key tidings writes. Default `tidings:`.
+    pub key_prefix: String,
+    /// History kept per channel.
+    pub retention: Retention,
+    /// Response timeout for writes and history reads (not for the blocking tail). Default 2 s.
+    pub timeout: Duration,
+}
+
+impl RedisOptions {
+    /// Options for the server at `url`, with defaults for the rest.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisOptions {
+            url: url.into(),
+            key_prefix: "tidings:".into(),
+            retention: Retention::default(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Sets [`RedisOptions::key_prefix`].
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Sets [`RedisOptions::retention`].
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Sets [`RedisOptions::timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// Channels as Redis Streams; several tidings nodes can share one Redis.
+pub struct RedisStore {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: String,
+    retention: Retention,
+    wake_key: String,
+    replay: redis::Script,
+    tail: tokio::sync::Mutex<TailState>,
+    timeout: Duration,
+}
+
+struct TailState {
+    conn: Option<MultiplexedConnection>,
+    wake_pos: StreamId,
+}
+
+impl RedisStore {
+    /// Connects to Redis.
+    ///
+    /// # Errors
+    /// [`StoreError::Redis`] when the URL is invalid or Redis cannot be reached in time.
+    pub async fn connect(opts: RedisOptions) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(opts.url.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(opts.timeout))
+            .set_connection_timeout(Some(opts.timeout))
+            .set_number_of_retries(2);
+        let mut conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        // '#' cannot occur in a channel name, so this key never collides with a channel's.
+        let wake_key = format!("{}#wake:{}", opts.key_prefix, random_node_id());
+        let wake_pos = last_entry_id(&mut conn, &wake_key).await?;
+        Ok(RedisStore {
+            client,
+            conn,
+            prefix: opts.key_prefix,
+            retention: opts.retention,
+            wake_key,
+            replay: redis::Script::new(REPLAY_LUA),
+            tail: tokio::sync::Mutex::new(TailState { conn: None, wake_pos }),
+            timeout: opts.timeout,
+        })
+    }
+
+    fn key(&self, channel: &Channel) -> String {
+        format!("{}{}", self.prefix, channel.as_str())
+    }
+
+    async fn tail_conn(&self, state: &mut TailState) -> Result<MultiplexedConnection, StoreError> {
+        if let Some(conn) = &state.conn {
+            return Ok(conn.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(None);
+        let conn = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+        state.conn = Some(conn.clone());
+        Ok(conn)
+    }
+}
+
+fn random_node_id() -> String {
+    use rand::Rng;
+    let n: u64 = rand::rng().random();
+    format!("{n:016x}")
+}
+
+async fn last_entry_id(conn: &mut ConnectionManager, key: &str) -> Result<StreamId, StoreError> {
+    let v: Value = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    Ok(parse_entries(key, v)?.last().map_or(StreamId::ZERO, |e| e.id))
+}
+
+fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn malformed(channel: &str, id: &str, problem: &str) -> StoreError {
+    StoreError::Malformed {
+        channel: channel.to_string(),
+        id: id.to_string(),
+        problem: problem.to_string(),
+    }
+}
+
+fn parse_id(channel: &str, v: &Value) -> Result<StreamId, StoreError> {
+    let s = text(v).ok_or_else(|| malformed(channel, "?", "id is not a string"))?;
+    s.parse().map_err(|e: crate::id::ParseIdError| malformed(channel, s, &e.to_string()))
+}
+
+/// Parses an `XRANGE`-shaped reply: `[[id, [field, value, …]], …]`.
+fn parse_entries(channel: &str, v: Value) -> Result<Vec<Entry>, StoreError> {
+    let items = match v {
+        Value::Array(items) => items,
+        Value::Nil => return Ok(Vec::new()),
+        _ => return Err(malformed(channel, "?", "reply is not an array")),
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(parts) = item else {
+            return Err(malformed(channel, "?", "entry is not an array"));
+        };
+        let [id, Value::Array(fields)] = parts.as_slice() else {
+            return Err(malformed(channel, "?", "entry is not [id, fields]"));
+        };
+        let id = parse_id(channel, id)?;
+        let (mut event, mut data) = (None, None);
+        for pair in fields.chunks(2) {
+            match (text(&pair[0]), pair.get(1).and_then(text)) {
+                (Some("e"), Some(v)) => event = Some(v),
+                (Some("d"), Some(v)) => data = Some(v),
+                _ => {}
+            }
+        }
+        let (Some(event), Some(data)) = (event, data) else {
+            return Err(malformed(channel, &id.to_string(), "missing field e (event) or d (data)"));
+        };
+        out.push(Entry {
+            id,
+            event: Arc::from(event),
+            data: Arc::from(crate::envelope::one_line_json(data).as_ref()),
+        });
+    }
+    Ok(out)
+}
+
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn append<'a>(
+        &'a self,
+        channel: &'a Channel,
+        event: &'a str,
+        data: &'a str,
+    ) -> BoxFuture<'a, Result<StreamId, StoreError>> {
+        async move {
+            let key = self.key(channel);
+            let mut conn = self.conn.clone();
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.retention.max_len)
+                .arg("*")
+                .arg("e")
+                .arg(event)
+                .arg("d")
+                .arg(data);
+            let id: Value = match self.retention.ttl {
+                None => xadd.query_async(&mut conn).await?,
+                Some(ttl) => {
+                    let (id,): (Value,) = redis::pipe()
+                        .atomic()
+                        .add_command(xadd)
+                        .cmd("PEXPIRE")
+                        .arg(&key)
+                        .arg(ttl.as_millis() as u64)
+                        .ignore()
+                        .query_async(&mut conn)
+                        .await?;
+                    id
+                }
+            };
+            parse_id(channel.as_str(), &id)
+        }
+        .boxed()
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a Channel,
+        range: Range,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>> {
+        async move {
+            let key = self.key(channel);
+            let mut conn = self.conn.clone();
+            let (cmd, start, end, reverse) = match range {
+                Range::Latest => ("XREVRANGE", "+".to_string(), "-".to_string(), true),
+                Range::After(id) => ("XRANGE", format!("({id}"), "+".to_string(), false),
+                Range::Before(id) => ("XREVRANGE", format!("({id}"), "-".to_string(), true),
+            };
+            if matches!(range, Range::Before(id) if id == StreamId::ZERO) {
+                return Ok(Vec::new());
+            }
+            let v: Value = redis::cmd(cmd)
+                .arg(&key)
+                .arg(start)
+                .arg(end)
+                .arg("COUNT")
+                .arg(limit)
+                .query_async(&mut conn)
+                .await?;
+            let mut entries = parse_entries(channel.as_str(), v)?;
+            if reverse {
+                entries.reverse();
+            }
+            Ok(entries)
+        }
+        .boxed()
+    }
+
+    fn replay<'a>(
+        &'a self,
+        channel: &'a Channel,
+        after: StreamId,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Replay, StoreError>> {
+        async move {
+            let mut conn = self.conn.clone();
+            let v: Value = self
+                .replay
+                .key(self.key(channel))
+                .arg(after.to_string())
+                .arg(limit)
+                .invoke_async(&mut conn)
+                .await?;
+            let name = channel.as_str();
+            let Value::Array(mut parts) = v else {
+                return Err(malformed(name, "?", "replay reply is not an array"));
+            };
+            if parts.len() == 1 {
+                // No stream: a cursor past zero points into history that no longer exists.
+                return Ok(Replay {
+                    entries: Vec::new(),
+                    trimmed: (after > StreamId::ZERO).then_some(Trimmed {
+                        oldest: None,
+                        resume_from: after,
+                    }),
+                });
+            }
+            if parts.len() != 5 {
+                return Err(malformed(name, "?", "replay reply has the wrong length"));
+            }
+            let entries = parse_entries(name, parts.pop().unwrap_or(Value::Nil))?;
+            let oldest = match text(&parts[3]) {
+                Some("") | None => None,
+                Some(_) => Some(parse_id(name, &parts[3])?),
+            };
+            let last = parse_id(name, &parts[1])?;
+            let max_deleted = parse_id(name, &parts[2])?;
+            let trimmed = if after > last {
+                Some(Trimmed {
+                    oldest,
+                    resume_from: last,
+                })
+            } else if max_deleted > after {
+                Some(Trimmed {
+                    oldest,
+                    resume_from: max_deleted,
+                })
+            } else {
+                None
+            };
+            Ok(Replay { entries, trimmed })
+        }
+        .boxed()
+    }
+
+    fn last_id<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<StreamId, StoreError>> {
+        async move {
+            let mut conn = self.conn.clone();
+            last_entry_id(&mut conn, &self.key(channel)).await
+        }
+        .boxed()
+    }
+
+    fn tail<'a>(
+        &'a self,
+        positions: &'a [(Channel, StreamId)],
+        wait: Duration,
+        count: usize,
+    ) -> BoxFuture<'a, Result<Vec<TailBatch>, StoreError>> {
+        async move {
+            let mut state = self.tail.lock().await;
+            let mut conn = self.tail_conn(&mut state).await?;
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT").arg(count.max(1));
+            // BLOCK 0 would mean "forever".
+            cmd.arg("BLOCK").arg(wait.as_millis().max(1) as u64);
+            cmd.arg("STREAMS");
+            for (channel, _) in positions {
+                cmd.arg(self.key(channel));
+            }
+            cmd.arg(&self.wake_key);
+            for (_, pos) in positions {
+                cmd.arg(pos.to_string());
+            }
+            cmd.arg(state.wake_pos.to_string());
+            let reply: Value = match cmd.query_async(&mut conn).await {
+                Ok(v) => v,
+                Err(e) => {
+                    // Reconnect next time: the connection may be stuck mid-reply.
+                    state.conn = None;
+                    return Err(e.into());
+                }
+            };
+            let streams = match reply {
+                Value::Nil => return Ok(Vec::new()),
+                Value::Array(streams) => streams,
+                Value::Map(pairs) => pairs.into_iter().map(|(k, v)| Value::Array(vec![k, v])).collect(),
+                _ => return Err(malformed("*", "?", "XREAD reply is not an array")),
+            };
+            let index: HashMap<&str, usize> = positions
+                .iter()
+                .enumerate()
+                .map(|(i, (c, _))| (c.as_str(), i))
+                .collect();
+            let mut batches = Vec::new();
+            for stream in streams {
+                let Value::Array(mut kv) = stream else { continue };
+                if kv.len() != 2 {
+                    continue;
+                }
+                let entries_v = kv.pop().unwrap_or(Value::Nil);
+                let Some(key) = text(&kv[0]).map(str::to_owned) else { continue };
+                if key == self.wake_key {
+                    if let Some(last) = parse_entries(&key, entries_v)?.last() {
+                        state.wake_pos = last.id;
+                    }
+                    continue;
+                }
+                let Some(&i) = key.strip_prefix(&self.prefix).and_then(|name| index.get(name)) else {
+                    continue;
+                };
+                let channel = &positions[i].0;
+                let entries = parse_entries(channel.as_str(), entries_v)?;
+                if !entries.is_empty() {
+                    batches.push(TailBatch {
+                        channel: channel.clone(),
+                        entries,
+                        gap: false,
+                    });
+                }
+            }
+            drop(state);
+            self.check_gaps(positions, &index, &mut batches).await?;
+            Ok(batches)
+        }
+        .boxed()
+    }
+
+    fn wake(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            let mut conn = self.conn.clone();
+            redis::pipe()
+                .cmd("XADD")
+                .arg(&self.wake_key)
+                .arg("MAXLEN")
+                .arg(1)
+                .arg("*")
+                .arg("w")
+                .arg(1)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&self.wake_key)
+                .arg(3_600_000)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            let mut conn = self.conn.clone();
+            redis::cmd("PING").query_async::<()>(&mut conn).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+impl RedisStore {
+    /// Marks batches that may not follow on from their position: if the entry at the position
+    /// is still there, nothing after it was trimmed before the read (trimming removes oldest
+    /// first). If it is gone, it may have been trimmed before or after the read; the caller then
+    /// re-reads from its own cursor, which answers exactly.
+    async fn check_gaps(
+        &self,
+        positions: &[(Channel, StreamId)],
+        index: &HashMap<&str, usize>,
+        batches: &mut [TailBatch],
+    ) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        let mut checked = Vec::new();
+        for (b, batch) in batches.iter().enumerate() {
+            let pos = positions[index[batch.channel.as_str()]].1;
+            if pos > StreamId::ZERO {
+                let id = pos.to_string();
+                pipe.cmd("XRANGE")
+                    .arg(self.key(&batch.channel))
+                    .arg(&id)
+                    .arg(&id)
+                    .arg("COUNT")
+                    .arg(1);
+                checked.push(b);
+            }
+        }
+        if checked.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let found: Vec<Value> = pipe.query_async(&mut conn).await?;
+        for (b, v) in checked.into_iter().zip(found) {
+            let present = matches!(&v, Value::Array(a) if !a.is_empty());
+            batches[b].gap = !present;
+        }
+        Ok(())
+    }
+}
