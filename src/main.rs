@@ -143,6 +143,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     println!("tidings listening on http://{addr} ({} store, {} events)", rt.store().kind(), events.len());
     if generated {
         println!("emit key (generated; set TIDINGS_EMIT_KEY to choose one): {}", rt.emit_key());
+        println!("demo page, ready to emit: http://{addr}/#key={}", rt.emit_key());
+    } else {
+        println!("demo page: http://{addr}/ (emit key from TIDINGS_EMIT_KEY)");
     }
     tidings::serve(listener, rt, shutdown_signal()).await?;
     tracing::info!("stopped");

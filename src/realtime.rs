@@ -26,7 +26,7 @@ use crate::store::{MemoryStore, Range, RedisOptions, RedisStore, Store, StoreErr
 /// let rt = Tidings::from_config(Config::default()).await?;
 /// let id = rt
 ///     .channel("room:1")
-///     .emit(ChatMessage { text: "hello".into(), user: "ada".parse()?, reply_to: None, mentions: vec![] })
+///     .emit(ChatMessage { text: "hello".parse()?, user: "ada".parse()?, reply_to: None, mentions: vec![] })
 ///     .await?;
 /// println!("stored as {id}");
 /// # Ok(()) }

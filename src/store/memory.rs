@@ -74,11 +74,10 @@ impl MemoryStore {
     }
 
     fn shard(&self, channel: &Channel) -> MutexGuard<'_, HashMap<Channel, Stream>> {
-        use std::hash::{BuildHasher, Hash, Hasher};
+        use std::hash::BuildHasher;
         // A fixed hasher: shard choice only needs to be stable within the process.
-        let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
-        channel.hash(&mut h);
-        let i = (h.finish() as usize) % self.shards.len();
+        let hasher = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+        let i = (hasher.hash_one(channel) as usize) % self.shards.len();
         // A panic while holding the lock cannot leave a stream half-updated (every update is a
         // push or a pop), so a poisoned lock is still safe to use.
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())

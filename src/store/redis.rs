@@ -37,6 +37,24 @@ end
 return {1, last, maxdel, first, redis.call('XRANGE', key, '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
 "#;
 
+/// For each stream and position: `0-0` when the entry at the position still exists (so nothing
+/// after it was trimmed), else the stream's `max-deleted-entry-id`.
+const GAP_LUA: &str = r#"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local pos = ARGV[i]
+  local answer = '0-0'
+  if (pos == '0-0' or #redis.call('XRANGE', key, pos, pos) == 0) and redis.call('EXISTS', key) == 1 then
+    local info = redis.call('XINFO', 'STREAM', key)
+    for j = 1, #info, 2 do
+      if info[j] == 'max-deleted-entry-id' then answer = info[j + 1] end
+    end
+  end
+  out[i] = answer
+end
+return out
+"#;
+
 /// How to reach Redis and how to name keys.
 ///
 /// ```
@@ -99,6 +117,7 @@ pub struct RedisStore {
     retention: Retention,
     wake_key: String,
     replay: redis::Script,
+    gaps: redis::Script,
     tail: tokio::sync::Mutex<TailState>,
     timeout: Duration,
 }
@@ -130,6 +149,7 @@ impl RedisStore {
             retention: opts.retention,
             wake_key,
             replay: redis::Script::new(REPLAY_LUA),
+            gaps: redis::Script::new(GAP_LUA),
             tail: tokio::sync::Mutex::new(TailState { conn: None, wake_pos }),
             timeout: opts.timeout,
         })
@@ -479,9 +499,10 @@ impl Store for RedisStore {
 }
 
 impl RedisStore {
-    /// Marks batches that may not follow on from their position: if the entry at the position
+    /// Marks batches that may not follow on from their position. If the entry at the position
     /// is still there, nothing after it was trimmed before the read (trimming removes oldest
-    /// first). If it is gone, it may have been trimmed before or after the read; the caller then
+    /// first). Otherwise the stream's `max-deleted-entry-id` decides; it may also count entries
+    /// trimmed after the read, so a gap can be reported that was not one: the caller then
     /// re-reads from its own cursor, which answers exactly.
     async fn check_gaps(
         &self,
@@ -489,29 +510,20 @@ impl RedisStore {
         index: &HashMap<&str, usize>,
         batches: &mut [TailBatch],
     ) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        let mut checked = Vec::new();
-        for (b, batch) in batches.iter().enumerate() {
-            let pos = positions[index[batch.channel.as_str()]].1;
-            if pos > StreamId::ZERO {
-                let id = pos.to_string();
-                pipe.cmd("XRANGE")
-                    .arg(self.key(&batch.channel))
-                    .arg(&id)
-                    .arg(&id)
-                    .arg("COUNT")
-                    .arg(1);
-                checked.push(b);
-            }
-        }
-        if checked.is_empty() {
+        if batches.is_empty() {
             return Ok(());
         }
+        let mut invocation = self.gaps.prepare_invoke();
+        let mut starts = Vec::with_capacity(batches.len());
+        for batch in batches.iter() {
+            let pos = positions[index[batch.channel.as_str()]].1;
+            invocation.key(self.key(&batch.channel)).arg(pos.to_string());
+            starts.push(pos);
+        }
         let mut conn = self.conn.clone();
-        let found: Vec<Value> = pipe.query_async(&mut conn).await?;
-        for (b, v) in checked.into_iter().zip(found) {
-            let present = matches!(&v, Value::Array(a) if !a.is_empty());
-            batches[b].gap = !present;
+        let deleted: Vec<Value> = invocation.invoke_async(&mut conn).await?;
+        for ((batch, pos), max_deleted) in batches.iter_mut().zip(starts).zip(deleted) {
+            batch.gap = parse_id(batch.channel.as_str(), &max_deleted)? > pos;
         }
         Ok(())
     }

@@ -1,0 +1,332 @@
+//! Shared test support: a real `redis-server` on a random port, and tidings servers.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tidings::{Config, MemoryStore, RedisOptions, RedisStore, Registry, Retention, Store, Tidings};
+
+pub const EMIT_KEY: &str = "test-emit-key";
+
+/// The demo schema of this repository.
+pub fn schema_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/events.json")
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The redis-server binary: `TIDINGS_REDIS_SERVER`, else `redis-server` on PATH.
+fn redis_binary() -> String {
+    std::env::var("TIDINGS_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+/// A real redis-server in a temp dir, killed on drop.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut cmd = Command::new(redis_binary());
+            cmd.arg("--port")
+                .arg(port.to_string())
+                .arg("--bind")
+                .arg("127.0.0.1")
+                .arg("--save")
+                .arg("")
+                .arg("--appendonly")
+                .arg("no")
+                .arg("--dir")
+                .arg(dir.path())
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let mut child = cmd.spawn().unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e}. Install redis-server (the test command does: apt-get install -y redis-server) or set TIDINGS_REDIS_SERVER",
+                    redis_binary()
+                )
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken between our probe and its bind: try another
+                }
+                if ping(port) {
+                    return RedisServer { child, port, _dir: dir };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Runs a command with redis-cli-like semantics through a plain connection.
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).unwrap()
+    }
+}
+
+fn ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    matches!(s.read(&mut buf), Ok(n) if n >= 5 && &buf[..5] == b"+PONG")
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which store a test runs on.
+pub enum Backend {
+    Memory,
+    Redis(RedisServer),
+}
+
+impl Backend {
+    pub fn redis() -> Backend {
+        Backend::Redis(RedisServer::start())
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    /// A store on this backend; on Redis, each call gets its own key prefix unless `prefix` is given.
+    pub async fn store(&self, retention: Retention, prefix: &str) -> Arc<dyn Store> {
+        match self {
+            Backend::Memory => Arc::new(MemoryStore::new(retention)),
+            Backend::Redis(server) => Arc::new(
+                RedisStore::connect(RedisOptions::new(server.url()).key_prefix(prefix).retention(retention))
+                    .await
+                    .expect("connect to test redis"),
+            ),
+        }
+    }
+
+    pub fn redis_url(&self) -> Option<String> {
+        match self {
+            Backend::Memory => None,
+            Backend::Redis(server) => Some(server.url()),
+        }
+    }
+}
+
+/// A tidings server on 127.0.0.1:<random>, shut down on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub rt: Tidings,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server on `store` with the demo schema; `tweak` adjusts the config.
+    pub async fn start(store: Arc<dyn Store>, tweak: impl FnOnce(Config) -> Config) -> TestServer {
+        let config = tweak(
+            Config::default()
+                .schema(schema_path())
+                .emit_key(EMIT_KEY)
+                .heartbeat(Duration::from_secs(15)),
+        );
+        let registry = Registry::load(&config.schema).expect("demo schema loads");
+        let rt = Tidings::new(registry, store, config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let rt = rt.clone();
+            async move {
+                tidings::serve(listener, rt, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+            }
+        });
+        TestServer {
+            addr,
+            rt,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// POST /emit with the test key; returns (status, body).
+    pub async fn emit(&self, channel: &str, event: &str, data: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new()
+            .post(self.url("/emit"))
+            .bearer_auth(EMIT_KEY)
+            .json(&serde_json::json!({ "channel": channel, "event": event, "data": data }))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Emits and returns the stream id, panicking on failure.
+    pub async fn emit_ok(&self, channel: &str, event: &str, data: serde_json::Value) -> String {
+        let (status, body) = self.emit(channel, event, data).await;
+        assert_eq!(status, 200, "emit failed: {body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// Stops accepting connections and ends the server task (open SSE streams are dropped).
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A chat.message payload.
+pub fn msg(text: &str) -> serde_json::Value {
+    serde_json::json!({ "text": text, "user": "ada" })
+}
+
+/// A raw SSE reader over reqwest: yields parsed frames, keeps the raw bytes for byte-exact tests.
+pub struct SseReader {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    pending: String,
+    pub raw: String,
+}
+
+/// One SSE frame (comments are skipped).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frame {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: Option<String>,
+    pub retry: Option<String>,
+}
+
+impl Frame {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.data.as_deref().unwrap_or("null")).unwrap()
+    }
+}
+
+impl SseReader {
+    /// Opens GET `url` with optional Last-Event-ID; panics unless it answers 200 text/event-stream.
+    pub async fn open(url: &str, last_event_id: Option<&str>) -> SseReader {
+        let mut req = reqwest::Client::new().get(url);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200, "GET {url}: {}", r.status());
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        SseReader {
+            body: Box::pin(r.bytes_stream()),
+            pending: String::new(),
+            raw: String::new(),
+        }
+    }
+
+    /// The next frame (skipping comment-only blocks), or None when the stream ends.
+    /// Panics after `timeout`.
+    pub async fn next_timeout(&mut self, timeout: Duration) -> Option<Frame> {
+        tokio::time::timeout(timeout, self.next_frame()).await.expect("timed out waiting for an SSE frame")
+    }
+
+    pub async fn next(&mut self) -> Option<Frame> {
+        self.next_timeout(Duration::from_secs(10)).await
+    }
+
+    async fn next_frame(&mut self) -> Option<Frame> {
+        use futures_util::StreamExt;
+        loop {
+            while let Some(end) = self.pending.find("\n\n") {
+                let block: String = self.pending.drain(..end + 2).collect();
+                let mut frame = Frame::default();
+                let mut any = false;
+                for line in block.lines() {
+                    if line.starts_with(':') || line.is_empty() {
+                        continue;
+                    }
+                    let (field, value) = line.split_once(": ").unwrap_or((line, ""));
+                    any = true;
+                    match field {
+                        "id" => frame.id = Some(value.to_string()),
+                        "event" => frame.event = Some(value.to_string()),
+                        "data" => frame.data = Some(value.to_string()),
+                        "retry" => frame.retry = Some(value.to_string()),
+                        other => panic!("unexpected SSE field {other:?} in {block:?}"),
+                    }
+                }
+                if any {
+                    return Some(frame);
+                }
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => {
+                    let text = String::from_utf8(chunk.to_vec()).expect("SSE is UTF-8");
+                    self.raw.push_str(&text);
+                    self.pending.push_str(&text);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Reads frames until one with `event`, returning every frame read (including it).
+    pub async fn until(&mut self, event: &str) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        loop {
+            let f = self.next().await.unwrap_or_else(|| panic!("stream ended before {event}; got {frames:?}"));
+            let done = f.event.as_deref() == Some(event);
+            frames.push(f);
+            if done {
+                return frames;
+            }
+        }
+    }
+}
