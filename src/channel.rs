@@ -115,7 +115,10 @@ mod tests {
     #[test]
     fn rejects_everything_else() {
         assert_eq!(Channel::new(""), Err(ChannelError::Empty));
-        assert!(matches!(Channel::new(&"x".repeat(129)), Err(ChannelError::TooLong { len: 129 })));
+        assert!(matches!(
+            Channel::new(&"x".repeat(129)),
+            Err(ChannelError::TooLong { len: 129 })
+        ));
         for bad in ["a b", "a\nb", "a{b}", "a,b", "a=b", "é", "a\0", "a/b", "a%20"] {
             let err = Channel::new(bad).unwrap_err();
             assert!(matches!(err, ChannelError::BadChar { .. }), "{bad:?}: {err}");

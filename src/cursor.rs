@@ -135,8 +135,14 @@ mod tests {
         assert!(matches!(Cursor::parse("a=1-0,"), Err(CursorError::Malformed(_))));
         assert!(matches!(Cursor::parse("a b=1-0"), Err(CursorError::Channel(_))));
         assert!(matches!(Cursor::parse("a=x"), Err(CursorError::Id(_))));
-        assert!(matches!(Cursor::parse("a=1-0,a=2-0"), Err(CursorError::Duplicate(_))));
-        assert!(matches!(Cursor::parse(&"a".repeat(MAX_CURSOR_LEN + 1)), Err(CursorError::TooLong(_))));
+        assert!(matches!(
+            Cursor::parse("a=1-0,a=2-0"),
+            Err(CursorError::Duplicate(_))
+        ));
+        assert!(matches!(
+            Cursor::parse(&"a".repeat(MAX_CURSOR_LEN + 1)),
+            Err(CursorError::TooLong(_))
+        ));
         assert!(Cursor::parse("a=1-0\nevent: x").is_err());
     }
 }

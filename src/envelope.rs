@@ -26,7 +26,10 @@ pub struct Envelope {
 
 impl PartialEq for Envelope {
     fn eq(&self, other: &Self) -> bool {
-        self.id == other.id && self.channel == other.channel && self.event == other.event && self.data.get() == other.data.get()
+        self.id == other.id
+            && self.channel == other.channel
+            && self.event == other.event
+            && self.data.get() == other.data.get()
     }
 }
 
@@ -106,6 +109,9 @@ mod tests {
         assert_eq!(v["id"], "1-2");
         assert_eq!(v["channel"], "room:1");
         assert_eq!(v["data"]["text"], "a \"quoted\" line");
-        assert_eq!(serde_json::to_string(&Envelope::from_entry(&ch, &entry)).unwrap(), out);
+        assert_eq!(
+            serde_json::to_string(&Envelope::from_entry(&ch, &entry)).unwrap(),
+            out
+        );
     }
 }

@@ -20,11 +20,11 @@ use tokio_stream::StreamExt as _;
 
 use crate::channel::Channel;
 use crate::cursor::Cursor;
+use crate::id::StreamId;
 use crate::realtime::{EmitError, Tidings};
 use crate::schema::ValidateError;
 use crate::sse::{StreamRequest, StreamSettings};
 use crate::store::{Range, StoreError};
-use crate::id::StreamId;
 
 /// An error at the HTTP edge: a status and a JSON body `{"error", "message", …}`.
 ///
@@ -93,7 +93,9 @@ impl From<EmitError> for ApiError {
             ),
             EmitError::Invalid(e @ ValidateError::Invalid { .. }) => {
                 let message = e.to_string();
-                let ValidateError::Invalid { event, violations } = e else { unreachable!() };
+                let ValidateError::Invalid { event, violations } = e else {
+                    unreachable!()
+                };
                 let errors: Vec<Value> = violations
                     .iter()
                     .map(|v| json!({ "pointer": format!("/data{}", v.pointer), "message": v.message }))
@@ -143,7 +145,9 @@ pub async fn serve(
     rt: Tidings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(rt)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(rt))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn not_found() -> ApiError {
@@ -193,9 +197,7 @@ struct EmitBody {
 }
 
 fn check_key(rt: &Tidings, headers: &HeaderMap) -> Result<(), ApiError> {
-    let unauthorized = |m: &str| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m.to_string())
-    };
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m.to_string());
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| unauthorized("missing Authorization header; send Authorization: Bearer <emit key>"))?;
@@ -242,7 +244,8 @@ async fn emit(
             format!("{e}; expected {{\"channel\": string, \"event\": string, \"data\": payload}}"),
         )
     })?;
-    let channel = Channel::new(&req.channel).map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
+    let channel =
+        Channel::new(&req.channel).map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
     let id = rt.emit_json(&channel, &req.event, &req.data).await?;
     Ok(Json(json!({ "id": id })))
 }
@@ -258,7 +261,10 @@ fn one<'a>(query: &'a [(String, String)], key: &str) -> Result<Option<&'a str>, 
     let mut found = query.iter().filter(|(k, _)| k == key);
     let first = found.next().map(|(_, v)| v.as_str());
     if found.next().is_some() {
-        return Err(ApiError::bad_request("invalid_query", format!("parameter {key:?} given more than once")));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("parameter {key:?} given more than once"),
+        ));
     }
     Ok(first)
 }
@@ -267,7 +273,11 @@ fn known_keys(query: &[(String, String)], allowed: &[&str]) -> Result<(), ApiErr
     match query.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
         Some((k, _)) => Err(ApiError::bad_request(
             "invalid_query",
-            format!("unknown parameter {:?}; allowed are {}", k.chars().take(64).collect::<String>(), allowed.join(", ")),
+            format!(
+                "unknown parameter {:?}; allowed are {}",
+                k.chars().take(64).collect::<String>(),
+                allowed.join(", ")
+            ),
         )),
         None => Ok(()),
     }
@@ -285,7 +295,8 @@ async fn realtime(
     let mut channels: Vec<Channel> = Vec::new();
     for (_, value) in query.iter().filter(|(k, _)| k == "channel") {
         for name in value.split(',') {
-            let channel = Channel::new(name).map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
+            let channel =
+                Channel::new(name).map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
             if !channels.contains(&channel) {
                 channels.push(channel);
             }
@@ -300,7 +311,11 @@ async fn realtime(
     if channels.len() > limits.max_channels {
         return Err(ApiError::bad_request(
             "too_many_channels",
-            format!("{} channels requested; at most {} per connection", channels.len(), limits.max_channels),
+            format!(
+                "{} channels requested; at most {} per connection",
+                channels.len(),
+                limits.max_channels
+            ),
         )
         .with(json!({ "limit": limits.max_channels })));
     }
@@ -331,7 +346,10 @@ async fn realtime(
     let header_cursor = match headers.get("last-event-id") {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
-            ApiError::bad_request("invalid_cursor", "Last-Event-ID is not visible ASCII; send the id: of the last event seen")
+            ApiError::bad_request(
+                "invalid_cursor",
+                "Last-Event-ID is not visible ASCII; send the id: of the last event seen",
+            )
         })?),
     };
     let cursor_text = match header_cursor {
@@ -340,7 +358,9 @@ async fn realtime(
     };
     let cursor = match cursor_text {
         None | Some("") => None,
-        Some(text) => Some(Cursor::parse(text).map_err(|e| ApiError::bad_request("invalid_cursor", e.to_string()))?),
+        Some(text) => {
+            Some(Cursor::parse(text).map_err(|e| ApiError::bad_request("invalid_cursor", e.to_string()))?)
+        }
     };
 
     let sub = rt.inner.hub.subscribe(&channels).await.map_err(ApiError::store)?;
@@ -351,7 +371,11 @@ async fn realtime(
     };
     tokio::spawn(crate::sse::run(
         rt.store().clone(),
-        StreamRequest { channels, events, cursor },
+        StreamRequest {
+            channels,
+            events,
+            cursor,
+        },
         sub,
         settings,
         tx,
@@ -359,7 +383,10 @@ async fn realtime(
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
     let mut response = Response::new(body);
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
@@ -379,19 +406,27 @@ async fn history(State(rt): State<Tidings>, RawQuery(raw): RawQuery) -> Result<J
             _ => {
                 return Err(ApiError::bad_request(
                     "invalid_limit",
-                    format!("limit must be a whole number from 1 to {max} (larger values are capped to {max})"),
+                    format!(
+                        "limit must be a whole number from 1 to {max} (larger values are capped to {max})"
+                    ),
                 ))
             }
         },
     };
     let id = |key: &str| -> Result<Option<StreamId>, ApiError> {
         one(&query, key)?
-            .map(|t| t.parse::<StreamId>().map_err(|e| ApiError::bad_request("invalid_id", format!("{key}: {e}"))))
+            .map(|t| {
+                t.parse::<StreamId>()
+                    .map_err(|e| ApiError::bad_request("invalid_id", format!("{key}: {e}")))
+            })
             .transpose()
     };
     let range = match (id("after")?, id("before")?) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request("invalid_query", "give after or before, not both"));
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "give after or before, not both",
+            ));
         }
         (Some(a), None) => Range::After(a),
         (None, Some(b)) => Range::Before(b),

@@ -134,7 +134,11 @@ impl Hub {
         let missing: Vec<Channel> = {
             let mut map = lock(&inner.channels);
             map.retain(|_, w| !w.subs.is_empty());
-            channels.iter().filter(|c| !map.contains_key(*c)).cloned().collect()
+            channels
+                .iter()
+                .filter(|c| !map.contains_key(*c))
+                .cloned()
+                .collect()
         };
         let mut fresh = Vec::with_capacity(missing.len());
         for channel in missing {
@@ -145,7 +149,13 @@ impl Hub {
         let start = {
             let mut map = lock(&inner.channels);
             for (channel, pos) in fresh {
-                map.insert(channel, Watched { pos, subs: Vec::new() });
+                map.insert(
+                    channel,
+                    Watched {
+                        pos,
+                        subs: Vec::new(),
+                    },
+                );
             }
             let mut start = Vec::with_capacity(channels.len());
             for channel in channels {
@@ -211,7 +221,9 @@ fn dispatch(inner: &Inner, batches: Vec<TailBatch>) {
     let mut map = lock(&inner.channels);
     let mut dropped: Vec<Arc<Subscriber>> = Vec::new();
     for batch in batches {
-        let Some(w) = map.get_mut(&batch.channel) else { continue };
+        let Some(w) = map.get_mut(&batch.channel) else {
+            continue;
+        };
         if batch.gap {
             // Entries may be missing between our position and this batch: every subscriber of
             // the channel re-reads from its own cursor, which answers exactly.
@@ -251,5 +263,136 @@ fn dispatch(inner: &Inner, batches: Vec<TailBatch>) {
                 w.subs.retain(|s| s.id != sub.id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemoryStore, Retention};
+
+    fn ch(name: &str) -> Channel {
+        Channel::new(name).unwrap()
+    }
+
+    async fn recv(sub: &mut Subscription) -> Option<Arc<Delivery>> {
+        tokio::time::timeout(Duration::from_secs(5), sub.rx.recv())
+            .await
+            .expect("delivery within 5 s")
+    }
+
+    #[tokio::test]
+    async fn delivers_to_every_subscriber_of_a_channel_only() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let hub = Hub::start(store.clone(), 16);
+        let mut a = hub.subscribe(&[ch("x")]).await.unwrap();
+        let mut b = hub.subscribe(&[ch("x"), ch("y")]).await.unwrap();
+        let mut c = hub.subscribe(&[ch("y")]).await.unwrap();
+        assert_eq!(a.start, vec![(ch("x"), StreamId::ZERO)]);
+        let id = store.append(&ch("x"), "e", "1").await.unwrap();
+        for sub in [&mut a, &mut b] {
+            let d = recv(sub).await.unwrap();
+            assert_eq!((d.channel.as_str(), d.entry.id), ("x", id));
+        }
+        let id_y = store.append(&ch("y"), "e", "2").await.unwrap();
+        assert_eq!(recv(&mut c).await.unwrap().entry.id, id_y);
+        assert_eq!(recv(&mut b).await.unwrap().entry.id, id_y);
+        assert!(a.rx.try_recv().is_err(), "a does not watch y");
+        assert_eq!(hub.stats(), (2, 4));
+    }
+
+    #[tokio::test]
+    async fn start_position_is_the_channel_end_at_registration() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let before = store.append(&ch("x"), "e", "old").await.unwrap();
+        let hub = Hub::start(store.clone(), 16);
+        let mut sub = hub.subscribe(&[ch("x")]).await.unwrap();
+        assert_eq!(sub.start, vec![(ch("x"), before)]);
+        let after = store.append(&ch("x"), "e", "new").await.unwrap();
+        assert_eq!(recv(&mut sub).await.unwrap().entry.id, after);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_the_subscriber_everywhere_but_not_others() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let hub = Hub::start(store.clone(), 2);
+        let mut slow = hub.subscribe(&[ch("x"), ch("y")]).await.unwrap();
+        let mut fast = hub.subscribe(&[ch("x")]).await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(store.append(&ch("x"), "e", &i.to_string()).await.unwrap());
+            // keep the fast one drained so only the slow one overflows
+            assert_eq!(recv(&mut fast).await.unwrap().entry.id, ids[i]);
+        }
+        // The slow subscriber got what fit, then its queue closed.
+        let mut got = Vec::new();
+        while let Some(d) = recv(&mut slow).await {
+            got.push(d.entry.id);
+        }
+        assert!(slow.kicked(), "slow subscriber is marked kicked");
+        assert_eq!(got, ids[..2].to_vec(), "exactly the queue's capacity, in order");
+        // It was removed from y as well: a later y entry does not reopen anything.
+        store.append(&ch("y"), "e", "z").await.unwrap();
+        assert_eq!(hub.stats().1, 1, "only the fast subscriber remains registered");
+    }
+
+    #[tokio::test]
+    async fn dropping_a_subscription_unregisters_it() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let hub = Hub::start(store.clone(), 4);
+        let sub = hub.subscribe(&[ch("x"), ch("y")]).await.unwrap();
+        assert_eq!(hub.stats(), (2, 2));
+        drop(sub);
+        assert_eq!(hub.stats().1, 0);
+        // Unwatched channels are forgotten at the next registration.
+        let _other = hub.subscribe(&[ch("z")]).await.unwrap();
+        assert_eq!(hub.stats(), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_tail_gap_kicks_the_channels_subscribers() {
+        let store = Arc::new(MemoryStore::new(Retention::default().max_len(3)));
+        let inner = Inner {
+            store: store.clone(),
+            channels: Mutex::new(HashMap::new()),
+            registry: tokio::sync::Mutex::new(()),
+            queue: 8,
+            next_id: AtomicU64::new(1),
+        };
+        // Drive dispatch by hand: a batch flagged as a gap must not be delivered.
+        let (tx, mut rx) = mpsc::channel(8);
+        let kicked = Arc::new(AtomicBool::new(false));
+        let sub = Arc::new(Subscriber {
+            id: 1,
+            tx,
+            channels: vec![ch("x")],
+            kicked: kicked.clone(),
+        });
+        lock(&inner.channels).insert(
+            ch("x"),
+            Watched {
+                pos: StreamId::new(1, 0),
+                subs: vec![sub],
+            },
+        );
+        let entry = Entry {
+            id: StreamId::new(9, 0),
+            event: "e".into(),
+            data: "1".into(),
+        };
+        dispatch(
+            &inner,
+            vec![TailBatch {
+                channel: ch("x"),
+                entries: vec![entry],
+                gap: true,
+            }],
+        );
+        assert!(kicked.load(Ordering::Acquire));
+        assert!(
+            rx.recv().await.is_none(),
+            "nothing delivered across a gap; the queue is closed"
+        );
+        assert_eq!(lock(&inner.channels)[&ch("x")].pos, StreamId::new(9, 0));
     }
 }

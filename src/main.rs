@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use tidings::{Config, Limits, Retention, Tidings};
 
 #[derive(Parser)]
-#[command(name = "tidings", version, about = "Typed realtime events: validated emits, capped streams, SSE with exact resume.")]
+#[command(
+    name = "tidings",
+    version,
+    about = "Typed realtime events: validated emits, capped streams, SSE with exact resume."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -93,7 +97,8 @@ struct Remote {
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TIDINGS_LOG").unwrap_or_else(|_| "tidings=info,warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("TIDINGS_LOG")
+                .unwrap_or_else(|_| "tidings=info,warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -101,8 +106,17 @@ async fn main() -> Result<()> {
     match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(args).await,
-        Some(Command::Emit { channel, event, data, remote }) => emit(channel, event, data, remote).await,
-        Some(Command::Tail { channels, cursor, remote }) => tail(channels, cursor, remote).await,
+        Some(Command::Emit {
+            channel,
+            event,
+            data,
+            remote,
+        }) => emit(channel, event, data, remote).await,
+        Some(Command::Tail {
+            channels,
+            cursor,
+            remote,
+        }) => tail(channels, cursor, remote).await,
     }
 }
 
@@ -140,9 +154,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
         events = %events.join(", "),
         "tidings is listening"
     );
-    println!("tidings listening on http://{addr} ({} store, {} events)", rt.store().kind(), events.len());
+    println!(
+        "tidings listening on http://{addr} ({} store, {} events)",
+        rt.store().kind(),
+        events.len()
+    );
     if generated {
-        println!("emit key (generated; set TIDINGS_EMIT_KEY to choose one): {}", rt.emit_key());
+        println!(
+            "emit key (generated; set TIDINGS_EMIT_KEY to choose one): {}",
+            rt.emit_key()
+        );
         println!("demo page, ready to emit: http://{addr}/#key={}", rt.emit_key());
     } else {
         println!("demo page: http://{addr}/ (emit key from TIDINGS_EMIT_KEY)");
@@ -200,7 +221,9 @@ async fn tail(channels: Vec<String>, cursor: Option<String>, remote: Remote) -> 
             q.append_pair("cursor", c);
         }
     }
-    let response = reqwest::get(url).await.with_context(|| format!("cannot reach {}", remote.url))?;
+    let response = reqwest::get(url)
+        .await
+        .with_context(|| format!("cannot reach {}", remote.url))?;
     if !response.status().is_success() {
         let status = response.status();
         bail!("{status}: {}", response.text().await.unwrap_or_default());

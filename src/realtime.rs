@@ -156,12 +156,20 @@ impl Tidings {
     ///
     /// # Errors
     /// [`EmitError`]; nothing is stored unless this returns `Ok`.
-    pub async fn emit_json(&self, channel: &Channel, event: &str, data: &Value) -> Result<StreamId, EmitError> {
+    pub async fn emit_json(
+        &self,
+        channel: &Channel,
+        event: &str,
+        data: &Value,
+    ) -> Result<StreamId, EmitError> {
         self.inner.registry.validate(event, data)?;
         let text = serde_json::to_string(data)?;
         let max = self.inner.config.limits.max_payload_bytes;
         if text.len() > max {
-            return Err(EmitError::TooLarge { size: text.len(), max });
+            return Err(EmitError::TooLarge {
+                size: text.len(),
+                max,
+            });
         }
         Ok(self.inner.store.append(channel, event, &text).await?)
     }

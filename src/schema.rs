@@ -64,7 +64,17 @@ pub enum ValidateError {
 
 fn summary(v: &[Violation]) -> String {
     v.iter()
-        .map(|v| format!("{} {}", if v.pointer.is_empty() { "(payload)" } else { &v.pointer }, v.message))
+        .map(|v| {
+            format!(
+                "{} {}",
+                if v.pointer.is_empty() {
+                    "(payload)"
+                } else {
+                    &v.pointer
+                },
+                v.message
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -124,10 +134,13 @@ impl Registry {
     /// # Errors
     /// [`ValidateError`] listing every failing value.
     pub fn validate(&self, event: &str, data: &Value) -> Result<(), ValidateError> {
-        let validator = self.validators.get(event).ok_or_else(|| ValidateError::UnknownEvent {
-            name: event.chars().take(128).collect(),
-            known: self.event_names().collect::<Vec<_>>().join(", "),
-        })?;
+        let validator = self
+            .validators
+            .get(event)
+            .ok_or_else(|| ValidateError::UnknownEvent {
+                name: event.chars().take(128).collect(),
+                known: self.event_names().collect::<Vec<_>>().join(", "),
+            })?;
         if validator.is_valid(data) {
             return Ok(());
         }

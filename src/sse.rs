@@ -149,13 +149,21 @@ pub(crate) async fn run(
     let channels: Vec<String> = req.channels.iter().map(|c| json_str(c.as_str())).collect();
     let text = cursor.to_string();
     w.frame(&cursor, "tidings.ready", |b| {
-        let _ = write!(b, r#"{{"cursor":{},"channels":[{}]}}"#, json_str(&text), channels.join(","));
+        let _ = write!(
+            b,
+            r#"{{"cursor":{},"channels":[{}]}}"#,
+            json_str(&text),
+            channels.join(",")
+        );
     });
     if w.flush().await.is_err() {
         return;
     }
 
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + settings.heartbeat, settings.heartbeat);
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + settings.heartbeat,
+        settings.heartbeat,
+    );
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -248,7 +256,9 @@ async fn replay(
             state.after = t.resume_from;
             cursor.set(channel, t.resume_from);
             let text = cursor.to_string();
-            let oldest = t.oldest.map_or("null".to_string(), |id| json_str(&id.to_string()));
+            let oldest = t
+                .oldest
+                .map_or("null".to_string(), |id| json_str(&id.to_string()));
             w.frame(cursor, "tidings.reset", |b| {
                 let _ = write!(
                     b,
@@ -289,4 +299,105 @@ async fn replay(
         w.maybe_flush().await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Hub;
+    use crate::store::MemoryStore;
+
+    fn ch(name: &str) -> Channel {
+        Channel::new(name).unwrap()
+    }
+
+    async fn collect_until(rx: &mut mpsc::Receiver<Bytes>, needle: &str) -> String {
+        let mut all = String::new();
+        while !all.contains(needle) {
+            let chunk = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .expect("output within the time limit")
+                .expect("stream still open");
+            all.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        all
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exact_bytes_then_heartbeat_after_the_interval() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let hub = Hub::start(store.clone(), 8);
+        let sub = hub.subscribe(&[ch("a"), ch("b")]).await.unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let settings = StreamSettings {
+            heartbeat: Duration::from_secs(15),
+            retry: Duration::from_millis(1500),
+        };
+        let req = StreamRequest {
+            channels: vec![ch("a"), ch("b")],
+            events: None,
+            cursor: None,
+        };
+        tokio::spawn(run(store.clone(), req, sub, settings, tx));
+        let start = collect_until(&mut rx, "tidings.ready").await;
+        assert_eq!(
+            start,
+            "retry: 1500\n\nid: a=0-0,b=0-0\nevent: tidings.ready\ndata: {\"cursor\":\"a=0-0,b=0-0\",\"channels\":[\"a\",\"b\"]}\n\n"
+        );
+        let id = store
+            .append(&ch("b"), "chat.typing", r#"{"user":"ada","active":true}"#)
+            .await
+            .unwrap();
+        let frame = collect_until(&mut rx, "\n\n").await;
+        assert_eq!(
+            frame,
+            format!("id: a=0-0,b={id}\nevent: chat.typing\ndata: {{\"id\":\"{id}\",\"channel\":\"b\",\"event\":\"chat.typing\",\"data\":{{\"user\":\"ada\",\"active\":true}}}}\n\n")
+        );
+        let before = tokio::time::Instant::now();
+        assert_eq!(collect_until(&mut rx, "heartbeat").await, ": heartbeat\n\n");
+        let waited = before.elapsed();
+        assert!(
+            waited >= Duration::from_secs(14) && waited <= Duration::from_secs(16),
+            "heartbeat after {waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kicked_subscriber_gets_a_lagged_frame_with_its_cursor() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let hub = Hub::start(store.clone(), 1);
+        let sub = hub.subscribe(&[ch("a")]).await.unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let settings = StreamSettings {
+            heartbeat: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
+        };
+        let req = StreamRequest {
+            channels: vec![ch("a")],
+            events: None,
+            cursor: None,
+        };
+        // Fill the subscriber's queue before the connection task reads it.
+        let first = store.append(&ch("a"), "e", "1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for i in 2..5 {
+            store.append(&ch("a"), "e", &i.to_string()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::spawn(run(store.clone(), req, sub, settings, tx));
+        let all = collect_until(&mut rx, "tidings.lagged").await;
+        assert!(
+            all.contains(&format!("id: a={first}\nevent: tidings.lagged\n")),
+            "{all}"
+        );
+        assert_eq!(
+            all.matches("event: e\n").count(),
+            1,
+            "only the queued entry was sent: {all}"
+        );
+        assert!(
+            rx.recv().await.is_none(),
+            "the stream ends after the lagged frame"
+        );
+    }
 }

@@ -86,7 +86,8 @@ impl MemoryStore {
     /// Runs `f` on the channel's stream when it exists and has not expired.
     fn with_stream<T>(&self, channel: &Channel, f: impl FnOnce(Option<&Stream>) -> T) -> T {
         let mut shard = self.shard(channel);
-        let expired = matches!(shard.get(channel), Some(s) if s.expires_at.is_some_and(|t| t <= Instant::now()));
+        let expired =
+            matches!(shard.get(channel), Some(s) if s.expires_at.is_some_and(|t| t <= Instant::now()));
         if expired {
             shard.remove(channel);
         }
@@ -96,7 +97,10 @@ impl MemoryStore {
     fn append_now(&self, channel: &Channel, event: &str, data: &str) -> StreamId {
         let mut shard = self.shard(channel);
         let now = Instant::now();
-        if shard.get(channel).is_some_and(|s| s.expires_at.is_some_and(|t| t <= now)) {
+        if shard
+            .get(channel)
+            .is_some_and(|s| s.expires_at.is_some_and(|t| t <= now))
+        {
             shard.remove(channel);
         }
         let stream = shard.entry(channel.clone()).or_default();
@@ -228,7 +232,9 @@ impl Store for MemoryStore {
     }
 
     fn last_id<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<StreamId, StoreError>> {
-        let id = self.with_stream(channel, |s| s.and_then(|s| s.entries.back()).map_or(StreamId::ZERO, |e| e.id));
+        let id = self.with_stream(channel, |s| {
+            s.and_then(|s| s.entries.back()).map_or(StreamId::ZERO, |e| e.id)
+        });
         async move { Ok(id) }.boxed()
     }
 

@@ -166,7 +166,10 @@ impl RedisStore {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(None);
-        let conn = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         state.conn = Some(conn.clone());
         Ok(conn)
     }
@@ -208,7 +211,8 @@ fn malformed(channel: &str, id: &str, problem: &str) -> StoreError {
 
 fn parse_id(channel: &str, v: &Value) -> Result<StreamId, StoreError> {
     let s = text(v).ok_or_else(|| malformed(channel, "?", "id is not a string"))?;
-    s.parse().map_err(|e: crate::id::ParseIdError| malformed(channel, s, &e.to_string()))
+    s.parse()
+        .map_err(|e: crate::id::ParseIdError| malformed(channel, s, &e.to_string()))
 }
 
 /// Parses an `XRANGE`-shaped reply: `[[id, [field, value, …]], …]`.
@@ -236,7 +240,11 @@ fn parse_entries(channel: &str, v: Value) -> Result<Vec<Entry>, StoreError> {
             }
         }
         let (Some(event), Some(data)) = (event, data) else {
-            return Err(malformed(channel, &id.to_string(), "missing field e (event) or d (data)"));
+            return Err(malformed(
+                channel,
+                &id.to_string(),
+                "missing field e (event) or d (data)",
+            ));
         };
         out.push(Entry {
             id,
@@ -438,7 +446,9 @@ impl Store for RedisStore {
                     continue;
                 }
                 let entries_v = kv.pop().unwrap_or(Value::Nil);
-                let Some(key) = text(&kv[0]).map(str::to_owned) else { continue };
+                let Some(key) = text(&kv[0]).map(str::to_owned) else {
+                    continue;
+                };
                 if key == self.wake_key {
                     if let Some(last) = parse_entries(&key, entries_v)?.last() {
                         state.wake_pos = last.id;

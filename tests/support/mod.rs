@@ -17,7 +17,11 @@ pub fn schema_path() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The redis-server binary: `TIDINGS_REDIS_SERVER`, else `redis-server` on PATH.
@@ -67,7 +71,11 @@ impl RedisServer {
                     break; // port taken between our probe and its bind: try another
                 }
                 if ping(port) {
-                    return RedisServer { child, port, _dir: dir };
+                    return RedisServer {
+                        child,
+                        port,
+                        _dir: dir,
+                    };
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -89,7 +97,9 @@ impl RedisServer {
 
 fn ping(port: u16) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
     if s.write_all(b"PING\r\n").is_err() {
         return false;
@@ -128,9 +138,13 @@ impl Backend {
         match self {
             Backend::Memory => Arc::new(MemoryStore::new(retention)),
             Backend::Redis(server) => Arc::new(
-                RedisStore::connect(RedisOptions::new(server.url()).key_prefix(prefix).retention(retention))
-                    .await
-                    .expect("connect to test redis"),
+                RedisStore::connect(
+                    RedisOptions::new(server.url())
+                        .key_prefix(prefix)
+                        .retention(retention),
+                )
+                .await
+                .expect("connect to test redis"),
             ),
         }
     }
@@ -188,7 +202,12 @@ impl TestServer {
     }
 
     /// POST /emit with the test key; returns (status, body).
-    pub async fn emit(&self, channel: &str, event: &str, data: serde_json::Value) -> (u16, serde_json::Value) {
+    pub async fn emit(
+        &self,
+        channel: &str,
+        event: &str,
+        data: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
         let r = reqwest::Client::new()
             .post(self.url("/emit"))
             .bearer_auth(EMIT_KEY)
@@ -274,7 +293,9 @@ impl SseReader {
     /// The next frame (skipping comment-only blocks), or None when the stream ends.
     /// Panics after `timeout`.
     pub async fn next_timeout(&mut self, timeout: Duration) -> Option<Frame> {
-        tokio::time::timeout(timeout, self.next_frame()).await.expect("timed out waiting for an SSE frame")
+        tokio::time::timeout(timeout, self.next_frame())
+            .await
+            .expect("timed out waiting for an SSE frame")
     }
 
     pub async fn next(&mut self) -> Option<Frame> {
@@ -321,7 +342,10 @@ impl SseReader {
     pub async fn until(&mut self, event: &str) -> Vec<Frame> {
         let mut frames = Vec::new();
         loop {
-            let f = self.next().await.unwrap_or_else(|| panic!("stream ended before {event}; got {frames:?}"));
+            let f = self
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("stream ended before {event}; got {frames:?}"));
             let done = f.event.as_deref() == Some(event);
             frames.push(f);
             if done {
