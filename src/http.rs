@@ -136,7 +136,8 @@ pub fn router(rt: Tidings) -> Router {
         .with_state(rt)
 }
 
-/// Serves [`router`] on `listener` until `shutdown` completes, then drains connections.
+/// Serves [`router`] on `listener` until `shutdown` completes, then ends open SSE streams
+/// ([`Tidings::close`]) and waits for requests in flight.
 ///
 /// # Errors
 /// The listener's I/O error.
@@ -145,8 +146,12 @@ pub async fn serve(
     rt: Tidings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let closer = rt.clone();
     axum::serve(listener, router(rt))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closer.close();
+        })
         .await
 }
 
@@ -363,11 +368,19 @@ async fn realtime(
         }
     };
 
+    if rt.is_closed() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "this node is shutting down; reconnect (to another node) with your cursor",
+        ));
+    }
     let sub = rt.inner.hub.subscribe(&channels).await.map_err(ApiError::store)?;
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let settings = StreamSettings {
         heartbeat: rt.inner.config.heartbeat,
         retry: rt.inner.config.retry,
+        closing: rt.inner.closing.subscribe(),
     };
     tokio::spawn(crate::sse::run(
         rt.store().clone(),

@@ -186,8 +186,9 @@ impl Hub {
     /// Channels watched and subscribers registered, for `/health`.
     pub fn stats(&self) -> (usize, usize) {
         let map = lock(&self.inner.channels);
-        let subs = map.values().map(|w| w.subs.len()).sum();
-        (map.len(), subs)
+        // One connection on several channels is one subscriber, listed under each channel.
+        let subs: std::collections::HashSet<u64> = map.values().flat_map(|w| w.subs.iter().map(|s| s.id)).collect();
+        (map.len(), subs.len())
     }
 }
 

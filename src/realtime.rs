@@ -42,6 +42,8 @@ pub(crate) struct Inner {
     pub hub: Hub,
     pub config: Config,
     pub emit_key: String,
+    /// Flipped to true by [`Tidings::close`]; open SSE streams end when it does.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// Why [`Tidings::from_config`] could not start.
@@ -120,8 +122,22 @@ impl Tidings {
                 hub,
                 config,
                 emit_key,
+                closing: tokio::sync::watch::Sender::new(false),
             }),
         }
+    }
+
+    /// Ends every open SSE stream (clients reconnect, to this node or another, and resume from
+    /// their cursors) and refuses new ones. [`serve`](crate::serve) calls this when its shutdown
+    /// future completes; call it yourself before a graceful shutdown of your own server, which
+    /// otherwise waits for streams that never end.
+    pub fn close(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// True once [`Tidings::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        *self.inner.closing.borrow()
     }
 
     /// The bearer key `POST /emit` accepts (generated when the config gave none).

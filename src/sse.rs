@@ -54,6 +54,8 @@ pub(crate) struct StreamRequest {
 pub(crate) struct StreamSettings {
     pub heartbeat: Duration,
     pub retry: Duration,
+    /// Becomes true when the server shuts down.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Writes frames into `out` and sends them to the client as chunks.
@@ -119,7 +121,7 @@ pub(crate) async fn run(
     store: Arc<dyn Store>,
     req: StreamRequest,
     mut sub: Subscription,
-    settings: StreamSettings,
+    mut settings: StreamSettings,
     out: mpsc::Sender<Bytes>,
 ) {
     let mut w = Writer {
@@ -169,6 +171,10 @@ pub(crate) async fn run(
         tokio::select! {
             biased;
             _ = w.out.closed() => return,
+            _ = closed(&mut settings.closing) => {
+                let _ = w.flush().await;
+                return;
+            }
             next = sub.rx.recv() => {
                 let Some(d) = next else {
                     let reason = if sub.kicked() {
@@ -202,6 +208,11 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// Completes when the server shuts down (or the instance is gone).
+async fn closed(closing: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = closing.wait_for(|closing| *closing).await.map(|_| ());
 }
 
 fn live(w: &mut Writer, cursor: &mut Cursor, d: &Delivery, wanted: &impl Fn(&str) -> bool) {
@@ -329,9 +340,11 @@ mod tests {
         let hub = Hub::start(store.clone(), 8);
         let sub = hub.subscribe(&[ch("a"), ch("b")]).await.unwrap();
         let (tx, mut rx) = mpsc::channel(16);
+        let (_closing, closing) = tokio::sync::watch::channel(false);
         let settings = StreamSettings {
             heartbeat: Duration::from_secs(15),
             retry: Duration::from_millis(1500),
+            closing,
         };
         let req = StreamRequest {
             channels: vec![ch("a"), ch("b")],
@@ -368,9 +381,11 @@ mod tests {
         let hub = Hub::start(store.clone(), 1);
         let sub = hub.subscribe(&[ch("a")]).await.unwrap();
         let (tx, mut rx) = mpsc::channel(1);
+        let (_closing, closing) = tokio::sync::watch::channel(false);
         let settings = StreamSettings {
             heartbeat: Duration::from_secs(15),
             retry: Duration::from_secs(2),
+            closing,
         };
         let req = StreamRequest {
             channels: vec![ch("a")],
@@ -399,5 +414,40 @@ mod tests {
             rx.recv().await.is_none(),
             "the stream ends after the lagged frame"
         );
+    }
+}
+
+#[cfg(test)]
+mod shutdown_tests {
+    use super::*;
+    use crate::hub::Hub;
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn closing_ends_an_idle_stream() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let hub = Hub::start(store.clone(), 4);
+        let a = Channel::new("a").unwrap();
+        let sub = hub.subscribe(std::slice::from_ref(&a)).await.unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        let (closing_tx, closing) = tokio::sync::watch::channel(false);
+        let settings = StreamSettings {
+            heartbeat: Duration::from_secs(3600),
+            retry: Duration::from_secs(2),
+            closing,
+        };
+        let req = StreamRequest {
+            channels: vec![a],
+            events: None,
+            cursor: None,
+        };
+        let task = tokio::spawn(run(store, req, sub, settings, tx));
+        assert!(rx.recv().await.is_some(), "start of the stream");
+        closing_tx.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stream task ends")
+            .unwrap();
+        assert!(rx.recv().await.is_none());
     }
 }

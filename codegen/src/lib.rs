@@ -30,6 +30,7 @@
 //!
 //! ```no_run
 //! // build.rs
+//! # #[cfg(feature = "rust")]
 //! fn main() -> anyhow::Result<()> {
 //!     // Reads `<crate>/schema/events.json`, writes `$OUT_DIR/events.rs`, and asks cargo to
 //!     // rerun when the schema changes. A bad schema fails the build with a message such as
@@ -38,6 +39,8 @@
 //!     tidings_codegen::build("schema/events.json", "events.rs")?;
 //!     Ok(())
 //! }
+//! # #[cfg(not(feature = "rust"))]
+//! # fn main() {}
 //! ```
 //!
 //! ```ignore
@@ -97,9 +100,7 @@ pub enum Error {
     #[error(transparent)]
     Codegen(#[from] CodegenError),
     /// An environment variable that cargo sets for build scripts is missing.
-    #[error(
-        "environment variable {0} is not set; call tidings_codegen::build from a build script"
-    )]
+    #[error("environment variable {0} is not set; call tidings_codegen::build from a build script")]
     Env(&'static str),
     /// The output file could not be written.
     #[error("cannot write {path}: {source}")]
@@ -130,16 +131,15 @@ pub fn build(schema_path: &str, out_file_name: &str) -> Result<(), Error> {
     use std::path::PathBuf;
 
     println!("cargo:rerun-if-changed={schema_path}");
-    let manifest_dir =
-        std::env::var_os("CARGO_MANIFEST_DIR").ok_or(Error::Env("CARGO_MANIFEST_DIR"))?;
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").ok_or(Error::Env("CARGO_MANIFEST_DIR"))?;
     let out_dir = std::env::var_os("OUT_DIR").ok_or(Error::Env("OUT_DIR"))?;
 
-    let text = std::fs::read_to_string(PathBuf::from(manifest_dir).join(schema_path)).map_err(
-        |source| SchemaError::Read {
+    let text = std::fs::read_to_string(PathBuf::from(manifest_dir).join(schema_path)).map_err(|source| {
+        SchemaError::Read {
             origin: schema_path.to_string(),
             source,
-        },
-    )?;
+        }
+    })?;
     let schema = SchemaFile::parse(&text, schema_path)?;
     let code = rust(&schema, &RustOptions::default())?;
 

@@ -1,10 +1,12 @@
 //! JSON Schema → Rust types, through typify.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
 
+use heck::{ToPascalCase, ToSnakeCase};
 use schemars::schema::Schema;
 use serde_json::Value;
 use typify::{TypeSpace, TypeSpaceSettings};
@@ -86,6 +88,23 @@ pub enum CodegenError {
         item: Option<SchemaItem>,
         /// typify's description (the first line of its panic message, if it panicked).
         message: String,
+    },
+    /// typify would give two different schemas the same type name and silently use one type for
+    /// both. typify names an inline schema after its parent and property (`chat.message`'s
+    /// property `text` → `ChatMessageText`) or after its `title`.
+    #[error(
+        "{origin}: typify would name both {first} and {second} {type_name} and use one type for \
+         both; rename one, or give the inline schema a distinct \"title\""
+    )]
+    NameClash {
+        /// The schema file.
+        origin: String,
+        /// The type name.
+        type_name: String,
+        /// The first schema (an item, or an inline schema with its pointer).
+        first: String,
+        /// The second schema.
+        second: String,
     },
     /// typify did not produce a type under an event's expected name.
     #[error("{origin}: event \"{event}\": typify did not generate the type {type_name}")]
@@ -179,15 +198,16 @@ pub fn rust(schema: &SchemaFile, opts: &RustOptions) -> Result<String, CodegenEr
     let mut defs = Vec::with_capacity(items.len());
     for (item, key, value, pointer) in &items {
         check_supported(origin, item, value, pointer)?;
-        let converted = serde_json::from_value(Value::clone(value)).map_err(|e| {
-            CodegenError::InvalidSchema {
+        let converted =
+            serde_json::from_value(Value::clone(value)).map_err(|e| CodegenError::InvalidSchema {
                 origin: origin.clone(),
                 item: item.clone(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         defs.push((key.clone(), converted));
     }
+
+    check_inline_names(origin, &items)?;
 
     let (space, tokens) = match generate(defs.clone()) {
         Ok(generated) => generated,
@@ -270,22 +290,89 @@ fn check_supported(
     schema: &Value,
     pointer: &str,
 ) -> Result<(), CodegenError> {
-    visit_schemas(
-        schema,
-        pointer,
-        &mut |object, here| match UNSUPPORTED_KEYWORDS
-            .iter()
-            .find(|k| object.contains_key(**k))
-        {
-            Some(keyword) => Err(CodegenError::Unsupported {
+    visit_schemas(schema, pointer, &mut |object, here| match UNSUPPORTED_KEYWORDS
+        .iter()
+        .find(|k| object.contains_key(**k))
+    {
+        Some(keyword) => Err(CodegenError::Unsupported {
+            origin: origin.to_string(),
+            item: item.clone(),
+            keyword,
+            pointer: here.to_string(),
+        }),
+        None => Ok(()),
+    })
+}
+
+/// Rejects inline schemas that typify would name like another, different schema: typify then
+/// reuses the first type for both without a word (see [`CodegenError::NameClash`]).
+///
+/// Mirrors typify 0.8's naming for the common cases: an item is named after its key, a property
+/// schema `<parent>_<property>`, array items `<parent>_item`, and a nested `title` wins over
+/// both. Schemas that are only a `$ref` create no type and are skipped.
+fn check_inline_names(
+    origin: &str,
+    items: &[(SchemaItem, String, &Value, String)],
+) -> Result<(), CodegenError> {
+    struct Named<'a> {
+        who: String,
+        schema: &'a Value,
+    }
+    let mut seen: BTreeMap<String, Named<'_>> = BTreeMap::new();
+    let mut add = |name: String, who: String, schema| -> Result<(), CodegenError> {
+        match seen.get(&name) {
+            Some(first) if first.schema != schema => Err(CodegenError::NameClash {
                 origin: origin.to_string(),
-                item: item.clone(),
-                keyword,
-                pointer: here.to_string(),
+                type_name: name,
+                first: first.who.clone(),
+                second: who,
             }),
-            None => Ok(()),
-        },
-    )
+            Some(_) => Ok(()),
+            None => {
+                seen.insert(name, Named { who, schema });
+                Ok(())
+            }
+        }
+    };
+    for (item, key, schema, _) in items {
+        add(key.to_pascal_case(), item.to_string(), schema)?;
+    }
+    for (item, key, schema, pointer) in items {
+        let mut stack: Vec<(String, &Value, String)> = vec![(key.clone(), *schema, pointer.clone())];
+        while let Some((base, schema, pointer)) = stack.pop() {
+            let Value::Object(object) = schema else { continue };
+            let mut children: Vec<(String, &Value, String)> = Vec::new();
+            if let Some(Value::Object(properties)) = object.get("properties") {
+                for (prop, sub) in properties {
+                    let name = format!("{base}_{}", prop.to_snake_case());
+                    children.push((name, sub, format!("{pointer}/properties/{}", escape(prop))));
+                }
+            }
+            if let Some(sub @ Value::Object(_)) = object.get("items") {
+                children.push((format!("{base}_item"), sub, format!("{pointer}/items")));
+            }
+            for (name, sub, here) in children {
+                if sub.get("$ref").is_some() {
+                    continue;
+                }
+                let name = match sub.get("title").and_then(Value::as_str) {
+                    Some(title) => title.to_string(),
+                    None => name,
+                };
+                add(
+                    name.to_pascal_case(),
+                    format!("the schema at {here} ({item})"),
+                    sub,
+                )?;
+                stack.push((name, sub, here));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
 }
 
 /// Runs typify over all items at once (references between them must resolve within one call).
@@ -338,9 +425,7 @@ fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
             .unwrap_or_else(|| "typify panicked".to_string());
         // Panic messages often continue with a debug dump of the schema.
         let first = message.lines().next().unwrap_or_default();
-        first
-            .trim_end_matches(|c: char| matches!(c, '(' | '{' | ':' | ' '))
-            .to_string()
+        first.trim_end_matches(['(', '{', ':', ' ']).to_string()
     })
 }
 
@@ -379,11 +464,7 @@ fn event_items(schema: &SchemaFile, krate: &str) -> String {
             format!("{doc} {ty}({ty}),\n", ty = e.type_name)
         })
         .collect();
-    let names: String = schema
-        .events
-        .iter()
-        .map(|e| format!("{:?}, ", e.name))
-        .collect();
+    let names: String = schema.events.iter().map(|e| format!("{:?}, ", e.name)).collect();
     let name_arms: String = schema
         .events
         .iter()
@@ -524,6 +605,37 @@ mod tests {
                 .starts_with("events.json: $defs entry \"X\": typify cannot generate Rust types: "),
             "{e}"
         );
+    }
+
+    #[test]
+    fn inline_types_named_like_other_schemas_are_rejected() {
+        // typify would name the `text` property's type ChatMessageText, then silently reuse
+        // the $defs entry (an integer) for it.
+        let e = generate_for(
+            r#"{ "properties": { "text": { "type": "string", "minLength": 1 } } }"#,
+            r#"{ "ChatMessageText": { "type": "integer" } }"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "events.json: typify would name both $defs entry \"ChatMessageText\" and the schema \
+             at /namespaces/chat/message/properties/text (event \"chat.message\") \
+             ChatMessageText and use one type for both; rename one, or give the inline schema a \
+             distinct \"title\""
+        );
+        // Nested titles take precedence over derived names.
+        let e = generate_for(
+            r#"{ "items": { "title": "Ok", "type": "object", "properties": {} } }"#,
+            r#"{ "Ok": { "type": "string" } }"#,
+        )
+        .unwrap_err();
+        assert!(matches!(e, CodegenError::NameClash { ref type_name, .. } if type_name == "Ok"));
+        // The same schema under the same name is one type, as intended.
+        generate_for(
+            r#"{ "properties": { "a": { "title": "T", "type": "string" }, "b": { "title": "T", "type": "string" } } }"#,
+            "{}",
+        )
+        .unwrap();
     }
 
     #[test]

@@ -26,14 +26,7 @@ use heck::ToPascalCase;
 use serde_json::{Map, Value};
 
 /// Keys allowed at the top level of a schema file.
-const TOP_LEVEL_KEYS: &[&str] = &[
-    "$schema",
-    "$id",
-    "title",
-    "description",
-    "namespaces",
-    "$defs",
-];
+const TOP_LEVEL_KEYS: &[&str] = &["$schema", "$id", "title", "description", "namespaces", "$defs"];
 
 /// The pattern namespace and event names must match.
 pub const NAME_PATTERN: &str = "[a-z][a-z0-9_]*";
@@ -135,9 +128,7 @@ impl fmt::Display for RefProblem {
             RefProblem::External => {
                 "is an external reference; only local references \"#/$defs/<Name>\" are supported"
             }
-            RefProblem::NotDefs => {
-                "is not supported; references must have the form \"#/$defs/<Name>\""
-            }
+            RefProblem::NotDefs => "is not supported; references must have the form \"#/$defs/<Name>\"",
             RefProblem::Missing => "does not name an entry of $defs",
         })
     }
@@ -492,10 +483,7 @@ impl SchemaFile {
         }
 
         // Schemas and references.
-        let checker = Checker {
-            origin,
-            defs: &defs,
-        };
+        let checker = Checker { origin, defs: &defs };
         for (name, schema) in &defs {
             let item = SchemaItem::Def(name.clone());
             checker.check_item(&item, schema, &def_pointer(name))?;
@@ -545,8 +533,7 @@ pub(crate) fn def_ref_target(reference: &str) -> Option<&str> {
 
 fn is_lower_name(name: &str) -> bool {
     let mut chars = name.chars();
-    matches!(chars.next(), Some('a'..='z'))
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+    matches!(chars.next(), Some('a'..='z')) && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
 }
 
 fn is_def_name(name: &str) -> bool {
@@ -608,15 +595,14 @@ const SCHEMA_ARRAY_KEYWORDS: &[&str] = &["allOf", "anyOf", "oneOf", "prefixItems
 /// Keywords whose value is an object of name → schema.
 const SCHEMA_MAP_KEYWORDS: &[&str] = &["properties", "patternProperties", "dependentSchemas"];
 
+/// A callback of [`visit_schemas`]: a schema object and its JSON pointer.
+pub(crate) type Visitor<'a, E> = dyn FnMut(&Map<String, Value>, &str) -> Result<(), E> + 'a;
+
 /// Calls `f` on every schema object within `schema` (itself included), with its JSON pointer.
 ///
 /// Only keywords that hold schemas are followed: `enum`, `const`, `default`, `examples` and
 /// unknown keywords hold data, in which a `"$ref"` is just a string.
-pub(crate) fn visit_schemas<E>(
-    schema: &Value,
-    pointer: &str,
-    f: &mut dyn FnMut(&Map<String, Value>, &str) -> Result<(), E>,
-) -> Result<(), E> {
+pub(crate) fn visit_schemas<E>(schema: &Value, pointer: &str, f: &mut Visitor<'_, E>) -> Result<(), E> {
     // Anything but an object is a boolean schema or malformed input that the generators treat
     // as "any value"; there is nothing inside it.
     let Value::Object(object) = schema else {
@@ -647,11 +633,7 @@ pub(crate) fn visit_schemas<E>(
     Ok(())
 }
 
-fn visit_all<E>(
-    schemas: &[Value],
-    pointer: &str,
-    f: &mut dyn FnMut(&Map<String, Value>, &str) -> Result<(), E>,
-) -> Result<(), E> {
+fn visit_all<E>(schemas: &[Value], pointer: &str, f: &mut Visitor<'_, E>) -> Result<(), E> {
     for (i, sub) in schemas.iter().enumerate() {
         visit_schemas(sub, &format!("{pointer}/{i}"), f)?;
     }
@@ -665,12 +647,7 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn check_item(
-        &self,
-        item: &SchemaItem,
-        schema: &Value,
-        pointer: &str,
-    ) -> Result<(), SchemaError> {
+    fn check_item(&self, item: &SchemaItem, schema: &Value, pointer: &str) -> Result<(), SchemaError> {
         if !matches!(schema, Value::Bool(_) | Value::Object(_)) {
             return Err(SchemaError::InvalidSchema {
                 origin: self.origin.to_string(),
@@ -699,12 +676,7 @@ impl Checker<'_> {
         })
     }
 
-    fn check_ref(
-        &self,
-        item: &SchemaItem,
-        value: &Value,
-        pointer: &str,
-    ) -> Result<(), SchemaError> {
+    fn check_ref(&self, item: &SchemaItem, value: &Value, pointer: &str) -> Result<(), SchemaError> {
         let problem = match value {
             Value::String(reference) if !reference.starts_with('#') => Some(RefProblem::External),
             Value::String(reference) => match def_ref_target(reference) {
@@ -779,10 +751,7 @@ mod tests {
         assert_eq!(alert.description.as_deref(), Some("Alert."));
         assert_eq!(alert.pointer, "/namespaces/notification/alert");
         assert_eq!(schema.root.pointer(&alert.pointer), Some(&alert.schema));
-        assert_eq!(
-            schema.event("chat.typing").unwrap().schema,
-            Value::Bool(true)
-        );
+        assert_eq!(schema.event("chat.typing").unwrap().schema, Value::Bool(true));
         assert!(schema.event("chat.nope").is_none());
         assert_eq!(schema.def_type_name("user_name"), "UserName");
     }
@@ -790,10 +759,7 @@ mod tests {
     #[test]
     fn type_names_are_pascal_case() {
         assert_eq!(event_type_name("chat", "message"), "ChatMessage");
-        assert_eq!(
-            event_type_name("chat_room", "user_left"),
-            "ChatRoomUserLeft"
-        );
+        assert_eq!(event_type_name("chat_room", "user_left"), "ChatRoomUserLeft");
         assert_eq!(event_type_name("v2", "x"), "V2X");
         assert_eq!(def_type_name("user-name"), "UserName");
         assert_eq!(def_type_name("HTTPStatus"), "HttpStatus");
@@ -853,8 +819,7 @@ mod tests {
             "schema/events.json: namespace \"chat\" must be an object of event name → payload \
              schema, found a string"
         );
-        assert!(error(&with_event("{}", "[]"))
-            .starts_with("schema/events.json: \"$defs\" must be an object"));
+        assert!(error(&with_event("{}", "[]")).starts_with("schema/events.json: \"$defs\" must be an object"));
     }
 
     #[test]
@@ -868,10 +833,10 @@ mod tests {
             "schema/events.json: event \"chat.new-message\": invalid event name \"new-message\": \
              names must match [a-z][a-z0-9_]*"
         );
-        assert!(error(r#"{ "namespaces": { "chat": { "1st": {} } } }"#)
-            .contains("invalid event name \"1st\""));
-        assert!(error(r#"{ "namespaces": { "": { "x": {} } } }"#)
-            .contains("invalid namespace name \"\""));
+        assert!(
+            error(r#"{ "namespaces": { "chat": { "1st": {} } } }"#).contains("invalid event name \"1st\"")
+        );
+        assert!(error(r#"{ "namespaces": { "": { "x": {} } } }"#).contains("invalid namespace name \"\""));
     }
 
     #[test]
@@ -928,21 +893,13 @@ mod tests {
                 RefProblem::NotDefs,
                 "is not supported; references must",
             ),
-            (
-                "#",
-                RefProblem::NotDefs,
-                "is not supported; references must",
-            ),
+            ("#", RefProblem::NotDefs, "is not supported; references must"),
             (
                 "#/$defs/User/properties/x",
                 RefProblem::NotDefs,
                 "is not supported; references must",
             ),
-            (
-                "#/$defs/",
-                RefProblem::Missing,
-                "does not name an entry of $defs",
-            ),
+            ("#/$defs/", RefProblem::Missing, "does not name an entry of $defs"),
         ];
         for (reference, expected, words) in cases {
             let payload = format!(r#"{{ "items": {{ "$ref": "{reference}" }} }}"#);
@@ -1016,10 +973,8 @@ mod tests {
 
     #[test]
     fn colliding_type_names_are_rejected() {
-        let e = parse(
-            r#"{ "namespaces": { "chat": { "message_x": {} }, "chat_message": { "x": {} } } }"#,
-        )
-        .unwrap_err();
+        let e = parse(r#"{ "namespaces": { "chat": { "message_x": {} }, "chat_message": { "x": {} } } }"#)
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "schema/events.json: event \"chat.message_x\" and event \"chat_message.x\" both \
@@ -1045,9 +1000,8 @@ mod tests {
             "schema/events.json: event \"event.map\": generates the type name EventMap, which is \
              reserved for generated code; rename it"
         );
-        assert!(error(&with_event("{}", r#"{ "event": {} }"#)).starts_with(
-            "schema/events.json: $defs entry \"event\": generates the type name Event,"
-        ));
+        assert!(error(&with_event("{}", r#"{ "event": {} }"#))
+            .starts_with("schema/events.json: $defs entry \"event\": generates the type name Event,"));
     }
 
     #[test]
@@ -1066,10 +1020,7 @@ mod tests {
 
     #[test]
     fn at_least_one_event_is_required() {
-        for text in [
-            r#"{ "namespaces": {} }"#,
-            r#"{ "namespaces": { "chat": {} } }"#,
-        ] {
+        for text in [r#"{ "namespaces": {} }"#, r#"{ "namespaces": { "chat": {} } }"#] {
             assert!(
                 error(text).starts_with("schema/events.json: no events:"),
                 "{text}"

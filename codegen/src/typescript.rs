@@ -77,9 +77,7 @@ pub fn typescript(schema: &SchemaFile) -> String {
         declaration(&mut out, &event.type_name, &event.schema);
     }
 
-    out.push_str(
-        "\n/** Every event's payload type, by wire name. */\nexport interface EventMap {\n",
-    );
+    out.push_str("\n/** Every event's payload type, by wire name. */\nexport interface EventMap {\n");
     for event in &schema.events {
         let _ = writeln!(out, "  {}: {};", quote(&event.name), event.type_name);
     }
@@ -340,10 +338,7 @@ fn ref_type(reference: &str) -> String {
 /// object types.
 fn literal(value: &Value) -> String {
     match value {
-        Value::Array(items) => format!(
-            "[{}]",
-            items.iter().map(literal).collect::<Vec<_>>().join(", ")
-        ),
+        Value::Array(items) => format!("[{}]", items.iter().map(literal).collect::<Vec<_>>().join(", ")),
         Value::Object(map) if map.is_empty() => "Record<string, never>".to_string(),
         Value::Object(map) => {
             let fields: Vec<String> = map
@@ -476,8 +471,7 @@ mod tests {
             t(json!({ "items": { "type": "array", "items": {} } })),
             "unknown[][]"
         );
-        let pair =
-            json!({ "type": "array", "prefixItems": [{ "type": "string" }, { "type": "number" }] });
+        let pair = json!({ "type": "array", "prefixItems": [{ "type": "string" }, { "type": "number" }] });
         assert_eq!(t(pair.clone()), "[string, number, ...unknown[]]");
         let mut closed = pair.clone();
         closed["items"] = json!(false);
@@ -624,10 +618,7 @@ mod tests {
             "C",
             &json!({ "description": "C.", "allOf": [{ "$ref": "#/$defs/A" }], "properties": { "y": {} } }),
         );
-        assert_eq!(
-            out,
-            "/** C. */\nexport type C = {\n  y?: unknown;\n} & A;\n"
-        );
+        assert_eq!(out, "/** C. */\nexport type C = {\n  y?: unknown;\n} & A;\n");
     }
 
     #[test]

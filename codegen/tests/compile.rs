@@ -88,10 +88,7 @@ fn decode_follows_the_schema() {
     assert!(matches!(Event::decode("order.placed", extra), Some(Err(_))));
 
     // oneOf with a `const` discriminator becomes an internally tagged enum.
-    let cancelled = Event::decode(
-        "order.cancelled",
-        json!({ "by": "system", "reason": "fraud" }),
-    );
+    let cancelled = Event::decode("order.cancelled", json!({ "by": "system", "reason": "fraud" }));
     assert!(matches!(
         cancelled,
         Some(Ok(Event::OrderCancelled(OrderCancelled::System { .. })))
@@ -104,10 +101,9 @@ fn decode_follows_the_schema() {
     assert!(matches!(bad, Some(Err(_))));
 
     // additionalProperties with a schema keeps the extra fields.
-    let Some(Ok(Event::MetricsSample(sample))) = Event::decode(
-        "metrics.sample",
-        json!({ "value": 1.5, "at": 7, "host": "a" }),
-    ) else {
+    let Some(Ok(Event::MetricsSample(sample))) =
+        Event::decode("metrics.sample", json!({ "value": 1.5, "at": 7, "host": "a" }))
+    else {
         panic!("metrics.sample did not decode");
     };
     assert_eq!(sample.extra["host"], "a");

@@ -38,7 +38,5 @@ fn features_typescript() {
 #[test]
 fn features_rust() {
     let schema = load("tests/fixtures/features.json");
-    insta::assert_snapshot!(
-        rust(&schema, &RustOptions::default()).unwrap_or_else(|e| panic!("{e}"))
-    );
+    insta::assert_snapshot!(rust(&schema, &RustOptions::default()).unwrap_or_else(|e| panic!("{e}")));
 }

@@ -450,8 +450,14 @@ impl Store for RedisStore {
                     continue;
                 };
                 if key == self.wake_key {
-                    if let Some(last) = parse_entries(&key, entries_v)?.last() {
-                        state.wake_pos = last.id;
+                    // Wake entries carry no event fields (`w 1`): only their id matters, so they
+                    // must not go through `parse_entries`, which would call them malformed.
+                    if let Value::Array(items) = &entries_v {
+                        if let Some(Value::Array(parts)) = items.last() {
+                            if let Some(id) = parts.first() {
+                                state.wake_pos = parse_id(&key, id)?;
+                            }
+                        }
                     }
                     continue;
                 }

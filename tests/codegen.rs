@@ -1,0 +1,162 @@
+//! Code generation for the demo schema: the committed TypeScript is current, the generated Rust
+//! (built by `build.rs` into `tidings::events`) works, and bad schemas fail with clear messages.
+//!
+//! After changing `schema/events.json`, regenerate `clients/src/generated/events.ts` with
+//! `TIDINGS_BLESS=1 cargo test --test codegen`.
+
+use std::path::Path;
+
+use serde_json::json;
+use tidings::events::{
+    Availability, ChatMessage, ChatTyping, Event, NotificationAlert, PresenceStatus, UserName,
+};
+use tidings::{Emittable, Payload};
+use tidings_codegen::{typescript, SchemaError, SchemaFile};
+
+const SCHEMA: &str = "schema/events.json";
+const GENERATED_TS: &str = "clients/src/generated/events.ts";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn demo_schema() -> SchemaFile {
+    let text = std::fs::read_to_string(root().join(SCHEMA)).unwrap();
+    SchemaFile::parse(&text, SCHEMA).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn committed_typescript_is_current() {
+    let fresh = typescript(&demo_schema());
+    let path = root().join(GENERATED_TS);
+    if std::env::var_os("TIDINGS_BLESS").is_some() {
+        std::fs::write(&path, &fresh).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == fresh,
+        "{GENERATED_TS} does not match {SCHEMA}; regenerate it with \
+         `TIDINGS_BLESS=1 cargo test --test codegen` and commit the result"
+    );
+}
+
+#[test]
+fn payload_types_know_their_event_names() {
+    assert_eq!(ChatMessage::NAME, "chat.message");
+    assert_eq!(ChatTyping::NAME, "chat.typing");
+    assert_eq!(NotificationAlert::NAME, "notification.alert");
+    assert_eq!(PresenceStatus::NAME, "presence.status");
+    assert_eq!(
+        Event::NAMES,
+        [
+            "chat.message",
+            "chat.typing",
+            "notification.alert",
+            "presence.status"
+        ]
+    );
+
+    let user: UserName = "ann".parse().unwrap();
+    let typing = ChatTyping { user, active: true };
+    assert_eq!(typing.event_name(), "chat.typing");
+    let event = Event::from(typing.clone());
+    assert_eq!(event.name(), "chat.typing");
+    assert_eq!(event.event_name(), "chat.typing");
+    // The enum serializes as the bare payload.
+    assert_eq!(
+        serde_json::to_value(&event).unwrap(),
+        json!({ "user": "ann", "active": true })
+    );
+    assert_eq!(event, Event::ChatTyping(typing));
+}
+
+#[test]
+fn decode_accepts_valid_payloads() {
+    let decoded = Event::decode(
+        "chat.message",
+        json!({ "text": "hi", "user": "ann", "mentions": ["bob"] }),
+    );
+    let Some(Ok(Event::ChatMessage(message))) = decoded else {
+        panic!("chat.message did not decode: {decoded:?}");
+    };
+    assert_eq!(message.text.as_str(), "hi");
+    assert_eq!(message.user.as_str(), "ann");
+    assert_eq!(message.mentions.len(), 1);
+    assert_eq!(message.reply_to, None);
+
+    let Some(Ok(Event::PresenceStatus(status))) =
+        Event::decode("presence.status", json!({ "user": "ann", "status": "away" }))
+    else {
+        panic!("presence.status did not decode");
+    };
+    assert_eq!(status.status, Availability::Away);
+
+    let Some(Ok(Event::NotificationAlert(alert))) = Event::decode("notification.alert", json!("Deploy at 5"))
+    else {
+        panic!("notification.alert did not decode");
+    };
+    assert_eq!(alert.as_str(), "Deploy at 5");
+}
+
+#[test]
+fn decode_rejects_unknown_names_and_wrong_shapes() {
+    assert!(Event::decode("chat.nope", json!({})).is_none());
+    assert!(Event::decode("chat", json!({})).is_none());
+
+    for (name, data) in [
+        ("chat.message", json!({ "user": "ann" })), // missing text
+        ("chat.message", json!({ "text": 1, "user": "ann" })), // wrong type
+        ("chat.message", json!({ "text": "", "user": "ann" })), // minLength
+        ("chat.message", json!({ "text": "a", "user": "ann", "x": 1 })), // additionalProperties
+        ("chat.typing", json!({ "user": "ann", "active": "yes" })),
+        ("presence.status", json!({ "user": "ann", "status": "busy" })), // not in the enum
+        ("notification.alert", json!("x".repeat(281))),                  // maxLength
+    ] {
+        let decoded = Event::decode(name, data.clone());
+        assert!(
+            matches!(decoded, Some(Err(_))),
+            "{name} {data} decoded: {decoded:?}"
+        );
+    }
+}
+
+#[test]
+fn typed_decode_through_the_payload_trait() {
+    fn decode<P: Payload>(data: serde_json::Value) -> Result<P, serde_json::Error> {
+        serde_json::from_value(data)
+    }
+    let typing: ChatTyping = decode(json!({ "user": "ann", "active": false })).unwrap();
+    assert!(!typing.active);
+    assert!(decode::<ChatTyping>(json!({ "user": "ann" })).is_err());
+}
+
+#[test]
+fn bad_schemas_fail_with_a_clear_message() {
+    let text =
+        std::fs::read_to_string(root().join(SCHEMA))
+            .unwrap()
+            .replacen("#/$defs/UserName", "#/$defs/Nope", 1);
+    let e = SchemaFile::parse(&text, SCHEMA).unwrap_err();
+    assert!(matches!(e, SchemaError::InvalidRef { .. }));
+    assert_eq!(e.event(), Some("chat.message"));
+    assert_eq!(
+        e.to_string(),
+        "schema/events.json: event \"chat.message\": $ref \"#/$defs/Nope\" does not name an \
+         entry of $defs (at /namespaces/chat/message/properties/user/$ref)"
+    );
+
+    let e = SchemaFile::parse(r#"{ "namespaces": { "chat": { "Message": {} } } }"#, "x.json").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "x.json: event \"chat.Message\": invalid event name \"Message\": names must match \
+         [a-z][a-z0-9_]*"
+    );
+
+    let e = SchemaFile::parse("{ \"namespaces\": ", "x.json").unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("x.json: invalid JSON at line 1, column 16: EOF while parsing a value"),
+        "{e}"
+    );
+}
