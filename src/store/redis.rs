@@ -18,37 +18,55 @@ use super::{Entry, Range, Replay, Retention, Store, StoreError, TailBatch, Trimm
 use crate::channel::Channel;
 use crate::id::StreamId;
 
+/// Defines `state(key)` for the scripts below: `{last, max_deleted, first, removed}` of an existing
+/// stream, `removed` being 1 when it has lost entries (`entries-added` > `length`). Trimming does
+/// not update `max-deleted-entry-id` (only `XDEL` does), so `removed` and `first` are what tell
+/// that history was trimmed: see [`StreamState::removed_upto`].
+const STATE_LUA: &str = r#"
+local function state(key)
+  local info = redis.call('XINFO', 'STREAM', key)
+  local last, maxdel, first, added, len = '0-0', '0-0', '', 0, 0
+  for i = 1, #info, 2 do
+    local k = info[i]
+    if k == 'last-generated-id' then last = info[i + 1]
+    elseif k == 'max-deleted-entry-id' then maxdel = info[i + 1]
+    elseif k == 'entries-added' then added = info[i + 1]
+    elseif k == 'length' then len = info[i + 1]
+    elseif k == 'first-entry' then
+      local fe = info[i + 1]
+      if type(fe) == 'table' then first = fe[1] end
+    end
+  end
+  local removed = 0
+  if added > len then removed = 1 end
+  return {last, maxdel, first, removed}
+end
+"#;
+
 /// Reads the stream's trim state and a page of entries in one atomic step, so the answer to
 /// "was anything after this cursor trimmed?" and the entries returned describe the same moment.
+/// (`XRANGE (<max id>` is an error, and nothing can follow the largest id anyway.)
 const REPLAY_LUA: &str = r#"
 local key = KEYS[1]
 if redis.call('EXISTS', key) == 0 then return {0} end
-local info = redis.call('XINFO', 'STREAM', key)
-local last, maxdel, first = '0-0', '0-0', ''
-for i = 1, #info, 2 do
-  local k = info[i]
-  if k == 'last-generated-id' then last = info[i + 1]
-  elseif k == 'max-deleted-entry-id' then maxdel = info[i + 1]
-  elseif k == 'first-entry' then
-    local fe = info[i + 1]
-    if type(fe) == 'table' then first = fe[1] end
-  end
+local out = state(key)
+local page = {}
+if ARGV[1] ~= '18446744073709551615-18446744073709551615' then
+  page = redis.call('XRANGE', key, '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
 end
-return {1, last, maxdel, first, redis.call('XRANGE', key, '(' .. ARGV[1], '+', 'COUNT', ARGV[2])}
+out[5] = page
+return out
 "#;
 
-/// For each stream and position: `0-0` when the entry at the position still exists (so nothing
-/// after it was trimmed), else the stream's `max-deleted-entry-id`.
+/// For each stream and position: `{0}` when the entry at the position still exists (so nothing
+/// after it was trimmed) or the stream is gone, else `state(key)`.
 const GAP_LUA: &str = r#"
 local out = {}
 for i, key in ipairs(KEYS) do
   local pos = ARGV[i]
-  local answer = '0-0'
+  local answer = {0}
   if (pos == '0-0' or #redis.call('XRANGE', key, pos, pos) == 0) and redis.call('EXISTS', key) == 1 then
-    local info = redis.call('XINFO', 'STREAM', key)
-    for j = 1, #info, 2 do
-      if info[j] == 'max-deleted-entry-id' then answer = info[j + 1] end
-    end
+    answer = state(key)
   end
   out[i] = answer
 end
@@ -148,8 +166,8 @@ impl RedisStore {
             prefix: opts.key_prefix,
             retention: opts.retention,
             wake_key,
-            replay: redis::Script::new(REPLAY_LUA),
-            gaps: redis::Script::new(GAP_LUA),
+            replay: redis::Script::new(&format!("{STATE_LUA}{REPLAY_LUA}")),
+            gaps: redis::Script::new(&format!("{STATE_LUA}{GAP_LUA}")),
             tail: tokio::sync::Mutex::new(TailState { conn: None, wake_pos }),
             timeout: opts.timeout,
         })
@@ -213,6 +231,54 @@ fn parse_id(channel: &str, v: &Value) -> Result<StreamId, StoreError> {
     let s = text(v).ok_or_else(|| malformed(channel, "?", "id is not a string"))?;
     s.parse()
         .map_err(|e: crate::id::ParseIdError| malformed(channel, s, &e.to_string()))
+}
+
+/// What `state(key)` (in [`STATE_LUA`]) says about a stream.
+struct StreamState {
+    last: StreamId,
+    max_deleted: StreamId,
+    oldest: Option<StreamId>,
+    removed: bool,
+}
+
+impl StreamState {
+    /// Parses `[last, max_deleted, first or "", removed]`.
+    fn parse(channel: &str, parts: &[Value]) -> Result<StreamState, StoreError> {
+        let [last, max_deleted, first, removed] = parts else {
+            return Err(malformed(channel, "?", "stream state has the wrong length"));
+        };
+        Ok(StreamState {
+            last: parse_id(channel, last)?,
+            max_deleted: parse_id(channel, max_deleted)?,
+            oldest: match text(first) {
+                Some("") | None => None,
+                Some(_) => Some(parse_id(channel, first)?),
+            },
+            removed: matches!(removed, Value::Int(1)),
+        })
+    }
+
+    /// The newest id that may have been removed. `XDEL` records it (`max-deleted-entry-id`);
+    /// trimming does not, but removes oldest first, so every trimmed entry is older than the
+    /// oldest one held (or, with none held, at most the last). The bound is exact unless the
+    /// newest trimmed entry and the oldest held one are more than one id apart, which only ever
+    /// makes a cursor at the newest trimmed entry look trimmed: a reset too many, never one too few.
+    fn removed_upto(&self) -> StreamId {
+        let trimmed = match (self.removed, self.oldest) {
+            (false, _) => StreamId::ZERO,
+            (true, Some(oldest)) => predecessor(oldest),
+            (true, None) => self.last,
+        };
+        self.max_deleted.max(trimmed)
+    }
+}
+
+/// The largest id smaller than `id` (`0-0` for `0-0`).
+fn predecessor(id: StreamId) -> StreamId {
+    match (id.ms, id.seq) {
+        (ms, 0) if ms > 0 => StreamId::new(ms - 1, u64::MAX),
+        (ms, seq) => StreamId::new(ms, seq.saturating_sub(1)),
+    }
 }
 
 /// Parses an `XRANGE`-shaped reply: `[[id, [field, value, …]], …]`.
@@ -313,7 +379,11 @@ impl Store for RedisStore {
                 Range::After(id) => ("XRANGE", format!("({id}"), "+".to_string(), false),
                 Range::Before(id) => ("XREVRANGE", format!("({id}"), "-".to_string(), true),
             };
-            if matches!(range, Range::Before(id) if id == StreamId::ZERO) {
+            // `(0-0` and `(<max id>` are errors in Redis; nothing lies beyond either.
+            let max = StreamId::new(u64::MAX, u64::MAX);
+            if matches!(range, Range::Before(id) if id == StreamId::ZERO)
+                || matches!(range, Range::After(id) if id == max)
+            {
                 return Ok(Vec::new());
             }
             let v: Value = redis::cmd(cmd)
@@ -366,21 +436,18 @@ impl Store for RedisStore {
                 return Err(malformed(name, "?", "replay reply has the wrong length"));
             }
             let entries = parse_entries(name, parts.pop().unwrap_or(Value::Nil))?;
-            let oldest = match text(&parts[3]) {
-                Some("") | None => None,
-                Some(_) => Some(parse_id(name, &parts[3])?),
-            };
-            let last = parse_id(name, &parts[1])?;
-            let max_deleted = parse_id(name, &parts[2])?;
+            let state = StreamState::parse(name, &parts)?;
+            let (last, oldest) = (state.last, state.oldest);
+            let removed_upto = state.removed_upto();
             let trimmed = if after > last {
                 Some(Trimmed {
                     oldest,
                     resume_from: last,
                 })
-            } else if max_deleted > after {
+            } else if removed_upto > after {
                 Some(Trimmed {
                     oldest,
-                    resume_from: max_deleted,
+                    resume_from: removed_upto,
                 })
             } else {
                 None
@@ -517,8 +584,8 @@ impl Store for RedisStore {
 impl RedisStore {
     /// Marks batches that may not follow on from their position. If the entry at the position
     /// is still there, nothing after it was trimmed before the read (trimming removes oldest
-    /// first). Otherwise the stream's `max-deleted-entry-id` decides; it may also count entries
-    /// trimmed after the read, so a gap can be reported that was not one: the caller then
+    /// first). Otherwise [`StreamState::removed_upto`] decides; it may also count entries trimmed
+    /// after the read, so a gap can be reported that was not one: the caller then
     /// re-reads from its own cursor, which answers exactly.
     async fn check_gaps(
         &self,
@@ -537,9 +604,14 @@ impl RedisStore {
             starts.push(pos);
         }
         let mut conn = self.conn.clone();
-        let deleted: Vec<Value> = invocation.invoke_async(&mut conn).await?;
-        for ((batch, pos), max_deleted) in batches.iter_mut().zip(starts).zip(deleted) {
-            batch.gap = parse_id(batch.channel.as_str(), &max_deleted)? > pos;
+        let states: Vec<Value> = invocation.invoke_async(&mut conn).await?;
+        for ((batch, pos), state) in batches.iter_mut().zip(starts).zip(states) {
+            batch.gap = match state {
+                Value::Array(parts) if parts.len() == 4 => {
+                    StreamState::parse(batch.channel.as_str(), &parts)?.removed_upto() > pos
+                }
+                _ => false,
+            };
         }
         Ok(())
     }
