@@ -7,7 +7,7 @@ use std::future::Future;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -133,6 +133,7 @@ pub fn router(rt: Tidings) -> Router {
         .route("/health", get(health))
         .route("/schema", get(schema))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(rt)
 }
 
@@ -153,6 +154,17 @@ pub async fn serve(
             closer.close();
         })
         .await
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {}; routes are POST /emit, GET /realtime, GET /history, GET /health, GET /schema",
+            uri.path()
+        ),
+    )
 }
 
 async fn not_found() -> ApiError {

@@ -253,6 +253,14 @@ async fn replay(
     w: &mut Writer,
     wanted: &impl Fn(&str) -> bool,
 ) -> Result<(), ReplayError> {
+    // Every channel the client has a position for starts there, before any frame is written: a
+    // reset frame's id must not carry the live position of a channel replayed after it, or a
+    // client resuming from that frame would skip that channel's missed events.
+    for channel in &req.channels {
+        if let Some(after) = given.get(channel) {
+            cursor.set(channel, after);
+        }
+    }
     let mut states = Vec::new();
     for channel in &req.channels {
         let Some(after) = given.get(channel) else { continue };
