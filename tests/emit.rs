@@ -4,37 +4,16 @@
 //! Every refusal is checked twice: the 4xx JSON body names what was wrong, and nothing was
 //! written (the history is unchanged and, on Redis, no key was created).
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
-use support::{msg, Backend, SseReader, TestServer, EMIT_KEY};
+use support::{assert_error, msg, Backend, SseReader, TestServer, EMIT_KEY};
 use tidings::events::{Availability, ChatMessage, Event, PresenceStatus};
 use tidings::schema::ValidateError;
 use tidings::{ChannelError, Config, EmitError, Emittable, Range, Retention, StreamId};
-
-/// Generates one `#[tokio::test]` per backend for each listed `async fn(Backend)`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Memory).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::redis()).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     valid_emits_of_every_demo_event,
@@ -101,18 +80,6 @@ async fn assert_redis_holds_only(b: &Backend, keys: &[&str]) {
     if let Some(found) = redis_keys(b).await {
         let expected: BTreeSet<String> = keys.iter().map(|k| k.to_string()).collect();
         assert_eq!(found, expected, "redis keys");
-    }
-}
-
-/// Asserts a 4xx JSON error body: status, `error` code, and a message naming `mentions`.
-fn assert_error(status: u16, body: &Value, want_status: u16, code: &str, mentions: &[&str]) {
-    assert_eq!(status, want_status, "{body}");
-    assert_eq!(body["error"], code, "{body}");
-    let message = body["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no message in {body}"));
-    for m in mentions {
-        assert!(message.contains(m), "message {message:?} should mention {m:?}");
     }
 }
 

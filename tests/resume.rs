@@ -2,6 +2,7 @@
 //! `?cursor=`; partial and foreign cursors; `tidings.reset` when history was trimmed; and no gap
 //! between replay and live while events keep coming. On both stores.
 
+#[macro_use]
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
@@ -12,28 +13,6 @@ use serde_json::Value;
 use support::{msg, Backend, Frame, SseReader, TestServer};
 use tidings::events::ChatMessage;
 use tidings::{Channel, Config, Cursor, Retention, StreamId, Tidings};
-
-/// Generates one `#[tokio::test]` per backend for each listed `async fn(Backend)`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Memory).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::redis()).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     a_dropped_client_gets_exactly_what_it_missed,

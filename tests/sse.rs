@@ -2,6 +2,7 @@
 //! heartbeats, the lagged path, and an end-to-end run with a third-party SSE client
 //! (`eventsource-stream`), on both stores.
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -9,48 +10,9 @@ use std::time::Duration;
 use eventsource_stream::Eventsource;
 use futures_util::{FutureExt as _, Stream, StreamExt};
 use serde_json::{json, Value};
-use support::{msg, Backend, SseReader, TestServer};
+use support::{assert_error, msg, Backend, SseReader, TestServer};
 use tidings::events::{Availability, ChatMessage, ChatTyping, Event, NotificationAlert, PresenceStatus};
 use tidings::{Config, Cursor, Retention, StreamId};
-
-/// Generates one `#[tokio::test]` per backend for each listed `async fn(Backend)`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Memory).await;
-                }
-            )*
-
-            /// Single-threaded so the hub hands out a whole burst before the stream task runs.
-            #[tokio::test(flavor = "current_thread")]
-            async fn a_subscriber_that_falls_behind_gets_lagged_then_resumes() {
-                super::lagged(super::Backend::Memory).await;
-            }
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::redis()).await;
-                }
-            )*
-
-            /// Single-threaded so the hub hands out a whole burst before the stream task runs.
-            #[tokio::test(flavor = "current_thread")]
-            async fn a_subscriber_that_falls_behind_gets_lagged_then_resumes() {
-                super::lagged(super::Backend::redis()).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn data_written_by_another_tool_travels_on_one_line() {
-                super::foreign_multiline_data(super::Backend::redis()).await;
-            }
-        }
-    };
-}
 
 on_both_backends!(
     fresh_connection_and_event_frames_are_byte_exact,
@@ -62,6 +24,23 @@ on_both_backends!(
     heartbeats_arrive_and_every_field_is_one_line,
     eventsource_client_receives_typed_events_and_resumes,
 );
+
+/// Single-threaded so the hub hands out a whole burst before the stream task runs.
+#[tokio::test(flavor = "current_thread")]
+async fn memory_subscriber_that_falls_behind_gets_lagged_then_resumes() {
+    lagged(Backend::Memory).await;
+}
+
+/// Single-threaded so the hub hands out a whole burst before the stream task runs.
+#[tokio::test(flavor = "current_thread")]
+async fn redis_subscriber_that_falls_behind_gets_lagged_then_resumes() {
+    lagged(Backend::redis()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_data_written_by_another_tool_travels_on_one_line() {
+    foreign_multiline_data(Backend::redis()).await;
+}
 
 /// The next event from a third-party SSE client stream, with a timeout.
 async fn next_event<S, E>(stream: &mut S) -> eventsource_stream::Event
@@ -97,17 +76,6 @@ async fn get_error(url: &str, last_event_id: Option<&[u8]>) -> (u16, String, Val
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default();
     (status, content_type, r.json().await.unwrap_or(Value::Null))
-}
-
-fn assert_error(status: u16, body: &Value, want_status: u16, code: &str, mentions: &[&str]) {
-    assert_eq!(status, want_status, "{body}");
-    assert_eq!(body["error"], code, "{body}");
-    let message = body["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no message in {body}"));
-    for m in mentions {
-        assert!(message.contains(m), "message {message:?} should mention {m:?}");
-    }
 }
 
 /// Checks the framing of everything a stream sent: blocks end with a blank line; a block is the

@@ -354,3 +354,38 @@ impl SseReader {
         }
     }
 }
+
+/// Generates one `#[tokio::test]` per backend for each listed `async fn(Backend)`.
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Memory).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::redis()).await;
+                }
+            )*
+        }
+    };
+}
+
+/// Asserts a 4xx JSON error body: status, `error` code, and a message naming `mentions`.
+pub fn assert_error(status: u16, body: &serde_json::Value, want_status: u16, code: &str, mentions: &[&str]) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    let message = body["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {body}"));
+    for m in mentions {
+        assert!(message.contains(m), "message {message:?} should mention {m:?}");
+    }
+}
