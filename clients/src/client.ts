@@ -1,0 +1,374 @@
+// The framework-free core: one shared SSE connection for every channel the app watches.
+import { compareIds, formatCursor, parseCursor } from "./cursor.js";
+import { TidingsError } from "./errors.js";
+import { EVENT_NAMES } from "./generated/events.js";
+import type { Envelope, EventName } from "./generated/events.js";
+import {
+  eventSourceTransport,
+  fetchTransport,
+  type Connection,
+  type EventSourceConstructor,
+  type Frame,
+  type Transport,
+} from "./transport.js";
+
+/** Connection state, as the UI shows it. */
+export type Status = "connecting" | "connected" | "disconnected" | "error";
+
+/** Reconnect delays: `initialMs · factor^attempt`, capped at `maxMs`, minus up to `jitter` of it. */
+export interface Backoff {
+  initialMs: number;
+  maxMs: number;
+  factor: number;
+  /** Fraction (0–1) of each delay that is random, so clients do not reconnect in lockstep. */
+  jitter: number;
+}
+
+/** The default backoff: 0.5 s, doubling, capped at 30 s, half of it random. */
+export const DEFAULT_BACKOFF: Backoff = { initialMs: 500, maxMs: 30_000, factor: 2, jitter: 0.5 };
+
+/** What a `tidings.reset` frame says: history after the cursor is gone. */
+export interface ResetInfo {
+  channel: string;
+  /** The oldest id the channel still holds, or null when it holds none. */
+  oldest: string | null;
+}
+
+/** Options of {@link createClient}. */
+export interface ClientOptions {
+  /** Where tidings is served: `""` (same origin), `"/rt"`, or `"https://rt.example.com"`. */
+  url: string;
+  /**
+   * `"eventsource"` (default where `EventSource` exists; cookies only) or `"fetch"` (sends
+   * `headers`, e.g. `Authorization`), or a custom transport.
+   */
+  transport?: "eventsource" | "fetch" | Transport;
+  /** Headers for the fetch transport and for `history()`; a function is called per request. */
+  headers?: Record<string, string> | (() => Record<string, string> | Promise<Record<string, string>>);
+  /** Send cookies cross-origin. */
+  withCredentials?: boolean;
+  /** Reconnect delays. */
+  backoff?: Partial<Backoff>;
+  /** Give up after this many failed attempts in a row (default: never). */
+  maxAttempts?: number;
+  /** An EventSource implementation (Node has none built in). */
+  EventSource?: EventSourceConstructor;
+  /** A fetch implementation. */
+  fetch?: typeof fetch;
+  /** Event names to listen for; defaults to every event of the generated schema. */
+  eventNames?: readonly string[];
+  /** Random numbers in [0, 1) for jitter (tests pass a fixed one). */
+  random?: () => number;
+}
+
+/** What to subscribe to. */
+export interface SubscribeOptions<E extends EventName = EventName> {
+  channels: readonly string[];
+  /** Only these events; default all. */
+  events?: readonly E[];
+  /** Called once per event, in order per channel, never twice for the same (channel, id). */
+  onData: (envelope: Envelope<E>) => void;
+  /** History after the cursor of `channel` was trimmed: reload that channel's state. */
+  onReset?: (info: ResetInfo) => void;
+}
+
+/** Options of {@link Client.history}. */
+export interface HistoryOptions {
+  /** At most this many (the server caps it, 1000 by default). */
+  limit?: number;
+  /** Entries after this id (paging forward). */
+  after?: string;
+  /** Entries before this id (paging back). */
+  before?: string;
+}
+
+/** A tidings client. */
+export interface Client {
+  /** The connection's state now. */
+  readonly status: Status;
+  /** The last error, when `status` is `error`. */
+  readonly error: TidingsError | undefined;
+  /** Subscribes; returns the function that unsubscribes. */
+  subscribe<E extends EventName = EventName>(options: SubscribeOptions<E>): () => void;
+  /** Calls `listener` on every status change; returns the function that stops it. */
+  onStatus(listener: (status: Status, error: TidingsError | undefined) => void): () => void;
+  /** The cursor over every channel seen: where a reconnect resumes. */
+  cursor(): string;
+  /** Reads stored events of one channel, oldest first. */
+  history(channel: string, options?: HistoryOptions): Promise<Envelope[]>;
+  /** Closes the connection for good. */
+  close(): void;
+}
+
+interface Sub {
+  channels: ReadonlySet<string>;
+  events: ReadonlySet<string> | undefined;
+  onData: (envelope: Envelope) => void;
+  onReset: ((info: ResetInfo) => void) | undefined;
+}
+
+const CONTROL_EVENTS = ["tidings.ready", "tidings.reset", "tidings.lagged"] as const;
+
+/** The delay before reconnect attempt `attempt` (0-based). */
+export function backoffDelay(backoff: Backoff, attempt: number, random: () => number): number {
+  const base = Math.min(backoff.maxMs, backoff.initialMs * Math.pow(backoff.factor, attempt));
+  const jitter = Math.min(Math.max(backoff.jitter, 0), 1);
+  return Math.round(base * (1 - jitter * random()));
+}
+
+/**
+ * Creates a client. Nothing connects until something subscribes; all subscriptions share one
+ * connection, which is re-opened with the current cursor when the set of channels changes, so no
+ * event is lost or repeated across the switch.
+ */
+export function createClient(options: ClientOptions): Client {
+  const base = options.url.replace(/\/+$/, "");
+  const backoff: Backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
+  const random = options.random ?? Math.random;
+  const eventNames = [...(options.eventNames ?? EVENT_NAMES), ...CONTROL_EVENTS];
+  const fetchImpl = options.fetch ?? globalThis.fetch?.bind(globalThis);
+  const transport = pickTransport(options, fetchImpl);
+
+  const subs = new Set<Sub>();
+  const positions = new Map<string, string>();
+  const statusListeners = new Set<(status: Status, error: TidingsError | undefined) => void>();
+  let status: Status = "disconnected";
+  let lastError: TidingsError | undefined;
+  let conn: Connection | undefined;
+  let connKey = "";
+  let attempt = 0;
+  let retryTimer: ReturnType<typeof setTimeout> | undefined;
+  let syncQueued = false;
+  let closed = false;
+
+  const setStatus = (next: Status, error?: TidingsError) => {
+    lastError = next === "error" ? error : undefined;
+    if (next === status && next !== "error") return;
+    status = next;
+    for (const listener of [...statusListeners]) listener(status, lastError);
+  };
+
+  const headers = async (): Promise<Record<string, string>> =>
+    typeof options.headers === "function" ? await options.headers() : { ...options.headers };
+
+  // What the connection should watch: every subscribed channel, and the events filter when every
+  // subscription names its events.
+  const wanted = () => {
+    const channels = new Set<string>();
+    let events: Set<string> | undefined = new Set<string>();
+    for (const sub of subs) {
+      for (const c of sub.channels) channels.add(c);
+      if (!sub.events) events = undefined;
+      else if (events) for (const e of sub.events) events.add(e);
+    }
+    const list = [...channels].sort();
+    const ev = events ? [...events].sort() : undefined;
+    return { channels: list, events: ev, key: `${list.join(",")}|${ev?.join(",") ?? "*"}` };
+  };
+
+  const dropConnection = () => {
+    conn?.close();
+    conn = undefined;
+    connKey = "";
+    if (retryTimer !== undefined) clearTimeout(retryTimer);
+    retryTimer = undefined;
+  };
+
+  const sync = () => {
+    syncQueued = false;
+    if (closed) return;
+    const want = wanted();
+    if (want.channels.length === 0) {
+      dropConnection();
+      setStatus("disconnected");
+      return;
+    }
+    if (want.key === connKey && (conn !== undefined || retryTimer !== undefined)) return;
+    // A channel nobody watches any more is forgotten: subscribing to it again starts live, rather
+    // than replaying what happened while nobody was looking.
+    for (const channel of [...positions.keys()]) {
+      if (!want.channels.includes(channel)) positions.delete(channel);
+    }
+    dropConnection();
+    attempt = 0;
+    void connect(want.channels, want.events, want.key);
+  };
+
+  const scheduleSync = () => {
+    if (syncQueued) return;
+    syncQueued = true;
+    queueMicrotask(sync);
+  };
+
+  const connect = async (channels: string[], events: string[] | undefined, key: string) => {
+    connKey = key;
+    setStatus("connecting");
+    const query = new URLSearchParams();
+    for (const c of channels) query.append("channel", c);
+    if (events && events.length > 0) query.set("events", events.join(","));
+    const cursor = formatCursor(positions, channels);
+    if (cursor) query.set("cursor", cursor);
+    const url = `${base}/realtime?${query.toString()}`;
+    let hdrs: Record<string, string>;
+    try {
+      hdrs = await headers();
+    } catch (cause) {
+      return failed(key, new TidingsError("the headers function failed", { cause }));
+    }
+    if (connKey !== key || closed) return; // the channel set changed meanwhile
+    let opened: Connection | undefined;
+    const mine = () => opened !== undefined && conn === opened;
+    opened = transport(
+      url,
+      { eventNames, headers: hdrs, withCredentials: options.withCredentials ?? false },
+      {
+        onOpen: () => {},
+        onFrame: (frame) => {
+          if (mine()) onFrame(frame);
+        },
+        onError: (error) => {
+          if (mine()) failed(key, error);
+        },
+      },
+    );
+    conn = opened;
+  };
+
+  const failed = (key: string, error: TidingsError) => {
+    conn = undefined;
+    if (closed || key !== connKey) return;
+    setStatus("error", error);
+    if (options.maxAttempts !== undefined && attempt + 1 >= options.maxAttempts) return;
+    const delay = backoffDelay(backoff, attempt, random);
+    attempt += 1;
+    retryTimer = setTimeout(() => {
+      retryTimer = undefined;
+      const want = wanted();
+      if (want.channels.length > 0) void connect(want.channels, want.events, want.key);
+    }, delay);
+  };
+
+  const mergeCursor = (id: string | undefined, except?: string) => {
+    if (!id) return;
+    for (const [channel, pos] of parseCursor(id)) {
+      if (channel === except) continue;
+      const mine = positions.get(channel);
+      if (mine === undefined || compareIds(pos, mine) > 0) positions.set(channel, pos);
+    }
+  };
+
+  const onFrame = (frame: Frame) => {
+    switch (frame.event) {
+      case "tidings.ready":
+        mergeCursor(frame.id);
+        attempt = 0;
+        setStatus("connected");
+        return;
+      case "tidings.reset": {
+        const info = parseJson(frame.data) as { channel?: unknown; oldest?: unknown } | undefined;
+        const channel = typeof info?.channel === "string" ? info.channel : undefined;
+        // The reset's cursor may move this channel past ids we hold: take it as it is.
+        for (const [c, pos] of parseCursor(frame.id ?? "")) {
+          if (c === channel) positions.set(c, pos);
+        }
+        mergeCursor(frame.id, channel);
+        if (channel === undefined) return;
+        const reset: ResetInfo = { channel, oldest: typeof info?.oldest === "string" ? info.oldest : null };
+        for (const sub of [...subs]) if (sub.channels.has(channel)) sub.onReset?.(reset);
+        return;
+      }
+      case "tidings.lagged":
+        // The server closes the stream after this frame; reconnect at once from the cursor.
+        mergeCursor(frame.id);
+        dropConnection();
+        scheduleSync();
+        return;
+      default: {
+        const envelope = parseJson(frame.data) as Envelope | undefined;
+        if (!envelope || typeof envelope.channel !== "string" || typeof envelope.id !== "string") return;
+        const seen = positions.get(envelope.channel);
+        if (seen !== undefined && compareIds(envelope.id, seen) <= 0) {
+          mergeCursor(frame.id);
+          return; // already delivered
+        }
+        positions.set(envelope.channel, envelope.id);
+        mergeCursor(frame.id);
+        for (const sub of [...subs]) {
+          if (!sub.channels.has(envelope.channel)) continue;
+          if (sub.events && !sub.events.has(envelope.event)) continue;
+          sub.onData(envelope);
+        }
+      }
+    }
+  };
+
+  return {
+    get status() {
+      return status;
+    },
+    get error() {
+      return lastError;
+    },
+    subscribe<E extends EventName = EventName>(o: SubscribeOptions<E>) {
+      if (closed) throw new TidingsError("the client is closed");
+      const sub: Sub = {
+        channels: new Set(o.channels),
+        events: o.events ? new Set<string>(o.events) : undefined,
+        onData: o.onData as (envelope: Envelope) => void,
+        onReset: o.onReset,
+      };
+      subs.add(sub);
+      scheduleSync();
+      return () => {
+        if (subs.delete(sub)) scheduleSync();
+      };
+    },
+    onStatus(listener) {
+      statusListeners.add(listener);
+      return () => statusListeners.delete(listener);
+    },
+    cursor() {
+      return formatCursor(positions, [...positions.keys()].sort());
+    },
+    async history(channel, o = {}) {
+      if (!fetchImpl) throw new TidingsError("no fetch implementation available");
+      const query = new URLSearchParams({ channel });
+      if (o.limit !== undefined) query.set("limit", String(o.limit));
+      if (o.after !== undefined) query.set("after", o.after);
+      if (o.before !== undefined) query.set("before", o.before);
+      const response = await fetchImpl(`${base}/history?${query.toString()}`, {
+        headers: { accept: "application/json", ...(await headers()) },
+        credentials: options.withCredentials ? "include" : "same-origin",
+      });
+      if (!response.ok) throw await TidingsError.fromResponse(response);
+      const body = (await response.json()) as { entries?: Envelope[] };
+      return body.entries ?? [];
+    },
+    close() {
+      closed = true;
+      subs.clear();
+      dropConnection();
+      setStatus("disconnected");
+    },
+  };
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+function pickTransport(options: ClientOptions, fetchImpl: typeof fetch | undefined): Transport {
+  const choice = options.transport;
+  if (typeof choice === "function") return choice;
+  const ES = options.EventSource ?? (globalThis as { EventSource?: EventSourceConstructor }).EventSource;
+  if (choice === "fetch" || (choice === undefined && ES === undefined)) {
+    if (!fetchImpl) throw new TidingsError("no fetch implementation: pass options.fetch");
+    return fetchTransport(fetchImpl);
+  }
+  if (!ES) throw new TidingsError("no EventSource implementation: pass options.EventSource or use transport: 'fetch'");
+  return eventSourceTransport(ES);
+}

@@ -1,0 +1,139 @@
+// How bytes arrive: the browser's EventSource, or fetch with a streaming body. Everything that
+// differs between browsers and Node lives in this file.
+import { createParser } from "eventsource-parser";
+import { TidingsError } from "./errors.js";
+
+/** One SSE frame. */
+export interface Frame {
+  event: string;
+  data: string;
+  id: string | undefined;
+}
+
+/** Callbacks a transport reports to. `onError` ends the connection: the client reconnects. */
+export interface TransportHandlers {
+  onOpen(): void;
+  onFrame(frame: Frame): void;
+  onError(error: TidingsError): void;
+}
+
+/** An open connection. */
+export interface Connection {
+  close(): void;
+}
+
+/** Options a transport receives for one connection. */
+export interface ConnectOptions {
+  /** Event names to listen for (EventSource only dispatches named events to named listeners). */
+  eventNames: readonly string[];
+  headers: Record<string, string>;
+  withCredentials: boolean;
+}
+
+/** Opens one SSE connection. */
+export type Transport = (url: string, options: ConnectOptions, handlers: TransportHandlers) => Connection;
+
+/** The minimal EventSource surface used, so Node polyfills and the browser's both fit. */
+export interface EventSourceLike {
+  readonly readyState: number;
+  onopen: ((this: EventSourceLike, ev: Event) => unknown) | null;
+  onerror: ((this: EventSourceLike, ev: Event) => unknown) | null;
+  addEventListener(type: string, listener: (ev: MessageEvent) => void): void;
+  close(): void;
+}
+
+/** A constructor of EventSource objects. */
+export type EventSourceConstructor = new (url: string, init?: { withCredentials?: boolean }) => EventSourceLike;
+
+/**
+ * The browser's EventSource. It cannot send headers: authenticate with cookies
+ * (`withCredentials`) or use the fetch transport. The client closes it on the first error and
+ * reconnects itself, with backoff and its own cursor, instead of the browser's fixed retry.
+ */
+export function eventSourceTransport(EventSourceImpl: EventSourceConstructor): Transport {
+  return (url, options, handlers) => {
+    const source = new EventSourceImpl(url, { withCredentials: options.withCredentials });
+    let closed = false;
+    const stop = () => {
+      closed = true;
+      source.close();
+    };
+    source.onopen = () => {
+      if (!closed) handlers.onOpen();
+    };
+    source.onerror = () => {
+      if (closed) return;
+      stop();
+      handlers.onError(new TidingsError("the event stream failed or was closed by the server"));
+    };
+    const forward = (name: string) => (ev: MessageEvent) => {
+      if (closed) return;
+      handlers.onFrame({ event: name, data: String(ev.data), id: ev.lastEventId || undefined });
+    };
+    for (const name of options.eventNames) source.addEventListener(name, forward(name));
+    return { close: stop };
+  };
+}
+
+/**
+ * fetch with a streaming body, parsed by eventsource-parser: sends headers (`Authorization`),
+ * and reports the server's HTTP error (status and JSON body) when the stream is refused.
+ */
+export function fetchTransport(fetchImpl: typeof fetch): Transport {
+  return (url, options, handlers) => {
+    const abort = new AbortController();
+    let closed = false;
+    const fail = (error: TidingsError) => {
+      if (closed) return;
+      closed = true;
+      abort.abort();
+      handlers.onError(error);
+    };
+    void (async () => {
+      let response: Response;
+      try {
+        response = await fetchImpl(url, {
+          headers: { accept: "text/event-stream", ...options.headers },
+          credentials: options.withCredentials ? "include" : "same-origin",
+          cache: "no-store",
+          signal: abort.signal,
+        });
+      } catch (cause) {
+        fail(new TidingsError("cannot reach the server", { cause }));
+        return;
+      }
+      if (!response.ok) {
+        fail(await TidingsError.fromResponse(response));
+        return;
+      }
+      if (!response.body || !(response.headers.get("content-type") ?? "").startsWith("text/event-stream")) {
+        fail(new TidingsError("the server did not answer with an event stream", { status: response.status }));
+        return;
+      }
+      if (closed) return;
+      handlers.onOpen();
+      const parser = createParser({
+        onEvent(ev) {
+          if (!closed) handlers.onFrame({ event: ev.event ?? "message", data: ev.data, id: ev.id });
+        },
+      });
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      try {
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          parser.feed(value);
+        }
+        fail(new TidingsError("the server ended the event stream"));
+      } catch (cause) {
+        fail(new TidingsError("the event stream broke", { cause }));
+      }
+    })();
+    return {
+      close() {
+        closed = true;
+        abort.abort();
+      },
+    };
+  };
+}
