@@ -1,0 +1,626 @@
+//! `tidings-load`: measures a running tidings server from the outside, or the library in process.
+//!
+//! HTTP mode opens N SSE subscribers over C channels with raw HTTP/1.1 (no client library between
+//! the socket and the numbers), emits E numbered events through `POST /emit` from K keep-alive
+//! connections, and checks that every subscriber received every event of its channel exactly once.
+//! It reports emits/s, deliveries/s, emit-to-receipt latency, lost and duplicated counts, the
+//! server's RSS per connection (with `--server-pid`) and the Redis connections in use (with
+//! `--redis`).
+//!
+//! In-process mode (`--inproc`) emits typed events through the library API from many tasks.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Parser, Clone)]
+#[command(name = "tidings-load", about = "Load generator for tidings")]
+struct Args {
+    /// Base URL of the server (http only).
+    #[arg(long, default_value = "http://127.0.0.1:3000")]
+    url: String,
+    /// Emit key of the server.
+    #[arg(long, env = "TIDINGS_EMIT_KEY", default_value = "")]
+    key: String,
+    /// SSE subscribers to open.
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
+    /// Channels: subscriber i watches channel i mod C, event s goes to channel s mod C.
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
+    /// Events to emit.
+    #[arg(long, default_value_t = 10_000)]
+    events: u64,
+    /// Concurrent emitters (keep-alive connections).
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Cap on emits per second in total (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Connections opened at once while connecting subscribers.
+    #[arg(long, default_value_t = 200)]
+    connect_concurrency: usize,
+    /// Seconds to wait for the last deliveries after the last emit.
+    #[arg(long, default_value_t = 15)]
+    drain_secs: u64,
+    /// PID of the server, to read its RSS from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Redis URL, to count the server's connections (CLIENT LIST) or for --inproc.
+    #[arg(long)]
+    redis: Option<String>,
+    /// Emit through the library in this process instead of over HTTP (needs --redis or uses
+    /// the embedded store).
+    #[arg(long)]
+    inproc: bool,
+    /// Schema file for --inproc.
+    #[arg(long, default_value = "schema/events.json")]
+    schema: String,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Exit non-zero when any event was lost or duplicated.
+    #[arg(long)]
+    strict: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    // 10,000 sockets need more than the usual soft limit of 1024 descriptors.
+    let want = (args.subscribers + args.concurrency + 256) as u64;
+    let got = rlimit::increase_nofile_limit(want).context("raising the open-file limit")?;
+    if got < want {
+        bail!("open-file limit is {got}, {want} needed; raise the hard limit (ulimit -Hn)");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        if args.inproc {
+            inproc(args).await
+        } else {
+            http(args).await
+        }
+    })
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+async fn host_port(url: &str) -> Result<(String, SocketAddr)> {
+    let rest = url
+        .strip_prefix("http://")
+        .context("only http:// URLs are supported")?;
+    let host = rest.split('/').next().unwrap_or(rest).to_string();
+    let addr = tokio::net::lookup_host(&host)
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    Ok((host, addr))
+}
+
+/// What one subscriber saw.
+#[derive(Default)]
+struct SubStats {
+    received: Vec<u8>,
+    duplicates: u64,
+    latencies_us: Vec<u32>,
+    reconnects: u64,
+    lagged: u64,
+}
+
+struct Shared {
+    channels: usize,
+    events: u64,
+    prefix: String,
+    ready: AtomicUsize,
+    delivered: AtomicU64,
+    last_delivery_ns: AtomicU64,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+async fn http(args: Args) -> Result<()> {
+    let (host, addr) = host_port(&args.url).await?;
+    let prefix = format!("load{}:", now_ns() % 1_000_000_007);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared {
+        channels: args.channels.max(1),
+        events: args.events,
+        prefix,
+        ready: AtomicUsize::new(0),
+        delivered: AtomicU64::new(0),
+        last_delivery_ns: AtomicU64::new(0),
+        stop: stop_rx,
+    });
+    let rss_before = args.server_pid.and_then(rss_kb);
+
+    // Connect subscribers, a bounded number at a time.
+    let connect_start = Instant::now();
+    let gate = Arc::new(tokio::sync::Semaphore::new(args.connect_concurrency.max(1)));
+    let mut subs = Vec::with_capacity(args.subscribers);
+    for i in 0..args.subscribers {
+        let shared = shared.clone();
+        let host = host.clone();
+        let gate = gate.clone();
+        subs.push(tokio::spawn(async move {
+            subscriber(i, addr, host, shared, gate).await
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60 + args.subscribers as u64 / 200);
+    while shared.ready.load(Ordering::Acquire) < args.subscribers {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {} subscribers connected",
+                shared.ready.load(Ordering::Acquire),
+                args.subscribers
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connect_secs = connect_start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_connected = args.server_pid.and_then(rss_kb);
+    let redis_connections = match &args.redis {
+        Some(url) => Some(redis_clients(url).await?),
+        None => None,
+    };
+
+    // Emit.
+    let emit_start = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut emitters = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (next, failed, shared) = (next.clone(), failed.clone(), shared.clone());
+        let (host, key, rate) = (host.clone(), args.key.clone(), args.rate);
+        emitters.push(tokio::spawn(async move {
+            emitter(addr, host, key, rate, emit_start, next, failed, shared).await
+        }));
+    }
+    for e in emitters {
+        e.await??;
+    }
+    let emit_secs = emit_start.elapsed().as_secs_f64();
+
+    // Wait for deliveries to stop growing (or all to arrive).
+    let expected: u64 = (0..args.subscribers)
+        .map(|i| expected_for(i % shared.channels, shared.channels, args.events))
+        .sum();
+    let drain_deadline = Instant::now() + Duration::from_secs(args.drain_secs);
+    while shared.delivered.load(Ordering::Acquire) < expected && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(true);
+    let mut stats = Vec::with_capacity(subs.len());
+    for s in subs {
+        stats.push(s.await??);
+    }
+    let rss_after = args.server_pid.and_then(rss_kb);
+
+    // Account.
+    let mut lost = 0u64;
+    let mut duplicated = 0u64;
+    let mut latencies: Vec<u32> = Vec::new();
+    let (mut reconnects, mut lagged) = (0u64, 0u64);
+    for (i, s) in stats.iter().enumerate() {
+        let ch = i % shared.channels;
+        let mut seq = ch as u64;
+        while seq < args.events {
+            if s.received.get(seq as usize).copied().unwrap_or(0) == 0 {
+                lost += 1;
+            }
+            seq += shared.channels as u64;
+        }
+        duplicated += s.duplicates;
+        reconnects += s.reconnects;
+        lagged += s.lagged;
+        latencies.extend_from_slice(&s.latencies_us);
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies[i] as f64 / 1000.0
+    };
+    let delivered = shared.delivered.load(Ordering::Acquire);
+    let last = shared.last_delivery_ns.load(Ordering::Acquire);
+    let start_ns = now_ns() - emit_start.elapsed().as_nanos() as u64;
+    let delivery_secs = (last.saturating_sub(start_ns)) as f64 / 1e9;
+    let per_conn = match (rss_before, rss_connected) {
+        (Some(b), Some(a)) if args.subscribers > 0 => {
+            Some((a.saturating_sub(b) * 1024) / args.subscribers as u64)
+        }
+        _ => None,
+    };
+    let result = serde_json::json!({
+        "subscribers": args.subscribers,
+        "channels": shared.channels,
+        "events": args.events,
+        "concurrency": args.concurrency,
+        "rate_cap": args.rate,
+        "connect_secs": round3(connect_secs),
+        "emit_secs": round3(emit_secs),
+        "emits_per_sec": round3(args.events as f64 / emit_secs),
+        "failed_emits": failed.load(Ordering::Acquire),
+        "expected_deliveries": expected,
+        "deliveries": delivered,
+        "deliveries_per_sec": round3(delivered as f64 / delivery_secs.max(1e-9)),
+        "latency_ms": { "p50": round3(pct(0.50)), "p99": round3(pct(0.99)), "max": round3(pct(1.0)) },
+        "lost": lost,
+        "duplicated": duplicated,
+        "reconnects": reconnects,
+        "lagged": lagged,
+        "server_rss_kb": { "before": rss_before, "connected": rss_connected, "after": rss_after },
+        "rss_per_connection_bytes": per_conn,
+        "redis_connections": redis_connections,
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    }
+    if args.strict && (lost > 0 || duplicated > 0) {
+        bail!("{lost} lost, {duplicated} duplicated");
+    }
+    Ok(())
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn expected_for(ch: usize, channels: usize, events: u64) -> u64 {
+    let c = channels as u64;
+    let ch = ch as u64;
+    if events <= ch {
+        0
+    } else {
+        (events - ch).div_ceil(c)
+    }
+}
+
+/// RSS of a process in KiB, from /proc.
+fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Connections to Redis other than our own.
+async fn redis_clients(url: &str) -> Result<usize> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await?;
+    Ok(list
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+        .saturating_sub(1))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn emitter(
+    addr: SocketAddr,
+    host: String,
+    key: String,
+    rate: u64,
+    start: Instant,
+    next: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+) -> Result<()> {
+    let mut conn = TcpStream::connect(addr).await?;
+    conn.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let seq = next.fetch_add(1, Ordering::AcqRel);
+        if seq >= shared.events {
+            return Ok(());
+        }
+        if rate > 0 {
+            let due = start + Duration::from_nanos(seq * 1_000_000_000 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let channel = format!("{}{}", shared.prefix, seq % shared.channels as u64);
+        let mut attempts = 0;
+        loop {
+            let body = format!(
+                r#"{{"channel":"{channel}","event":"notification.alert","data":"{seq} {}"}}"#,
+                now_ns()
+            );
+            let request = format!(
+                "POST /emit HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let status = match send(&mut conn, request.as_bytes(), &mut buf).await {
+                Ok(status) => status,
+                Err(_) => {
+                    conn = TcpStream::connect(addr).await?;
+                    conn.set_nodelay(true)?;
+                    0
+                }
+            };
+            if status == 200 {
+                break;
+            }
+            attempts += 1;
+            if attempts >= 5 {
+                failed.fetch_add(1, Ordering::AcqRel);
+                bail!("emit {seq} failed with status {status} five times");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Sends one request on a keep-alive connection and reads the response; returns its status.
+async fn send(conn: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> std::io::Result<u16> {
+    conn.write_all(request).await?;
+    buf.clear();
+    let header_end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        read_more(conn, buf).await?;
+    };
+    let head = std::str::from_utf8(&buf[..header_end]).map_err(std::io::Error::other)?;
+    let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < header_end + length {
+        read_more(conn, buf).await?;
+    }
+    Ok(status)
+}
+
+async fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut chunk = [0u8; 8192];
+    let n = conn.read(&mut chunk).await?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// One SSE subscriber: raw HTTP/1.1, chunked decoding, SSE framing; reconnects with its cursor
+/// when the server ends the stream (e.g. after `tidings.lagged`).
+async fn subscriber(
+    index: usize,
+    addr: SocketAddr,
+    host: String,
+    shared: Arc<Shared>,
+    gate: Arc<tokio::sync::Semaphore>,
+) -> Result<SubStats> {
+    let ch = index % shared.channels;
+    let channel = format!("{}{}", shared.prefix, ch);
+    let mut stats = SubStats {
+        received: vec![0u8; shared.events as usize],
+        ..SubStats::default()
+    };
+    let mut last_id: Option<String> = None;
+    let mut counted_ready = false;
+    let mut stop = shared.stop.clone();
+    loop {
+        let mut permit = if counted_ready {
+            None
+        } else {
+            Some(gate.acquire().await?)
+        };
+        let mut conn = match TcpStream::connect(addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                if *stop.borrow() {
+                    return Ok(stats);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                stats.reconnects += 1;
+                if stats.reconnects > 100 {
+                    bail!("subscriber {index}: cannot connect: {e}");
+                }
+                continue;
+            }
+        };
+        let resume = last_id
+            .as_ref()
+            .map(|id| format!("Last-Event-ID: {id}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "GET /realtime?channel={channel} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n{resume}\r\n"
+        );
+        conn.write_all(request.as_bytes()).await?;
+        let mut reader = SseReader::default();
+        let mut chunk = vec![0u8; 16 * 1024];
+        let ended = loop {
+            let n = tokio::select! {
+                r = conn.read(&mut chunk) => r.unwrap_or(0),
+                _ = stop.changed() => return Ok(stats),
+            };
+            if n == 0 {
+                break true;
+            }
+            for frame in reader.feed(&chunk[..n])? {
+                if let Some(id) = frame.id {
+                    last_id = Some(id);
+                }
+                match frame.event.as_deref() {
+                    Some("tidings.ready") => {
+                        if !counted_ready {
+                            counted_ready = true;
+                            drop(permit.take());
+                            shared.ready.fetch_add(1, Ordering::AcqRel);
+                        }
+                    }
+                    Some("tidings.lagged") => stats.lagged += 1,
+                    Some("notification.alert") => {
+                        if let Some((seq, sent)) = frame.data.as_deref().and_then(payload) {
+                            let now = now_ns();
+                            match stats.received.get_mut(seq as usize) {
+                                Some(slot) if *slot == 0 => {
+                                    *slot = 1;
+                                    shared.delivered.fetch_add(1, Ordering::AcqRel);
+                                    shared.last_delivery_ns.fetch_max(now, Ordering::AcqRel);
+                                    let us = now.saturating_sub(sent) / 1000;
+                                    stats.latencies_us.push(us.min(u32::MAX as u64) as u32);
+                                }
+                                Some(_) => stats.duplicates += 1,
+                                None => {}
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        };
+        if ended {
+            if *stop.borrow() {
+                return Ok(stats);
+            }
+            stats.reconnects += 1;
+        }
+    }
+}
+
+/// Reads `"<seq> <sent ns>"` out of an envelope's `data` string without a JSON parser.
+fn payload(envelope: &str) -> Option<(u64, u64)> {
+    let start = envelope.find(r#""data":""#)? + 8;
+    let rest = &envelope[start..];
+    let end = rest.find('"')?;
+    let (seq, sent) = rest[..end].split_once(' ')?;
+    Some((seq.parse().ok()?, sent.parse().ok()?))
+}
+
+#[derive(Default)]
+struct Frame {
+    id: Option<String>,
+    event: Option<String>,
+    data: Option<String>,
+}
+
+/// HTTP response head, then chunked transfer decoding, then SSE frames.
+#[derive(Default)]
+struct SseReader {
+    raw: Vec<u8>,
+    head_done: bool,
+    chunked: bool,
+    body: Vec<u8>,
+}
+
+impl SseReader {
+    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Frame>> {
+        self.raw.extend_from_slice(bytes);
+        if !self.head_done {
+            let Some(end) = find(&self.raw, b"\r\n\r\n") else {
+                return Ok(Vec::new());
+            };
+            let head = String::from_utf8_lossy(&self.raw[..end]).to_ascii_lowercase();
+            if !head.starts_with("http/1.1 200") {
+                bail!("subscription refused: {}", head.lines().next().unwrap_or(""));
+            }
+            self.chunked = head.contains("transfer-encoding: chunked");
+            self.raw.drain(..end + 4);
+            self.head_done = true;
+        }
+        if self.chunked {
+            loop {
+                let Some(line_end) = find(&self.raw, b"\r\n") else {
+                    break;
+                };
+                let size_text = std::str::from_utf8(&self.raw[..line_end])?;
+                let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                    .with_context(|| format!("bad chunk size {size_text:?}"))?;
+                if self.raw.len() < line_end + 2 + size + 2 {
+                    break;
+                }
+                self.body
+                    .extend_from_slice(&self.raw[line_end + 2..line_end + 2 + size]);
+                self.raw.drain(..line_end + 2 + size + 2);
+            }
+        } else {
+            self.body.append(&mut self.raw);
+        }
+        let mut frames = Vec::new();
+        while let Some(end) = find(&self.body, b"\n\n") {
+            let block: Vec<u8> = self.body.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&block);
+            let mut frame = Frame::default();
+            for line in text.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    frame.id = Some(v.to_string());
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    frame.event = Some(v.to_string());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    frame.data = Some(v.to_string());
+                }
+            }
+            if frame.event.is_some() {
+                frames.push(frame);
+            }
+        }
+        Ok(frames)
+    }
+}
+
+/// Typed emits through the library API from many tasks.
+async fn inproc(args: Args) -> Result<()> {
+    use tidings::events::NotificationAlert;
+    let mut config = tidings::Config::default().schema(&args.schema);
+    if let Some(url) = &args.redis {
+        config = config.redis_url(url);
+    }
+    let rt = tidings::Tidings::from_config(config).await?;
+    let tasks = args.concurrency.max(1) as u64;
+    let per_task = args.events / tasks;
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let rt = rt.clone();
+        let channels = args.channels.max(1) as u64;
+        handles.push(tokio::spawn(async move {
+            for i in 0..per_task {
+                let seq = t * per_task + i;
+                let alert: NotificationAlert = format!("{seq}").parse().map_err(anyhow::Error::msg)?;
+                rt.channel(&format!("inproc:{}", seq % channels))
+                    .emit(alert)
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let total = per_task * tasks;
+    let result = serde_json::json!({
+        "mode": "inproc",
+        "store": rt.store().kind(),
+        "tasks": tasks,
+        "events": total,
+        "secs": round3(secs),
+        "emits_per_sec": round3(total as f64 / secs),
+    });
+    println!("{result}");
+    Ok(())
+}
