@@ -328,9 +328,8 @@ async fn emitter(
         if seq >= shared.events {
             return Ok(());
         }
-        if rate > 0 {
-            let due = start + Duration::from_nanos(seq * 1_000_000_000 / rate);
-            tokio::time::sleep_until(due.into()).await;
+        if let Some(offset) = (seq * 1_000_000_000).checked_div(rate) {
+            tokio::time::sleep_until((start + Duration::from_nanos(offset)).into()).await;
         }
         let channel = format!("{}{}", shared.prefix, seq % shared.channels as u64);
         let mut attempts = 0;
@@ -465,12 +464,10 @@ async fn subscriber(
                     last_id = Some(id);
                 }
                 match frame.event.as_deref() {
-                    Some("tidings.ready") => {
-                        if !counted_ready {
-                            counted_ready = true;
-                            drop(permit.take());
-                            shared.ready.fetch_add(1, Ordering::AcqRel);
-                        }
+                    Some("tidings.ready") if !counted_ready => {
+                        counted_ready = true;
+                        drop(permit.take());
+                        shared.ready.fetch_add(1, Ordering::AcqRel);
                     }
                     Some("tidings.lagged") => stats.lagged += 1,
                     Some("notification.alert") => {
