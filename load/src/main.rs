@@ -540,10 +540,7 @@ impl SseReader {
             self.head_done = true;
         }
         if self.chunked {
-            loop {
-                let Some(line_end) = find(&self.raw, b"\r\n") else {
-                    break;
-                };
+            while let Some(line_end) = find(&self.raw, b"\r\n") {
                 let size_text = std::str::from_utf8(&self.raw[..line_end])?;
                 let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
                     .with_context(|| format!("bad chunk size {size_text:?}"))?;
