@@ -1,8 +1,8 @@
 //! Code generation for the demo schema: the committed TypeScript is current, the generated Rust
 //! (built by `build.rs` into `tidings::events`) works, and bad schemas fail with clear messages.
 //!
-//! After changing `schema/events.json`, regenerate `clients/src/generated/events.ts` with
-//! `TIDINGS_BLESS=1 cargo test --test codegen`.
+//! After changing `schema/events.json`, regenerate `clients/src/generated/events.ts` and
+//! `clients/src/generated/react.ts` with `TIDINGS_BLESS=1 cargo test --test codegen`.
 
 use std::path::Path;
 
@@ -11,10 +11,11 @@ use tidings::events::{
     Availability, ChatMessage, ChatTyping, Event, NotificationAlert, PresenceStatus, UserName,
 };
 use tidings::{Emittable, Payload};
-use tidings_codegen::{typescript, SchemaError, SchemaFile};
+use tidings_codegen::{typescript, typescript_react, SchemaError, SchemaFile};
 
 const SCHEMA: &str = "schema/events.json";
 const GENERATED_TS: &str = "clients/src/generated/events.ts";
+const GENERATED_REACT: &str = "clients/src/generated/react.ts";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -25,20 +26,29 @@ fn demo_schema() -> SchemaFile {
     SchemaFile::parse(&text, SCHEMA).unwrap_or_else(|e| panic!("{e}"))
 }
 
-#[test]
-fn committed_typescript_is_current() {
-    let fresh = typescript(&demo_schema());
-    let path = root().join(GENERATED_TS);
+/// Compares `fresh` with the committed file at `relative`, or writes it when `TIDINGS_BLESS` is set.
+fn check_committed(relative: &str, fresh: &str) {
+    let path = root().join(relative);
     if std::env::var_os("TIDINGS_BLESS").is_some() {
-        std::fs::write(&path, &fresh).unwrap();
+        std::fs::write(&path, fresh).unwrap();
         return;
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == fresh,
-        "{GENERATED_TS} does not match {SCHEMA}; regenerate it with \
+        "{relative} does not match {SCHEMA}; regenerate it with \
          `TIDINGS_BLESS=1 cargo test --test codegen` and commit the result"
     );
+}
+
+#[test]
+fn committed_typescript_is_current() {
+    check_committed(GENERATED_TS, &typescript(&demo_schema()));
+}
+
+#[test]
+fn committed_react_hooks_are_current() {
+    check_committed(GENERATED_REACT, &typescript_react(&demo_schema()));
 }
 
 #[test]

@@ -138,6 +138,9 @@ export function createClient(options: ClientOptions): Client {
   let connKey = "";
   let attempt = 0;
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
+  // Set while a connect awaits its headers, so a sync in that window neither opens a second
+  // connection nor leaves the first one open and orphaned.
+  let pending: object | undefined;
   let syncQueued = false;
   let closed = false;
 
@@ -169,6 +172,7 @@ export function createClient(options: ClientOptions): Client {
   const dropConnection = () => {
     conn?.close();
     conn = undefined;
+    pending = undefined;
     connKey = "";
     if (retryTimer !== undefined) clearTimeout(retryTimer);
     retryTimer = undefined;
@@ -183,7 +187,7 @@ export function createClient(options: ClientOptions): Client {
       setStatus("disconnected");
       return;
     }
-    if (want.key === connKey && (conn !== undefined || retryTimer !== undefined)) return;
+    if (want.key === connKey && (conn !== undefined || retryTimer !== undefined || pending !== undefined)) return;
     // A channel nobody watches any more is forgotten: subscribing to it again starts live, rather
     // than replaying what happened while nobody was looking.
     for (const channel of [...positions.keys()]) {
@@ -209,35 +213,54 @@ export function createClient(options: ClientOptions): Client {
     const cursor = formatCursor(positions, channels);
     if (cursor) query.set("cursor", cursor);
     const url = `${base}/realtime?${query.toString()}`;
+    const token = {};
+    pending = token;
     let hdrs: Record<string, string>;
     try {
       hdrs = await headers();
     } catch (cause) {
+      if (pending !== token) return;
+      pending = undefined;
       return failed(key, new TidingsError("the headers function failed", { cause }));
     }
-    if (connKey !== key || closed) return; // the channel set changed meanwhile
+    if (pending !== token || connKey !== key || closed) return; // dropped or replaced meanwhile
+    pending = undefined;
     let opened: Connection | undefined;
+    // An error reported before transport() returns (a refused URL, say) is handled after it.
+    let early: TidingsError | undefined;
     const mine = () => opened !== undefined && conn === opened;
-    opened = transport(
-      url,
-      { eventNames, headers: hdrs, withCredentials: options.withCredentials ?? false },
-      {
-        onOpen: () => {},
-        onFrame: (frame) => {
-          if (mine()) onFrame(frame);
+    try {
+      opened = transport(
+        url,
+        { eventNames, headers: hdrs, withCredentials: options.withCredentials ?? false },
+        {
+          onOpen: () => {},
+          onFrame: (frame) => {
+            if (mine()) onFrame(frame);
+          },
+          onError: (error) => {
+            if (opened === undefined) early ??= error;
+            else if (mine()) failed(key, error);
+          },
         },
-        onError: (error) => {
-          if (mine()) failed(key, error);
-        },
-      },
-    );
+      );
+    } catch (cause) {
+      return failed(key, cause instanceof TidingsError ? cause : new TidingsError("cannot open the event stream", { cause }));
+    }
     conn = opened;
+    if (early !== undefined) {
+      opened.close();
+      failed(key, early);
+    }
   };
 
   const failed = (key: string, error: TidingsError) => {
     conn = undefined;
     if (closed || key !== connKey) return;
     setStatus("error", error);
+    // A request the server refuses as malformed (say, a bad channel name) is refused again on
+    // every retry: wait for the subscriptions to change instead of retrying forever.
+    if (error.permanent) return;
     if (options.maxAttempts !== undefined && attempt + 1 >= options.maxAttempts) return;
     const delay = backoffDelay(backoff, attempt, random);
     attempt += 1;

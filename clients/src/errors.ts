@@ -14,10 +14,13 @@ export class TidingsError extends Error {
     this.code = options.code;
   }
 
-  /** True for answers that will not change on retry with the same request (4xx but 408/429). */
+  /**
+   * True for answers that cannot change when the same request is retried: a 4xx other than 401
+   * and 403 (credentials may be refreshed by a `headers` function), 408 and 429.
+   */
   get permanent(): boolean {
     const s = this.status;
-    return s !== undefined && s >= 400 && s < 500 && s !== 408 && s !== 429;
+    return s !== undefined && s >= 400 && s < 500 && ![401, 403, 408, 429].includes(s);
   }
 
   /** Builds an error from a non-2xx response, reading the server's JSON error body. */

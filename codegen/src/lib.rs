@@ -82,7 +82,7 @@ pub use schema::{
     EventDef, RefProblem, SchemaError, SchemaFile, SchemaItem, DEF_NAME_PATTERN, NAME_PATTERN,
     RESERVED_TYPE_NAMES,
 };
-pub use typescript::typescript;
+pub use typescript::{typescript, typescript_react};
 
 #[cfg(feature = "rust")]
 pub use rust::{rust, CodegenError, RustOptions};

@@ -1,11 +1,11 @@
-//! Snapshots of the generated Rust and TypeScript for the demo schema and a feature fixture.
+//! Snapshots of the generated Rust, TypeScript and React hooks for the demo schema and a feature fixture.
 //!
 //! Review changes with `INSTA_UPDATE=always cargo test -p tidings-codegen --test snapshots`
 //! followed by `git diff codegen/tests/snapshots`.
 
 use std::path::Path;
 
-use tidings_codegen::{rust, typescript, RustOptions, SchemaFile};
+use tidings_codegen::{rust, typescript, typescript_react, RustOptions, SchemaFile};
 
 fn load(relative: &str) -> SchemaFile {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
@@ -23,6 +23,11 @@ fn demo() -> SchemaFile {
 #[test]
 fn demo_typescript() {
     insta::assert_snapshot!(typescript(&demo()));
+}
+
+#[test]
+fn demo_typescript_react() {
+    insta::assert_snapshot!(typescript_react(&demo()));
 }
 
 #[test]

@@ -1,0 +1,207 @@
+// The inbox pattern without a framework: a channel's recent history, kept current by the live
+// stream. `react.ts` and `svelte.ts` wrap it; anything else can call it directly.
+import type { Client, ResetInfo } from "./client.js";
+import { compareIds, parseCursor } from "./cursor.js";
+import type { Envelope, EventName } from "./generated/events.js";
+
+/** Where a feed stands: loading history, showing it, or failed to load it (live events still arrive). */
+export type FeedStatus = "loading" | "ready" | "error";
+
+/** Options of {@link createHistoryFeed}. */
+export interface HistoryFeedOptions<E extends EventName = EventName> {
+  /** Keep the newest this many entries (default 100, the server's default page). */
+  limit?: number;
+  /** Only these events; default all. History is filtered after it is fetched, so fewer than `limit` may remain. */
+  events?: readonly E[];
+  /** Called after `tidings.reset` for the channel, before the feed reloads. */
+  onReset?: (info: ResetInfo) => void;
+}
+
+/** A channel's newest entries, oldest first, with live events merged in. */
+export interface HistoryFeed<E extends EventName = EventName> {
+  /** The entries now, oldest first; a new array after every change, the same one otherwise. */
+  entries(): readonly Envelope<E>[];
+  readonly status: FeedStatus;
+  /** Why the last load failed, when `status` is `"error"`. */
+  readonly error: unknown;
+  /** Fetches history again and merges it with what arrived live meanwhile. */
+  reload(): Promise<void>;
+  /** Unsubscribes; nothing changes afterwards. */
+  close(): void;
+}
+
+/** The default number of entries a feed keeps. */
+export const DEFAULT_FEED_LIMIT = 100;
+
+/**
+ * Watches `channel`: its newest `limit` entries from `client.history`, then every live event,
+ * without losing or repeating one.
+ *
+ * It subscribes first and waits until the connection covers the channel (the server then sends
+ * everything after that point live), then fetches history; live events that arrive before the
+ * fetch answers are kept, and merged with it by stream id. A `tidings.reset` (events were missed)
+ * reloads from history. `onChange` is called after every change of `entries()` or `status`.
+ *
+ * @example
+ * const feed = createHistoryFeed(client, "room:1", { limit: 50, events: ["chat.message"] }, (f) =>
+ *   render(f.entries()),
+ * );
+ */
+export function createHistoryFeed<E extends EventName = EventName>(
+  client: Client,
+  channel: string,
+  options: HistoryFeedOptions<E>,
+  onChange: (feed: HistoryFeed<E>) => void,
+): HistoryFeed<E> {
+  const limit = Math.max(1, Math.floor(options.limit ?? DEFAULT_FEED_LIMIT));
+  const wanted: ReadonlySet<string> | undefined = options.events ? new Set(options.events) : undefined;
+
+  let list: readonly Envelope<E>[] = [];
+  let status: FeedStatus = "loading";
+  let error: unknown;
+  // Live events received before or while a load is in flight: the fetched page replaces the
+  // list, and may or may not hold them.
+  let pending: Envelope<E>[] = [];
+  let collecting = true;
+  let generation = 0;
+  let started = false;
+  let closed = false;
+
+  const feed: HistoryFeed<E> = {
+    entries: () => list,
+    get status() {
+      return status;
+    },
+    get error() {
+      return error;
+    },
+    reload: () => load(),
+    close,
+  };
+
+  const changed = () => {
+    if (!closed) onChange(feed);
+  };
+
+  const load = async (): Promise<void> => {
+    if (closed) return;
+    started = true;
+    const mine = ++generation;
+    collecting = true;
+    if (status !== "loading") {
+      status = "loading";
+      changed();
+    }
+    let page: Envelope[];
+    try {
+      page = await client.history(channel, { limit });
+    } catch (cause) {
+      if (closed || mine !== generation) return;
+      collecting = false;
+      pending = [];
+      status = "error";
+      error = cause;
+      changed();
+      return;
+    }
+    if (closed || mine !== generation) return;
+    // Checked by `events` (all of them when it is absent), so these are `Envelope<E>`.
+    const fetched = page.filter((e) => !wanted || wanted.has(e.event)) as Envelope<E>[];
+    list = mergeEntries<Envelope<E>>(fetched, pending, limit);
+    collecting = false;
+    pending = [];
+    status = "ready";
+    error = undefined;
+    changed();
+  };
+
+  const unsubscribe = client.subscribe<E>({
+    channels: [channel],
+    ...(options.events ? { events: options.events } : {}),
+    onData: (envelope) => {
+      if (closed) return;
+      if (collecting) pending.push(envelope);
+      const next = mergeEntries(list, [envelope], limit);
+      if (next === list) return;
+      list = next;
+      changed();
+    },
+    onReset: (info) => {
+      if (closed) return;
+      options.onReset?.(info);
+      void load();
+    },
+  });
+
+  // The server starts a channel without a cursor live from the moment it connects: fetching
+  // history earlier would miss what is emitted between the fetch and that moment. Once the
+  // connection's cursor names the channel, everything after the page arrives live.
+  let stopWaiting: (() => void) | undefined;
+  const covered = () => client.status === "connected" && parseCursor(client.cursor()).has(channel);
+  const startWhenCovered = () => {
+    if (started || closed || !covered()) return;
+    stopWaiting?.();
+    stopWaiting = undefined;
+    void load();
+  };
+  stopWaiting = client.onStatus(() => startWhenCovered());
+  // An already-open connection may cover the channel, but only after this subscription's
+  // re-sync (a microtask) has kept or replaced it.
+  queueMicrotask(startWhenCovered);
+
+  function close() {
+    if (closed) return;
+    closed = true;
+    stopWaiting?.();
+    stopWaiting = undefined;
+    unsubscribe();
+  }
+
+  return feed;
+}
+
+/**
+ * Merges `incoming` into `base` (both oldest first): ordered by stream id, one entry per id, the
+ * newest `limit` kept. Returns `base` itself when nothing changed.
+ */
+export function mergeEntries<T extends { id: string }>(
+  base: readonly T[],
+  incoming: readonly T[],
+  limit: number,
+): readonly T[] {
+  let out: T[] | undefined;
+  for (const entry of incoming) {
+    const current: readonly T[] = out ?? base;
+    const last = current[current.length - 1];
+    // The usual case: a live event newer than everything held.
+    if (last === undefined || compareIds(entry.id, last.id) > 0) {
+      out = out ?? [...base];
+      out.push(entry);
+      continue;
+    }
+    const at = lowerBound(current, entry.id);
+    // Older than everything a full list holds: it would be trimmed right away.
+    if (at === 0 && current.length >= limit) continue;
+    const there = current[at];
+    if (there !== undefined && there.id === entry.id) continue;
+    out = out ?? [...base];
+    out.splice(at, 0, entry);
+  }
+  if (out === undefined) {
+    return base.length > limit ? base.slice(base.length - limit) : base;
+  }
+  return out.length > limit ? out.slice(out.length - limit) : out;
+}
+
+/** The first index whose id is not older than `id`. */
+function lowerBound(list: readonly { id: string }[], id: string): number {
+  let lo = 0;
+  let hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    const entry = list[mid];
+    if (entry !== undefined && compareIds(entry.id, id) < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}

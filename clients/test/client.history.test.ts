@@ -1,0 +1,74 @@
+// client.history(): paging over GET /history, and its errors.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TidingsError, createClient, type Client } from "../src/index.js";
+import { uniqueChannel } from "./support/client.js";
+import { startServer, type Server } from "./support/processes.js";
+
+let server: Server;
+let client: Client;
+const channel = uniqueChannel("history");
+const ids: string[] = [];
+
+beforeAll(async () => {
+  server = await startServer();
+  client = createClient({ url: `${server.url}/`, transport: "fetch" }); // the trailing slash is dropped
+  for (let i = 0; i < 12; i++) ids.push(await server.say(channel, `h${i}`));
+  ids.push(await server.emit(channel, "notification.alert", "last"));
+});
+afterAll(async () => {
+  client?.close();
+  await server?.stop();
+});
+
+async function expectError(promise: Promise<unknown>, status: number, code: string): Promise<void> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(TidingsError);
+  expect((error as TidingsError).status).toBe(status);
+  expect((error as TidingsError).code).toBe(code);
+}
+
+describe("history", () => {
+  it("returns envelopes oldest first", async () => {
+    const entries = await client.history(channel);
+    expect(entries.map((e) => e.id)).toEqual(ids);
+    expect(entries[0]).toEqual({ id: ids[0], channel, event: "chat.message", data: { text: "h0", user: "vitest" } });
+    expect(entries.at(-1)).toEqual({ id: ids.at(-1), channel, event: "notification.alert", data: "last" });
+    expect(client.status).toBe("disconnected"); // history does not open a stream
+  });
+
+  it("limit gives the newest entries", async () => {
+    expect((await client.history(channel, { limit: 5 })).map((e) => e.id)).toEqual(ids.slice(-5));
+    expect((await client.history(channel, { limit: 1 })).map((e) => e.id)).toEqual(ids.slice(-1));
+  });
+
+  it("after pages forward and before pages back, both exclusive", async () => {
+    expect((await client.history(channel, { after: ids[3] as string, limit: 4 })).map((e) => e.id)).toEqual(ids.slice(4, 8));
+    expect((await client.history(channel, { before: ids[8] as string, limit: 3 })).map((e) => e.id)).toEqual(ids.slice(5, 8));
+    expect((await client.history(channel, { after: ids.at(-1) as string })).map((e) => e.id)).toEqual([]);
+    expect((await client.history(channel, { before: ids[0] as string })).map((e) => e.id)).toEqual([]);
+    // Paging forward through everything.
+    const pages: string[] = [];
+    let after = "0-0";
+    for (;;) {
+      const page = await client.history(channel, { after, limit: 5 });
+      if (page.length === 0) break;
+      pages.push(...page.map((e) => e.id));
+      after = page.at(-1)?.id ?? after;
+    }
+    expect(pages).toEqual(ids);
+  });
+
+  it("an unknown channel is empty", async () => {
+    expect(await client.history(uniqueChannel("empty"))).toEqual([]);
+  });
+
+  it("throws TidingsError with the server's code on a bad request", async () => {
+    await expectError(client.history("bad channel"), 400, "invalid_channel");
+    await expectError(client.history(channel, { limit: 0 }), 400, "invalid_limit");
+    await expectError(client.history(channel, { after: "nope" }), 400, "invalid_id");
+    await expectError(client.history(channel, { after: ids[0] as string, before: ids[1] as string }), 400, "invalid_query");
+  });
+});
