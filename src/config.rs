@@ -62,6 +62,10 @@ pub struct Config {
     pub retry: Duration,
     /// Request limits.
     pub limits: Limits,
+    /// A directory of static files (a built single-page app) served at `/app/`; `None` (the
+    /// default) serves nothing there. Unknown paths under `/app/` get its `index.html`, so
+    /// client-side routes load the app.
+    pub app_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -76,6 +80,7 @@ impl Default for Config {
             heartbeat: Duration::from_secs(15),
             retry: Duration::from_secs(2),
             limits: Limits::default(),
+            app_dir: None,
         }
     }
 }
@@ -126,6 +131,12 @@ impl Config {
     /// Sets [`Config::limits`].
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Sets [`Config::app_dir`].
+    pub fn app_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.app_dir = Some(dir.into());
         self
     }
 }

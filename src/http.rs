@@ -1,15 +1,16 @@
 //! The HTTP surface: `POST /emit`, `GET /realtime` (SSE), `GET /history`, `GET /health`,
-//! `GET /schema`, and the demo page at `/`.
+//! `GET /schema`, the demo page at `/`, and, when [`Config::app_dir`](crate::Config) is set, a
+//! static app at `/app/`.
 
 use std::collections::HashSet;
 use std::future::Future;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, OriginalUri, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, get_service, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -17,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
+use tower_http::services::{ServeDir, ServeFile};
 
 use crate::channel::Channel;
 use crate::cursor::Cursor;
@@ -125,16 +127,53 @@ impl From<EmitError> for ApiError {
 /// ```
 pub fn router(rt: Tidings) -> Router {
     let max_body = rt.inner.config.limits.max_payload_bytes + 1024;
-    Router::new()
+    let mut router = Router::new()
         .route("/", get(index))
         .route("/emit", post(emit).layer(DefaultBodyLimit::max(max_body)))
         .route("/realtime", get(realtime))
         .route("/history", get(history))
         .route("/health", get(health))
-        .route("/schema", get(schema))
+        .route("/schema", get(schema));
+    if let Some(dir) = &rt.inner.config.app_dir {
+        router = router
+            .route("/app", get(app_slash))
+            .nest_service("/app/", app_service(dir));
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(rt)
+}
+
+/// `/app` → `/app/`, keeping the query (`?room=…`). Relative, so it still lands right when this
+/// router is nested under a prefix.
+async fn app_slash(RawQuery(query): RawQuery) -> Redirect {
+    match query {
+        Some(q) => Redirect::permanent(&format!("app/?{q}")),
+        None => Redirect::permanent("app/"),
+    }
+}
+
+/// The static app in `dir`: its files, and `index.html` for `/app/` and, as single-page apps
+/// expect, for any path under `/app/` that is not a file (a client-side route, or a directory).
+/// Without `dir/index.html` (the binary refuses to start then) those are an empty 404. GET and
+/// HEAD only.
+fn app_service(dir: &std::path::Path) -> axum::routing::MethodRouter {
+    // No index.html-per-directory: ServeDir would redirect `/app/assets` to the prefix-stripped
+    // `/assets/`, outside the app.
+    let files = ServeDir::new(dir)
+        .append_index_html_on_directories(false)
+        .fallback(ServeFile::new(dir.join("index.html")));
+    get_service(files).fallback(|method: Method, OriginalUri(uri): OriginalUri| async move {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!(
+                "{method} is not allowed on {}; the app is served with GET",
+                uri.path()
+            ),
+        )
+    })
 }
 
 /// Serves [`router`] on `listener` until `shutdown` completes, then ends open SSE streams

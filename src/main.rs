@@ -81,6 +81,9 @@ struct ServeArgs {
     /// Prefix of Redis keys.
     #[arg(long, env = "TIDINGS_KEY_PREFIX", default_value = "tidings:")]
     key_prefix: String,
+    /// A directory with a built web app (index.html and assets) to serve at /app/.
+    #[arg(long, env = "TIDINGS_APP_DIR")]
+    app_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -137,6 +140,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(url) = &args.redis {
         config = config.redis_url(url);
     }
+    if let Some(dir) = &args.app_dir {
+        // Refuse to start rather than serve a 404 for every page of a mistyped or unbuilt app.
+        let index = dir.join("index.html");
+        if !index.is_file() {
+            bail!(
+                "--app-dir {}: no index.html there (is the path right, and the app built?)",
+                dir.display()
+            );
+        }
+        config = config.app_dir(dir);
+    }
     let generated = args.emit_key.is_none();
     if let Some(key) = args.emit_key {
         config = config.emit_key(key);
@@ -167,6 +181,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         println!("demo page, ready to emit: http://{addr}/#key={}", rt.emit_key());
     } else {
         println!("demo page: http://{addr}/ (emit key from TIDINGS_EMIT_KEY)");
+    }
+    if let Some(dir) = &args.app_dir {
+        println!("app: http://{addr}/app/ (from {})", dir.display());
     }
     tidings::serve(listener, rt, shutdown_signal()).await?;
     tracing::info!("stopped");
