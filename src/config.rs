@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::store::Retention;
+use crate::store::{Retention, TailMode};
 
 /// Limits on what one request may ask for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +52,8 @@ pub struct Config {
     pub key_prefix: String,
     /// Response timeout for Redis writes and reads. Default 2 s.
     pub redis_timeout: Duration,
+    /// How a node finds new entries on Redis. Default [`TailMode::Auto`].
+    pub redis_tail: TailMode,
     /// History kept per channel.
     pub retention: Retention,
     /// The bearer key `POST /emit` requires; `None` generates a random one at start.
@@ -75,6 +77,7 @@ impl Default for Config {
             redis_url: None,
             key_prefix: "tidings:".into(),
             redis_timeout: Duration::from_secs(2),
+            redis_tail: TailMode::Auto,
             retention: Retention::default(),
             emit_key: None,
             heartbeat: Duration::from_secs(15),
@@ -95,6 +98,12 @@ impl Config {
     /// Sets [`Config::redis_url`].
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
+        self
+    }
+
+    /// Sets [`Config::redis_tail`].
+    pub fn redis_tail(mut self, mode: TailMode) -> Self {
+        self.redis_tail = mode;
         self
     }
 

@@ -67,7 +67,9 @@ pub use id::{ParseIdError, StreamId};
 pub use payload::{Emittable, Payload};
 pub use realtime::{ChannelHandle, EmitError, StartError, Tidings};
 pub use schema::Registry;
-pub use store::{Entry, MemoryStore, Range, RedisOptions, RedisStore, Retention, Store, StoreError};
+pub use store::{
+    Entry, MemoryStore, Range, RedisOptions, RedisStore, Retention, Store, StoreError, TailMode,
+};
 
 pub mod events {
     //! Types generated from this repository's demo schema (`schema/events.json`) by

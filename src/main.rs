@@ -60,6 +60,10 @@ struct ServeArgs {
     /// Redis URL; without it events live in the embedded in-memory store.
     #[arg(long, env = "REDIS_URL")]
     redis: Option<String>,
+    /// How a node finds new entries on Redis: keyspace notifications (enabled with CONFIG SET
+    /// when allowed), one blocking XREAD over every watched stream, or auto (keyspace if possible).
+    #[arg(long, env = "TIDINGS_REDIS_TAIL", default_value = "auto")]
+    redis_tail: tidings::TailMode,
     /// Entries kept per channel (at least; Redis trims approximately).
     #[arg(long, env = "TIDINGS_HISTORY_MAX_LEN", default_value_t = 1000)]
     history_max_len: usize,
@@ -136,6 +140,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .retention(retention)
         .heartbeat(Duration::from_secs(args.heartbeat.max(1)))
         .key_prefix(args.key_prefix)
+        .redis_tail(args.redis_tail)
         .limits(limits);
     if let Some(url) = &args.redis {
         config = config.redis_url(url);

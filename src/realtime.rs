@@ -98,7 +98,8 @@ impl Tidings {
                     RedisOptions::new(url.clone())
                         .key_prefix(config.key_prefix.clone())
                         .retention(config.retention.clone())
-                        .timeout(config.redis_timeout),
+                        .timeout(config.redis_timeout)
+                        .tail_mode(config.redis_tail),
                 )
                 .await?,
             ),

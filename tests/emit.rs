@@ -66,7 +66,7 @@ async fn history(s: &TestServer, channel: &str) -> Vec<Value> {
 
 /// The keys in Redis (None on the memory backend), to check that a refusal wrote nothing.
 async fn redis_keys(b: &Backend) -> Option<BTreeSet<String>> {
-    let Backend::Redis(server) = b else { return None };
+    let server = b.redis_server()?;
     let mut conn = server.client().get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = ::redis::cmd("KEYS")
         .arg("*")

@@ -670,7 +670,7 @@ async fn lagged(b: Backend) {
                 .unwrap();
             }
         }
-        Backend::Redis(server) => {
+        Backend::Redis(server) | Backend::RedisXread(server) => {
             let mut conn = server.client().get_multiplexed_async_connection().await.unwrap();
             let mut pipe = ::redis::pipe();
             pipe.atomic();
@@ -721,9 +721,7 @@ async fn lagged(b: Backend) {
 /// as one `data:` line.
 async fn foreign_multiline_data(b: Backend) {
     let s = start(&b, |c| c).await;
-    let Backend::Redis(server) = &b else {
-        unreachable!()
-    };
+    let server = b.redis_server().expect("a Redis backend");
     let mut conn = server.client().get_multiplexed_async_connection().await.unwrap();
     let xadd = |data: &'static str| {
         let mut cmd = ::redis::cmd("XADD");

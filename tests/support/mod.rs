@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidings::{Config, MemoryStore, RedisOptions, RedisStore, Registry, Retention, Store, Tidings};
+use tidings::{Config, MemoryStore, RedisOptions, RedisStore, Registry, Retention, Store, TailMode, Tidings};
 
 pub const EMIT_KEY: &str = "test-emit-key";
 
@@ -115,10 +115,12 @@ impl Drop for RedisServer {
     }
 }
 
-/// Which store a test runs on.
+/// Which store a test runs on. Redis runs in the default tail mode (keyspace notifications) or,
+/// as `RedisXread`, with the blocking-XREAD fallback.
 pub enum Backend {
     Memory,
     Redis(RedisServer),
+    RedisXread(RedisServer),
 }
 
 impl Backend {
@@ -126,10 +128,23 @@ impl Backend {
         Backend::Redis(RedisServer::start())
     }
 
+    pub fn redis_xread() -> Backend {
+        Backend::RedisXread(RedisServer::start())
+    }
+
+    /// The store kind the server reports (`/health`, `Store::kind`).
     pub fn name(&self) -> &'static str {
         match self {
             Backend::Memory => "memory",
-            Backend::Redis(_) => "redis",
+            Backend::Redis(_) | Backend::RedisXread(_) => "redis",
+        }
+    }
+
+    /// The Redis server, on the Redis backends.
+    pub fn redis_server(&self) -> Option<&RedisServer> {
+        match self {
+            Backend::Memory => None,
+            Backend::Redis(server) | Backend::RedisXread(server) => Some(server),
         }
     }
 
@@ -137,23 +152,27 @@ impl Backend {
     pub async fn store(&self, retention: Retention, prefix: &str) -> Arc<dyn Store> {
         match self {
             Backend::Memory => Arc::new(MemoryStore::new(retention)),
-            Backend::Redis(server) => Arc::new(
-                RedisStore::connect(
-                    RedisOptions::new(server.url())
-                        .key_prefix(prefix)
-                        .retention(retention),
+            Backend::Redis(server) | Backend::RedisXread(server) => {
+                let mode = match self {
+                    Backend::RedisXread(_) => TailMode::Xread,
+                    _ => TailMode::Keyspace,
+                };
+                Arc::new(
+                    RedisStore::connect(
+                        RedisOptions::new(server.url())
+                            .key_prefix(prefix)
+                            .retention(retention)
+                            .tail_mode(mode),
+                    )
+                    .await
+                    .expect("connect to test redis"),
                 )
-                .await
-                .expect("connect to test redis"),
-            ),
+            }
         }
     }
 
     pub fn redis_url(&self) -> Option<String> {
-        match self {
-            Backend::Memory => None,
-            Backend::Redis(server) => Some(server.url()),
-        }
+        self.redis_server().map(RedisServer::url)
     }
 }
 
@@ -372,6 +391,14 @@ macro_rules! on_both_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Backend::redis()).await;
+                }
+            )*
+        }
+        mod redis_xread {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::redis_xread()).await;
                 }
             )*
         }

@@ -1,11 +1,22 @@
 //! Redis Streams: one stream per channel, capped with `XADD … MAXLEN ~`.
 //!
 //! Connections: writes and history reads go through one [`ConnectionManager`] with an explicit
-//! response timeout; the blocking `XREAD` of [`Store::tail`] runs on its own connection with no
-//! response timeout, because redis-rs would otherwise time it out and stall every command queued
-//! behind it. So a node holds two connections to Redis however many clients it serves.
+//! response timeout. Live tailing ([`Store::tail`]) uses one more connection, in one of two modes
+//! ([`TailMode`]):
+//!
+//! - **keyspace** (the default when the server allows it): a pub/sub subscription to keyspace
+//!   notifications says which streams got entries, and only those are read, in one pipeline. An
+//!   idle channel costs nothing, however many a node watches.
+//! - **xread**: one blocking `XREAD` over every watched stream, on its own connection with no
+//!   response timeout (redis-rs would otherwise time it out and stall every command queued behind
+//!   it). Works everywhere, but each read names every watched stream, so its cost grows with the
+//!   number of channels watched.
+//!
+//! Either way a node holds two connections to Redis, however many clients and channels it serves.
 
-use std::collections::HashMap;
+mod keyspace;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,6 +84,34 @@ end
 return out
 "#;
 
+/// How a node learns about new entries in the streams it watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TailMode {
+    /// Keyspace notifications when the server has them on or lets us turn them on
+    /// (`CONFIG SET notify-keyspace-events Kt`), else `XREAD`.
+    Auto,
+    /// Keyspace notifications; connecting fails when they cannot be enabled.
+    Keyspace,
+    /// One blocking `XREAD` over every watched stream.
+    Xread,
+}
+
+impl std::str::FromStr for TailMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(TailMode::Auto),
+            "keyspace" => Ok(TailMode::Keyspace),
+            "xread" => Ok(TailMode::Xread),
+            other => Err(format!(
+                "unknown tail mode {other:?}; use auto, keyspace or xread"
+            )),
+        }
+    }
+}
+
 /// How to reach Redis and how to name keys.
 ///
 /// ```
@@ -95,6 +134,8 @@ pub struct RedisOptions {
     pub retention: Retention,
     /// Response timeout for writes and history reads (not for the blocking tail). Default 2 s.
     pub timeout: Duration,
+    /// How live entries are found. Default [`TailMode::Auto`].
+    pub tail_mode: TailMode,
 }
 
 impl RedisOptions {
@@ -105,7 +146,14 @@ impl RedisOptions {
             key_prefix: "tidings:".into(),
             retention: Retention::default(),
             timeout: Duration::from_secs(2),
+            tail_mode: TailMode::Auto,
         }
+    }
+
+    /// Sets [`RedisOptions::tail_mode`].
+    pub fn tail_mode(mut self, mode: TailMode) -> Self {
+        self.tail_mode = mode;
+        self
     }
 
     /// Sets [`RedisOptions::key_prefix`].
@@ -138,6 +186,12 @@ pub struct RedisStore {
     gaps: redis::Script,
     tail: tokio::sync::Mutex<TailState>,
     timeout: Duration,
+    /// Present in keyspace mode.
+    keyspace: Option<keyspace::Listener>,
+    /// Keyspace mode: the channels of the previous tail call, to read newly watched ones once.
+    known: tokio::sync::Mutex<HashSet<Channel>>,
+    /// Keyspace mode: ends a pending tail.
+    woken: tokio::sync::Notify,
 }
 
 struct TailState {
@@ -160,6 +214,24 @@ impl RedisStore {
         // '#' cannot occur in a channel name, so this key never collides with a channel's.
         let wake_key = format!("{}#wake:{}", opts.key_prefix, random_node_id());
         let wake_pos = last_entry_id(&mut conn, &wake_key).await?;
+        let keyspace = match opts.tail_mode {
+            TailMode::Xread => None,
+            mode => match keyspace::enable(&mut conn).await {
+                Ok(()) => {
+                    let db = client.get_connection_info().redis_settings().db();
+                    Some(keyspace::listen(client.clone(), db, &opts.key_prefix).await?)
+                }
+                Err(e) if mode == TailMode::Auto => {
+                    tracing::warn!(error = %e, "keyspace notifications unavailable; tailing with XREAD");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        tracing::info!(
+            tail = if keyspace.is_some() { "keyspace notifications" } else { "XREAD" },
+            "connected to Redis"
+        );
         Ok(RedisStore {
             client,
             conn,
@@ -170,7 +242,19 @@ impl RedisStore {
             gaps: redis::Script::new(&format!("{STATE_LUA}{GAP_LUA}")),
             tail: tokio::sync::Mutex::new(TailState { conn: None, wake_pos }),
             timeout: opts.timeout,
+            keyspace,
+            known: tokio::sync::Mutex::new(HashSet::new()),
+            woken: tokio::sync::Notify::new(),
         })
+    }
+
+    /// The tail mechanism in use ([`TailMode::Keyspace`] or [`TailMode::Xread`]).
+    pub fn tail_mode(&self) -> TailMode {
+        if self.keyspace.is_some() {
+            TailMode::Keyspace
+        } else {
+            TailMode::Xread
+        }
     }
 
     fn key(&self, channel: &Channel) -> String {
@@ -472,6 +556,9 @@ impl Store for RedisStore {
         count: usize,
     ) -> BoxFuture<'a, Result<Vec<TailBatch>, StoreError>> {
         async move {
+            if let Some(ks) = &self.keyspace {
+                return self.tail_keyspace(ks, positions, wait, count).await;
+            }
             let mut state = self.tail.lock().await;
             let mut conn = self.tail_conn(&mut state).await?;
             let mut cmd = redis::cmd("XREAD");
@@ -550,6 +637,10 @@ impl Store for RedisStore {
 
     fn wake(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         async move {
+            if self.keyspace.is_some() {
+                self.woken.notify_one();
+                return Ok(());
+            }
             let mut conn = self.conn.clone();
             redis::pipe()
                 .cmd("XADD")
@@ -614,5 +705,123 @@ impl RedisStore {
             };
         }
         Ok(())
+    }
+}
+
+impl RedisStore {
+    /// [`Store::tail`] in keyspace mode: read the watched channels that notifications marked,
+    /// channels watched for the first time, and after a full wait every channel.
+    async fn tail_keyspace(
+        &self,
+        ks: &keyspace::Listener,
+        positions: &[(Channel, StreamId)],
+        wait: Duration,
+        count: usize,
+    ) -> Result<Vec<TailBatch>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut fresh: Vec<usize> = {
+            let mut known = self.known.lock().await;
+            let fresh: Vec<usize> = (0..positions.len())
+                .filter(|&i| !known.contains(&positions[i].0))
+                .collect();
+            if !fresh.is_empty() || known.len() != positions.len() {
+                *known = positions.iter().map(|(c, _)| c.clone()).collect();
+            }
+            fresh
+        };
+        loop {
+            let changed = ks.signals.changed.notified();
+            let woken = self.woken.notified();
+            tokio::pin!(changed, woken);
+            changed.as_mut().enable();
+            let (dirty, sweep) = ks.signals.take();
+            let targets: Vec<usize> = if sweep {
+                (0..positions.len()).collect()
+            } else {
+                let mut t = std::mem::take(&mut fresh);
+                t.extend((0..positions.len()).filter(|&i| dirty.contains(positions[i].0.as_str())));
+                t.sort_unstable();
+                t.dedup();
+                t
+            };
+            if !targets.is_empty() {
+                let batches = self
+                    .read_positions(positions, &targets, count, &ks.signals)
+                    .await?;
+                if !batches.is_empty() {
+                    return Ok(batches);
+                }
+            }
+            tokio::select! {
+                _ = &mut changed => {}
+                _ = &mut woken => return Ok(Vec::new()),
+                _ = tokio::time::sleep_until(deadline) => {
+                    // A notification may have been lost: look at everything once per wait.
+                    let all: Vec<usize> = (0..positions.len()).collect();
+                    return self.read_positions(positions, &all, count, &ks.signals).await;
+                }
+            }
+        }
+    }
+
+    /// Reads the entries after the positions `targets` names, in one pipeline. Each read starts
+    /// *at* its position: when that entry is still there, nothing after it was trimmed and the
+    /// batch is contiguous; otherwise the trim state decides ([`RedisStore::check_gaps`]).
+    async fn read_positions(
+        &self,
+        positions: &[(Channel, StreamId)],
+        targets: &[usize],
+        count: usize,
+        signals: &keyspace::Signals,
+    ) -> Result<Vec<TailBatch>, StoreError> {
+        let count = count.max(1);
+        let mut pipe = redis::pipe();
+        for &i in targets {
+            let (channel, pos) = &positions[i];
+            let cmd = pipe.cmd("XRANGE").arg(self.key(channel));
+            if *pos == StreamId::ZERO {
+                cmd.arg("-").arg("+").arg("COUNT").arg(count);
+            } else {
+                cmd.arg(pos.to_string()).arg("+").arg("COUNT").arg(count + 1);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+        let mut batches = Vec::new();
+        let mut suspects = Vec::new();
+        for (&i, reply) in targets.iter().zip(replies) {
+            let (channel, pos) = &positions[i];
+            let mut entries = parse_entries(channel.as_str(), reply)?;
+            let contiguous = *pos != StreamId::ZERO && entries.first().map(|e| e.id) == Some(*pos);
+            if contiguous {
+                entries.remove(0);
+            }
+            if entries.len() >= count {
+                signals.mark(channel.as_str()); // more may follow: read on next time
+            }
+            if entries.is_empty() {
+                continue;
+            }
+            let batch = TailBatch {
+                channel: channel.clone(),
+                entries,
+                gap: false,
+            };
+            if contiguous {
+                batches.push(batch);
+            } else {
+                suspects.push(batch);
+            }
+        }
+        if !suspects.is_empty() {
+            let index: HashMap<&str, usize> = positions
+                .iter()
+                .enumerate()
+                .map(|(i, (c, _))| (c.as_str(), i))
+                .collect();
+            self.check_gaps(positions, &index, &mut suspects).await?;
+            batches.append(&mut suspects);
+        }
+        Ok(batches)
     }
 }
