@@ -128,6 +128,11 @@ async fn main() -> Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    // Every SSE client holds a descriptor: take the soft limit up to the hard one.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let mut retention = Retention::default().max_len(args.history_max_len);
     if let Some(ttl) = args.history_ttl {
         retention = retention.ttl(Duration::from_secs(ttl));
