@@ -14,7 +14,6 @@ use axum::routing::{get, get_service, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
@@ -25,7 +24,7 @@ use crate::cursor::Cursor;
 use crate::id::StreamId;
 use crate::realtime::{EmitError, Tidings};
 use crate::schema::ValidateError;
-use crate::sse::{StreamRequest, StreamSettings};
+use crate::sse::{Sink, StreamRequest, StreamSettings};
 use crate::store::{Range, StoreError};
 
 /// An error at the HTTP edge: a status and a JSON body `{"error", "message", …}`.
@@ -74,13 +73,20 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The JSON body.
+    pub(crate) fn body(&self) -> Value {
+        let mut body = json!({ "error": self.code, "message": self.message });
+        if let (Some(Value::Object(extra)), Value::Object(map)) = (&self.extra, &mut body) {
+            map.extend(extra.clone());
+        }
+        body
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.code, "message": self.message });
-        if let (Some(Value::Object(extra)), Value::Object(map)) = (self.extra, &mut body) {
-            map.extend(extra);
-        }
-        (self.status, Json(body)).into_response()
+        (self.status, Json(self.body())).into_response()
     }
 }
 
@@ -176,24 +182,6 @@ fn app_service(dir: &std::path::Path) -> axum::routing::MethodRouter {
     })
 }
 
-/// Serves [`router`] on `listener` until `shutdown` completes, then ends open SSE streams
-/// ([`Tidings::close`]) and waits for requests in flight.
-///
-/// # Errors
-/// The listener's I/O error.
-pub async fn serve(
-    listener: TcpListener,
-    rt: Tidings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let closer = rt.clone();
-    axum::serve(listener, router(rt))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            closer.close();
-        })
-        .await
-}
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
@@ -344,7 +332,27 @@ async fn realtime(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = parse_query(raw.as_deref());
+    let req = prepare_stream(&rt, raw.as_deref(), headers.get("last-event-id").map(|v| v.as_bytes()))?;
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let stream = open_stream(&rt, req, tx).await.map_err(|(e, _)| e)?;
+    tokio::spawn(stream);
+    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// Checks an SSE request (query string and `Last-Event-ID` header): every 400 happens here,
+/// before anything is subscribed or written.
+pub(crate) fn prepare_stream(
+    rt: &Tidings,
+    raw_query: Option<&str>,
+    last_event_id: Option<&[u8]>,
+) -> Result<StreamRequest, ApiError> {
+    let query = parse_query(raw_query);
     known_keys(&query, &["channel", "events", "cursor"])?;
     let limits = &rt.inner.config.limits;
 
@@ -399,14 +407,19 @@ async fn realtime(
 
     // A browser's reconnect sends the newest cursor as Last-Event-ID, while its URL still holds
     // whatever cursor it first connected with: the header wins.
-    let header_cursor = match headers.get("last-event-id") {
+    let header_cursor = match last_event_id {
         None => None,
-        Some(v) => Some(v.to_str().map_err(|_| {
-            ApiError::bad_request(
-                "invalid_cursor",
-                "Last-Event-ID is not visible ASCII; send the id: of the last event seen",
-            )
-        })?),
+        Some(v) => Some(
+            std::str::from_utf8(v)
+                .ok()
+                .filter(|t| t.bytes().all(|b| (0x20..0x7f).contains(&b) || b == b'\t'))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_cursor",
+                        "Last-Event-ID is not visible ASCII; send the id: of the last event seen",
+                    )
+                })?,
+        ),
     };
     let cursor_text = match header_cursor {
         Some(h) if !h.is_empty() => Some(h),
@@ -418,42 +431,38 @@ async fn realtime(
             Some(Cursor::parse(text).map_err(|e| ApiError::bad_request("invalid_cursor", e.to_string()))?)
         }
     };
+    Ok(StreamRequest {
+        channels,
+        events,
+        cursor,
+    })
+}
 
+/// Subscribes a checked SSE request and returns the task that streams it into `sink`; on error
+/// the sink comes back with it, so the caller can still answer.
+pub(crate) async fn open_stream<S: Sink>(
+    rt: &Tidings,
+    req: StreamRequest,
+    sink: S,
+) -> Result<impl Future<Output = ()> + Send + 'static, (ApiError, S)> {
     if rt.is_closed() {
-        return Err(ApiError::new(
+        let e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
             "this node is shutting down; reconnect (to another node) with your cursor",
-        ));
+        );
+        return Err((e, sink));
     }
-    let sub = rt.inner.hub.subscribe(&channels).await.map_err(ApiError::store)?;
-    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let sub = match rt.inner.hub.subscribe(&req.channels).await {
+        Ok(sub) => sub,
+        Err(e) => return Err((ApiError::store(e), sink)),
+    };
     let settings = StreamSettings {
         heartbeat: rt.inner.config.heartbeat,
         retry: rt.inner.config.retry,
         closing: rt.inner.closing.subscribe(),
     };
-    tokio::spawn(crate::sse::run(
-        rt.store().clone(),
-        StreamRequest {
-            channels,
-            events,
-            cursor,
-        },
-        sub,
-        settings,
-        tx,
-    ));
-    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
-    let mut response = Response::new(body);
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    Ok(crate::sse::run(rt.store().clone(), req, sub, settings, sink))
 }
 
 async fn history(State(rt): State<Tidings>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {

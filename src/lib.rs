@@ -55,6 +55,7 @@ mod id;
 mod payload;
 mod realtime;
 pub mod schema;
+mod server;
 mod sse;
 pub mod store;
 
@@ -62,7 +63,8 @@ pub use channel::{Channel, ChannelError, MAX_CHANNEL_LEN};
 pub use config::{Config, Limits};
 pub use cursor::{Cursor, CursorError, MAX_CURSOR_LEN};
 pub use envelope::Envelope;
-pub use http::{router, serve, ApiError};
+pub use http::{router, ApiError};
+pub use server::serve;
 pub use id::{ParseIdError, StreamId};
 pub use payload::{Emittable, Payload};
 pub use realtime::{ChannelHandle, EmitError, StartError, Tidings};

@@ -58,21 +58,42 @@ pub(crate) struct StreamSettings {
     pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
+/// Where a connection's bytes go: hyper's response body, or a socket written directly.
+pub(crate) trait Sink: Send + 'static {
+    /// Writes one chunk; `Err` when the client is gone.
+    fn send(&mut self, chunk: Bytes) -> impl std::future::Future<Output = Result<(), Gone>> + Send;
+    /// Completes when the client is gone.
+    fn closed(&mut self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// The client went away.
+pub(crate) struct Gone;
+
+/// The hyper path: chunks go into the response body's channel.
+impl Sink for mpsc::Sender<Bytes> {
+    async fn send(&mut self, chunk: Bytes) -> Result<(), Gone> {
+        mpsc::Sender::send(self, chunk).await.map_err(|_| Gone)
+    }
+
+    async fn closed(&mut self) {
+        mpsc::Sender::closed(self).await
+    }
+}
+
 /// Writes frames into `out` and sends them to the client as chunks.
-struct Writer {
-    out: mpsc::Sender<Bytes>,
+struct Writer<S> {
+    out: S,
     buf: String,
 }
 
-struct Gone;
-
-impl Writer {
+impl<S: Sink> Writer<S> {
     async fn flush(&mut self) -> Result<(), Gone> {
         if self.buf.is_empty() {
             return Ok(());
         }
+        // Taking the buffer leaves no allocation behind: an idle connection holds none.
         let chunk = Bytes::from(std::mem::take(&mut self.buf));
-        self.out.send(chunk).await.map_err(|_| Gone)
+        self.out.send(chunk).await
     }
 
     async fn maybe_flush(&mut self) -> Result<(), Gone> {
@@ -117,16 +138,16 @@ async fn fill(store: &dyn Store, r: &mut ReplayState) -> Result<(), StoreError> 
 }
 
 /// Runs one connection until the client goes away, the hub drops it, or the store fails.
-pub(crate) async fn run(
+pub(crate) async fn run<S: Sink>(
     store: Arc<dyn Store>,
     req: StreamRequest,
     mut sub: Subscription,
     mut settings: StreamSettings,
-    out: mpsc::Sender<Bytes>,
+    out: S,
 ) {
     let mut w = Writer {
         out,
-        buf: String::with_capacity(1024),
+        buf: String::new(),
     };
     let _ = write!(w.buf, "retry: {}\n\n", settings.retry.as_millis());
     let mut cursor = Cursor::default();
@@ -215,7 +236,7 @@ async fn closed(closing: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = closing.wait_for(|closing| *closing).await.map(|_| ());
 }
 
-fn live(w: &mut Writer, cursor: &mut Cursor, d: &Delivery, wanted: &impl Fn(&str) -> bool) {
+fn live<S: Sink>(w: &mut Writer<S>, cursor: &mut Cursor, d: &Delivery, wanted: &impl Fn(&str) -> bool) {
     let pos = cursor.get(&d.channel).unwrap_or(StreamId::ZERO);
     if d.entry.id <= pos {
         return; // already sent during replay
@@ -245,12 +266,12 @@ impl From<StoreError> for ReplayError {
 
 /// Sends every entry after the given cursor, merged across channels in id order, with a reset
 /// frame first for each channel whose history after the cursor is gone.
-async fn replay(
+async fn replay<S: Sink>(
     store: &dyn Store,
     req: &StreamRequest,
     given: &Cursor,
     cursor: &mut Cursor,
-    w: &mut Writer,
+    w: &mut Writer<S>,
     wanted: &impl Fn(&str) -> bool,
 ) -> Result<(), ReplayError> {
     // Every channel the client has a position for starts there, before any frame is written: a

@@ -1,0 +1,358 @@
+//! The standalone server: an accept loop that serves SSE streams directly on the socket and
+//! hands every other request to hyper and the axum [`router`](crate::router).
+//!
+//! Why not hyper for the streams too: an idle SSE connection under hyper keeps its 8 KiB read
+//! buffer, its 8 KiB header write buffer and a dispatcher alive for as long as the stream is
+//! open, which is most of the 25 KB per connection we measured. Here a stream holds the socket,
+//! its task, and a small queue; frames are written with chunked transfer encoding, as hyper
+//! would. Everything else (emit, history, the pages, errors) still goes through hyper, and an
+//! application that nests [`router`](crate::router) in its own server keeps the hyper path for
+//! streams as well: both paths share [`prepare_stream`] and [`open_stream`], so they answer the
+//! same.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use crate::http::{open_stream, prepare_stream, router, ApiError};
+use crate::realtime::Tidings;
+use crate::sse::{Gone, Sink};
+
+/// The longest request head read before deciding where a connection goes.
+const MAX_HEAD: usize = 16 * 1024;
+/// How long a client may take to send its request head (slow-loris clients are dropped).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves tidings on `listener` until `shutdown` completes; then ends open SSE streams
+/// ([`Tidings::close`]) and waits for requests in flight.
+///
+/// # Errors
+/// Never in practice: failed accepts (e.g. out of file descriptors) are logged and retried.
+pub async fn serve(
+    listener: TcpListener,
+    rt: Tidings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let service = TowerToHyperService::new(router(rt.clone()));
+    let open = Arc::new(Open::default());
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let guard = Open::enter(&open);
+        let (rt, service) = (rt.clone(), service.clone());
+        tokio::spawn(async move {
+            connection(stream, rt, service).await;
+            drop(guard);
+        });
+    }
+    rt.close();
+    open.wait_empty().await;
+    Ok(())
+}
+
+/// Counts open connections so shutdown can wait for them.
+#[derive(Default)]
+struct Open {
+    count: AtomicUsize,
+    empty: Notify,
+}
+
+struct OpenGuard(Arc<Open>);
+
+impl Open {
+    fn enter(this: &Arc<Open>) -> OpenGuard {
+        this.count.fetch_add(1, Ordering::AcqRel);
+        OpenGuard(this.clone())
+    }
+
+    async fn wait_empty(&self) {
+        loop {
+            let notified = self.empty.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.empty.notify_waiters();
+        }
+    }
+}
+
+type Service = TowerToHyperService<axum::Router>;
+
+/// Reads the request head and sends the connection down the SSE path or to hyper.
+async fn connection(mut stream: TcpStream, rt: Tidings, service: Service) {
+    let mut head = Vec::with_capacity(1024);
+    let parsed = tokio::time::timeout(HEAD_TIMEOUT, async {
+        loop {
+            if head.len() >= MAX_HEAD {
+                return Ok::<_, io::Error>(None);
+            }
+            let mut chunk = [0u8; 2048];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            head.extend_from_slice(&chunk[..n]);
+            if let Some(request) = sse_request(&head) {
+                return Ok(Some(request));
+            }
+            if head_complete(&head) {
+                return Ok(None);
+            }
+        }
+    })
+    .await;
+    match parsed {
+        Ok(Ok(Some(request))) => {
+            drop(head);
+            stream_sse(stream, rt, request).await;
+        }
+        Ok(Ok(None)) => hyper_connection(stream, head, rt, service).await,
+        // A client that sent nothing useful in time, or went away: nothing to answer.
+        Ok(Err(_)) | Err(_) => {}
+    }
+}
+
+/// What the SSE path needs from a request head.
+struct SseRequest {
+    query: Option<String>,
+    last_event_id: Option<Vec<u8>>,
+}
+
+/// `Some` when `head` is a complete `GET /realtime` request head (HTTP/1.1, no body).
+fn sse_request(head: &[u8]) -> Option<SseRequest> {
+    let mut headers = [httparse::EMPTY_HEADER; 48];
+    let mut req = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(len)) = req.parse(head) else { return None };
+    if req.method != Some("GET") || req.version != Some(1) || len != head.len() {
+        return None;
+    }
+    let target = req.path?;
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_string())),
+        None => (target, None),
+    };
+    if path != "/realtime" {
+        return None;
+    }
+    let mut last_event_id = None;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("last-event-id") {
+            last_event_id = Some(h.value.to_vec());
+        } else if name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("expect")
+        {
+            return None; // unusual for a stream request: let hyper answer it
+        }
+    }
+    Some(SseRequest { query, last_event_id })
+}
+
+/// True once `head` holds a whole request head (or cannot be one): hand it to hyper.
+fn head_complete(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 48];
+    let mut req = httparse::Request::new(&mut headers);
+    !matches!(req.parse(head), Ok(httparse::Status::Partial))
+}
+
+/// Serves one SSE stream on the socket.
+async fn stream_sse(stream: TcpStream, rt: Tidings, request: SseRequest) {
+    let (read, mut write) = stream.into_split();
+    let prepared = prepare_stream(&rt, request.query.as_deref(), request.last_event_id.as_deref());
+    let req = match prepared {
+        Ok(req) => req,
+        Err(e) => return write_error(&mut write, e).await,
+    };
+    let sink = SocketSink { read, write, started: false };
+    match open_stream(&rt, req, sink).await {
+        Ok(task) => task.await,
+        Err((e, mut sink)) => write_error(&mut sink.write, e).await,
+    }
+}
+
+async fn write_error(write: &mut OwnedWriteHalf, e: ApiError) {
+    let body = e.body().to_string();
+    let status = e.status();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let _ = write.write_all(head.as_bytes()).await;
+    let _ = write.write_all(body.as_bytes()).await;
+    let _ = write.shutdown().await;
+}
+
+/// A socket written directly: the response head first, then each chunk with chunked framing.
+struct SocketSink {
+    read: OwnedReadHalf,
+    write: OwnedWriteHalf,
+    started: bool,
+}
+
+const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\n\r\n";
+
+impl Sink for SocketSink {
+    async fn send(&mut self, chunk: Bytes) -> Result<(), Gone> {
+        let mut framed = Vec::with_capacity(chunk.len() + 32);
+        if !self.started {
+            framed.extend_from_slice(SSE_HEAD);
+            self.started = true;
+        }
+        framed.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        framed.extend_from_slice(&chunk);
+        framed.extend_from_slice(b"\r\n");
+        self.write.write_all(&framed).await.map_err(|_| Gone)
+    }
+
+    async fn closed(&mut self) {
+        // A stream client sends nothing more: any read that ends (EOF or error) means it left.
+        let mut scratch = [0u8; 64];
+        loop {
+            match self.read.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+impl Drop for SocketSink {
+    fn drop(&mut self) {
+        // End the chunked body properly when the stream ends while the socket is still good.
+        if self.started {
+            let _ = self.write.try_write(b"0\r\n\r\n");
+        }
+    }
+}
+
+/// Serves the connection with hyper, replaying the bytes already read.
+async fn hyper_connection(stream: TcpStream, head: Vec<u8>, rt: Tidings, service: Service) {
+    let io = TokioIo::new(Rewind {
+        prefix: Some(Bytes::from(head)),
+        inner: stream,
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let mut closing = rt.inner.closing.subscribe();
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = closing.wait_for(|c| *c) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// A stream that first yields bytes already read from it.
+struct Rewind {
+    prefix: Option<Bytes>,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if let Some(prefix) = self.prefix.as_mut() {
+            let n = prefix.len().min(buf.remaining());
+            buf.put_slice(&prefix.split_to(n));
+            if prefix.is_empty() {
+                self.prefix = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_stream_requests_only() {
+        let r = sse_request(b"GET /realtime?channel=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: a=1-0\r\n\r\n").unwrap();
+        assert_eq!(r.query.as_deref(), Some("channel=a"));
+        assert_eq!(r.last_event_id.as_deref(), Some(&b"a=1-0"[..]));
+        assert!(sse_request(b"GET /realtime HTTP/1.1\r\nHost: x\r\n\r\n").is_some());
+        for other in [
+            &b"GET /history?channel=a HTTP/1.1\r\n\r\n"[..],
+            b"POST /realtime HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            b"GET /realtime HTTP/1.0\r\n\r\n",
+            b"GET /realtime HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            b"GET /realtime HTTP/1.1\r\nHost: x\r\n",
+            b"GET /realtime HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(sse_request(other).is_none(), "{}", String::from_utf8_lossy(other));
+        }
+        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost"));
+        assert!(head_complete(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(head_complete(b"\x00\x01garbage\r\n\r\n"));
+    }
+}
