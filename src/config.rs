@@ -46,7 +46,8 @@ impl Default for Limits {
 pub struct Config {
     /// The event schema file. Default `schema/events.json`.
     pub schema: PathBuf,
-    /// Redis to store events in; `None` (the default) uses the embedded in-memory store.
+    /// Redis to store events in; `None` (the default) uses the embedded in-memory store. A Redis
+    /// Cluster is given as comma-separated seed URLs or one `redis+cluster://host:port`.
     pub redis_url: Option<String>,
     /// Prefix of Redis keys. Default `tidings:`.
     pub key_prefix: String,

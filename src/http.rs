@@ -182,7 +182,6 @@ fn app_service(dir: &std::path::Path) -> axum::routing::MethodRouter {
     })
 }
 
-
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -332,14 +331,21 @@ async fn realtime(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let req = prepare_stream(&rt, raw.as_deref(), headers.get("last-event-id").map(|v| v.as_bytes()))?;
+    let req = prepare_stream(
+        &rt,
+        raw.as_deref(),
+        headers.get("last-event-id").map(|v| v.as_bytes()),
+    )?;
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let stream = open_stream(&rt, req, tx).await.map_err(|(e, _)| e)?;
     tokio::spawn(stream);
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
     let mut response = Response::new(body);
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)

@@ -64,11 +64,11 @@ pub use config::{Config, Limits};
 pub use cursor::{Cursor, CursorError, MAX_CURSOR_LEN};
 pub use envelope::Envelope;
 pub use http::{router, ApiError};
-pub use server::serve;
 pub use id::{ParseIdError, StreamId};
 pub use payload::{Emittable, Payload};
 pub use realtime::{ChannelHandle, EmitError, StartError, Tidings};
 pub use schema::Registry;
+pub use server::serve;
 pub use store::{
     Entry, MemoryStore, Range, RedisOptions, RedisStore, Retention, Store, StoreError, TailMode,
 };

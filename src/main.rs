@@ -57,11 +57,13 @@ struct ServeArgs {
     /// The event schema.
     #[arg(long, env = "TIDINGS_SCHEMA", default_value = "schema/events.json")]
     schema: PathBuf,
-    /// Redis URL; without it events live in the embedded in-memory store.
+    /// Redis URL; without it events live in the embedded in-memory store. For a Redis Cluster:
+    /// seed URLs separated by commas, or redis+cluster://host:port.
     #[arg(long, env = "REDIS_URL")]
     redis: Option<String>,
     /// How a node finds new entries on Redis: keyspace notifications (enabled with CONFIG SET
-    /// when allowed), one blocking XREAD over every watched stream, or auto (keyspace if possible).
+    /// when allowed), one blocking XREAD over every watched stream, or auto (keyspace if possible;
+    /// a Redis Cluster always uses keyspace).
     #[arg(long, env = "TIDINGS_REDIS_TAIL", default_value = "auto")]
     redis_tail: tidings::TailMode,
     /// Entries kept per channel (at least; Redis trims approximately).

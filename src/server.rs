@@ -154,7 +154,9 @@ struct SseRequest {
 fn sse_request(head: &[u8]) -> Option<SseRequest> {
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
-    let Ok(httparse::Status::Complete(len)) = req.parse(head) else { return None };
+    let Ok(httparse::Status::Complete(len)) = req.parse(head) else {
+        return None;
+    };
     if req.method != Some("GET") || req.version != Some(1) || len != head.len() {
         return None;
     }
@@ -197,7 +199,11 @@ async fn stream_sse(stream: TcpStream, rt: Tidings, request: SseRequest) {
         Ok(req) => req,
         Err(e) => return write_error(&mut write, e).await,
     };
-    let sink = SocketSink { read, write, started: false };
+    let sink = SocketSink {
+        read,
+        write,
+        started: false,
+    };
     match open_stream(&rt, req, sink).await {
         Ok(task) => task.await,
         Err((e, mut sink)) => write_error(&mut sink.write, e).await,
@@ -292,7 +298,11 @@ struct Rewind {
 }
 
 impl AsyncRead for Rewind {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if let Some(prefix) = self.prefix.as_mut() {
             let n = prefix.len().min(buf.remaining());
             buf.put_slice(&prefix.split_to(n));
@@ -337,7 +347,8 @@ mod tests {
 
     #[test]
     fn recognises_stream_requests_only() {
-        let r = sse_request(b"GET /realtime?channel=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: a=1-0\r\n\r\n").unwrap();
+        let r = sse_request(b"GET /realtime?channel=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: a=1-0\r\n\r\n")
+            .unwrap();
         assert_eq!(r.query.as_deref(), Some("channel=a"));
         assert_eq!(r.last_event_id.as_deref(), Some(&b"a=1-0"[..]));
         assert!(sse_request(b"GET /realtime HTTP/1.1\r\nHost: x\r\n\r\n").is_some());

@@ -13,7 +13,29 @@
 //!   number of channels watched.
 //!
 //! Either way a node holds two connections to Redis, however many clients and channels it serves.
+//!
+//! # Redis Cluster
+//!
+//! `--redis` may list several seed URLs, comma-separated, or use the `redis+cluster://` scheme; a
+//! single plain URL whose server reports `cluster_enabled:1` counts too (see [`cluster`]). Then:
+//!
+//! - Commands go through one redis-rs `cluster_async::ClusterConnection` (with the same explicit
+//!   response timeout), which routes each command to the master owning its key's slot. Every
+//!   command, script and `MULTI` tidings sends names one key, so none can fail with `CROSSSLOT`:
+//!   the trim-state script used by [`Store::tail`] runs once per stream, and the reads of several
+//!   streams are separate requests (sent concurrently) instead of one pipeline.
+//! - Live tailing uses keyspace notifications only, with one subscription per master (they are
+//!   node-local), kept in line with the topology ([`keyspace`]). `XREAD` tailing is refused: one
+//!   blocking `XREAD` cannot span slots, and one per slot or per channel would cost connections.
+//!   The masters must allow `CONFIG SET notify-keyspace-events` or have `Kt` set already.
+//!
+//! Connections per node, however many clients and channels it serves: one command connection to
+//! every node of the slot map (redis-rs connects to masters and replicas alike) plus one
+//! subscription to every master, so two per master and one per replica. (Briefly one more per
+//! master while a subscription is set up: notifications are enabled over a short-lived
+//! connection.)
 
+mod cluster;
 mod keyspace;
 
 use std::collections::{HashMap, HashSet};
@@ -21,8 +43,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Value};
 
 use super::{Entry, Range, Replay, Retention, Store, StoreError, TailBatch, Trimmed};
@@ -84,6 +107,9 @@ end
 return out
 "#;
 
+/// Requests in flight at once when a cluster read touches many streams, one request per stream.
+const PER_KEY_CONCURRENCY: usize = 64;
+
 /// How a node learns about new entries in the streams it watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -93,7 +119,7 @@ pub enum TailMode {
     Auto,
     /// Keyspace notifications; connecting fails when they cannot be enabled.
     Keyspace,
-    /// One blocking `XREAD` over every watched stream.
+    /// One blocking `XREAD` over every watched stream (not on a Redis Cluster).
     Xread,
 }
 
@@ -126,7 +152,8 @@ impl std::str::FromStr for TailMode {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct RedisOptions {
-    /// `redis://host:port/db` (or `rediss://`, `unix://`).
+    /// `redis://host:port/db` (or `rediss://`, `unix://`); for a Redis Cluster, seed URLs
+    /// separated by commas, or one `redis+cluster://host:port` (see the module docs).
     pub url: String,
     /// Prefix of every key tidings writes. Default `tidings:`.
     pub key_prefix: String,
@@ -175,10 +202,46 @@ impl RedisOptions {
     }
 }
 
-/// Channels as Redis Streams; several tidings nodes can share one Redis.
+/// The command connection: one server's, or a cluster's.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Channels as Redis Streams; several tidings nodes can share one Redis (or one Redis Cluster).
 pub struct RedisStore {
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// The single server (for the `XREAD` tail's own connection); `None` on a cluster.
+    client: Option<redis::Client>,
+    conn: Conn,
     prefix: String,
     retention: Retention,
     wake_key: String,
@@ -203,14 +266,26 @@ impl RedisStore {
     /// Connects to Redis.
     ///
     /// # Errors
-    /// [`StoreError::Redis`] when the URL is invalid or Redis cannot be reached in time.
+    /// [`StoreError::Redis`] when the URL is invalid or Redis cannot be reached in time; on a
+    /// cluster also when `XREAD` tailing is asked for or a master's keyspace notifications cannot
+    /// be enabled.
     pub async fn connect(opts: RedisOptions) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(opts.url.as_str())?;
+        let seeds = cluster::Seeds::parse(&opts.url)?;
+        if seeds.cluster {
+            return Self::connect_cluster(&seeds.urls, opts).await;
+        }
+        let client = redis::Client::open(seeds.urls[0].as_str())?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(opts.timeout))
             .set_connection_timeout(Some(opts.timeout))
             .set_number_of_retries(2);
         let mut conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        if cluster::is_cluster_node(&mut conn).await {
+            tracing::info!("the Redis server is a cluster node: using it as a cluster seed");
+            drop(conn);
+            return Self::connect_cluster(&seeds.urls, opts).await;
+        }
+        let mut conn = Conn::Single(conn);
         // '#' cannot occur in a channel name, so this key never collides with a channel's.
         let wake_key = format!("{}#wake:{}", opts.key_prefix, random_node_id());
         let wake_pos = last_entry_id(&mut conn, &wake_key).await?;
@@ -229,10 +304,60 @@ impl RedisStore {
             },
         };
         tracing::info!(
-            tail = if keyspace.is_some() { "keyspace notifications" } else { "XREAD" },
+            tail = if keyspace.is_some() {
+                "keyspace notifications"
+            } else {
+                "XREAD"
+            },
             "connected to Redis"
         );
-        Ok(RedisStore {
+        Ok(Self::assemble(
+            Some(client),
+            conn,
+            opts,
+            wake_key,
+            wake_pos,
+            keyspace,
+        ))
+    }
+
+    /// Cluster mode: the cluster command connection and one keyspace subscription per master.
+    async fn connect_cluster(urls: &[String], opts: RedisOptions) -> Result<RedisStore, StoreError> {
+        if opts.tail_mode == TailMode::Xread {
+            return Err(cluster::config_error(
+                "XREAD tailing (--redis-tail xread) is not available on a Redis Cluster: one blocking XREAD cannot span slots; use keyspace or auto",
+                urls.join(","),
+            ));
+        }
+        let (conn, template) = cluster::connect(urls, opts.timeout).await?;
+        let (keyspace, masters) =
+            keyspace::listen_cluster(conn.clone(), template, &opts.key_prefix, opts.timeout).await?;
+        tracing::info!(
+            masters,
+            tail = "keyspace notifications, one subscription per master",
+            "connected to Redis Cluster"
+        );
+        // The wake stream is only used by XREAD tailing.
+        let wake_key = String::new();
+        Ok(Self::assemble(
+            None,
+            Conn::Cluster(conn),
+            opts,
+            wake_key,
+            StreamId::ZERO,
+            Some(keyspace),
+        ))
+    }
+
+    fn assemble(
+        client: Option<redis::Client>,
+        conn: Conn,
+        opts: RedisOptions,
+        wake_key: String,
+        wake_pos: StreamId,
+        keyspace: Option<keyspace::Listener>,
+    ) -> RedisStore {
+        RedisStore {
             client,
             conn,
             prefix: opts.key_prefix,
@@ -245,7 +370,12 @@ impl RedisStore {
             keyspace,
             known: tokio::sync::Mutex::new(HashSet::new()),
             woken: tokio::sync::Notify::new(),
-        })
+        }
+    }
+
+    /// True when connected to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
     }
 
     /// The tail mechanism in use ([`TailMode::Keyspace`] or [`TailMode::Xread`]).
@@ -265,11 +395,16 @@ impl RedisStore {
         if let Some(conn) = &state.conn {
             return Ok(conn.clone());
         }
+        let Some(client) = &self.client else {
+            return Err(cluster::config_error(
+                "XREAD tailing is not available on a Redis Cluster",
+                String::new(),
+            ));
+        };
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(None);
-        let conn = self
-            .client
+        let conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         state.conn = Some(conn.clone());
@@ -283,7 +418,7 @@ fn random_node_id() -> String {
     format!("{n:016x}")
 }
 
-async fn last_entry_id(conn: &mut ConnectionManager, key: &str) -> Result<StreamId, StoreError> {
+async fn last_entry_id(conn: &mut Conn, key: &str) -> Result<StreamId, StoreError> {
     let v: Value = redis::cmd("XREVRANGE")
         .arg(key)
         .arg("+")
@@ -687,15 +822,46 @@ impl RedisStore {
         if batches.is_empty() {
             return Ok(());
         }
-        let mut invocation = self.gaps.prepare_invoke();
-        let mut starts = Vec::with_capacity(batches.len());
-        for batch in batches.iter() {
-            let pos = positions[index[batch.channel.as_str()]].1;
-            invocation.key(self.key(&batch.channel)).arg(pos.to_string());
-            starts.push(pos);
-        }
-        let mut conn = self.conn.clone();
-        let states: Vec<Value> = invocation.invoke_async(&mut conn).await?;
+        let starts: Vec<StreamId> = batches
+            .iter()
+            .map(|batch| positions[index[batch.channel.as_str()]].1)
+            .collect();
+        let states: Vec<Value> = match &self.conn {
+            Conn::Single(_) => {
+                let mut invocation = self.gaps.prepare_invoke();
+                for (batch, pos) in batches.iter().zip(&starts) {
+                    invocation.key(self.key(&batch.channel)).arg(pos.to_string());
+                }
+                let mut conn = self.conn.clone();
+                invocation.invoke_async(&mut conn).await?
+            }
+            // One script per stream: a script's keys must share a slot.
+            Conn::Cluster(cluster) => {
+                // Boxed and collected: the futures then have one nameable type, which keeps the
+                // `tail` future provably `Send`.
+                let calls: Vec<BoxFuture<'_, Result<Value, StoreError>>> = batches
+                    .iter()
+                    .zip(&starts)
+                    .map(|(batch, pos)| {
+                        let mut conn = cluster.clone();
+                        let key = self.key(&batch.channel);
+                        let pos = pos.to_string();
+                        let gaps = &self.gaps;
+                        async move {
+                            let mut invocation = gaps.prepare_invoke();
+                            invocation.key(key).arg(pos);
+                            let mut one: Vec<Value> = invocation.invoke_async(&mut conn).await?;
+                            Ok(one.pop().unwrap_or(Value::Nil))
+                        }
+                        .boxed()
+                    })
+                    .collect();
+                futures_util::stream::iter(calls)
+                    .buffered(PER_KEY_CONCURRENCY)
+                    .try_collect()
+                    .await?
+            }
+        };
         for ((batch, pos), state) in batches.iter_mut().zip(starts).zip(states) {
             batch.gap = match state {
                 Value::Array(parts) if parts.len() == 4 => {
@@ -709,6 +875,35 @@ impl RedisStore {
 }
 
 impl RedisStore {
+    /// Runs single-key commands and returns their replies in order: in one pipeline on a single
+    /// server; on a cluster as separate requests, a few at a time (a pipeline is sent to one node,
+    /// and its commands may belong to any).
+    async fn query_each(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<Value>, StoreError> {
+        match &self.conn {
+            Conn::Single(_) => {
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                let mut conn = self.conn.clone();
+                Ok(pipe.query_async(&mut conn).await?)
+            }
+            Conn::Cluster(cluster) => {
+                let calls: Vec<BoxFuture<'static, redis::RedisResult<Value>>> = cmds
+                    .into_iter()
+                    .map(|cmd| {
+                        let mut conn = cluster.clone();
+                        async move { cmd.query_async::<Value>(&mut conn).await }.boxed()
+                    })
+                    .collect();
+                Ok(futures_util::stream::iter(calls)
+                    .buffered(PER_KEY_CONCURRENCY)
+                    .try_collect()
+                    .await?)
+            }
+        }
+    }
+
     /// [`Store::tail`] in keyspace mode: read the watched channels that notifications marked,
     /// channels watched for the first time, and after a full wait every channel.
     async fn tail_keyspace(
@@ -775,18 +970,19 @@ impl RedisStore {
         signals: &keyspace::Signals,
     ) -> Result<Vec<TailBatch>, StoreError> {
         let count = count.max(1);
-        let mut pipe = redis::pipe();
+        let mut reads = Vec::with_capacity(targets.len());
         for &i in targets {
             let (channel, pos) = &positions[i];
-            let cmd = pipe.cmd("XRANGE").arg(self.key(channel));
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(self.key(channel));
             if *pos == StreamId::ZERO {
                 cmd.arg("-").arg("+").arg("COUNT").arg(count);
             } else {
                 cmd.arg(pos.to_string()).arg("+").arg("COUNT").arg(count + 1);
             }
+            reads.push(cmd);
         }
-        let mut conn = self.conn.clone();
-        let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+        let replies = self.query_each(reads).await?;
         let mut batches = Vec::new();
         let mut suspects = Vec::new();
         for (&i, reply) in targets.iter().zip(replies) {
