@@ -1,8 +1,10 @@
 //! Settings of a tidings server, with the defaults the binary uses.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::Authorizer;
 use crate::store::{Retention, TailMode};
 
 /// Limits on what one request may ask for.
@@ -41,7 +43,7 @@ impl Default for Limits {
 ///     .heartbeat(Duration::from_secs(10));
 /// assert_eq!(config.retention.max_len, 1000);
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Config {
     /// The event schema file. Default `schema/events.json`.
@@ -69,6 +71,38 @@ pub struct Config {
     /// default) serves nothing there. Unknown paths under `/app/` get its `index.html`, so
     /// client-side routes load the app.
     pub app_dir: Option<PathBuf>,
+    /// Decides who a request is and what it may read or publish; runs before any stream opens,
+    /// any history read, and any HTTP emit without the emit key. `None` (the default): reading
+    /// is open and only the emit key publishes. See [`crate::auth`].
+    pub authorizer: Option<Arc<dyn Authorizer>>,
+    /// Private channel patterns such as `user:{sub}`: a matching channel is readable only by
+    /// the identity whose `sub` fills `{sub}` (401 without an identity, 403 for another one),
+    /// whatever the authorizer allowed. A pattern without `{sub}` is readable by no one.
+    pub private_channels: Vec<String>,
+    /// Origins (`https://app.example.com`) allowed to call tidings from a browser on another
+    /// origin, with credentials. Empty (the default): same-origin only, no CORS headers.
+    pub cors_origins: Vec<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("schema", &self.schema)
+            .field("redis_url", &self.redis_url)
+            .field("key_prefix", &self.key_prefix)
+            .field("redis_timeout", &self.redis_timeout)
+            .field("redis_tail", &self.redis_tail)
+            .field("retention", &self.retention)
+            .field("emit_key", &self.emit_key.as_ref().map(|_| "<set>"))
+            .field("heartbeat", &self.heartbeat)
+            .field("retry", &self.retry)
+            .field("limits", &self.limits)
+            .field("app_dir", &self.app_dir)
+            .field("authorizer", &self.authorizer.as_ref().map(|_| "<set>"))
+            .field("private_channels", &self.private_channels)
+            .field("cors_origins", &self.cors_origins)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -85,6 +119,9 @@ impl Default for Config {
             retry: Duration::from_secs(2),
             limits: Limits::default(),
             app_dir: None,
+            authorizer: None,
+            private_channels: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -147,6 +184,24 @@ impl Config {
     /// Sets [`Config::app_dir`].
     pub fn app_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.app_dir = Some(dir.into());
+        self
+    }
+
+    /// Sets [`Config::authorizer`].
+    pub fn authorizer(mut self, hook: impl Authorizer) -> Self {
+        self.authorizer = Some(Arc::new(hook));
+        self
+    }
+
+    /// Adds a pattern to [`Config::private_channels`].
+    pub fn private_channel(mut self, pattern: impl Into<String>) -> Self {
+        self.private_channels.push(pattern.into());
+        self
+    }
+
+    /// Adds an origin to [`Config::cors_origins`].
+    pub fn cors_origin(mut self, origin: impl Into<String>) -> Self {
+        self.cors_origins.push(origin.into());
         self
     }
 }

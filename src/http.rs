@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::time::SystemTime;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -17,7 +18,10 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::{ServeDir, ServeFile};
+
+use crate::auth::{authorize_publish, authorize_read, AuthError, AuthRequest};
 
 use crate::channel::Channel;
 use crate::cursor::Cursor;
@@ -40,7 +44,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -87,6 +91,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(self.body())).into_response()
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthenticated(reason) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", reason)
+            }
+            AuthError::Forbidden(reason) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", reason),
+        }
     }
 }
 
@@ -145,10 +160,56 @@ pub fn router(rt: Tidings) -> Router {
             .route("/app", get(app_slash))
             .nest_service("/app/", app_service(dir));
     }
-    router
+    let cors = cors_layer(&rt.inner.config.cors_origins);
+    let router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(rt)
+        .with_state(rt);
+    match cors {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
+}
+
+/// CORS for the listed origins, with credentials; `None` (no headers: same-origin only) when
+/// the list is empty.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| match HeaderValue::from_str(o.trim_end_matches('/')) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::warn!(origin = %o, "ignoring an invalid CORS origin");
+                None
+            }
+        })
+        .collect();
+    if list.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(list))
+            .allow_credentials(true)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("last-event-id"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
+}
+
+/// The CORS response headers for the raw SSE path: `Some` when `origin` is allowed.
+pub(crate) fn cors_allowed(rt: &Tidings, origin: Option<&HeaderValue>) -> Option<String> {
+    let origin = origin?.to_str().ok()?;
+    rt.inner
+        .config
+        .cors_origins
+        .iter()
+        .any(|o| o.trim_end_matches('/') == origin)
+        .then(|| origin.to_string())
 }
 
 /// `/app` → `/app/`, keeping the query (`?room=…`). Relative, so it still lands right when this
@@ -267,7 +328,11 @@ async fn emit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    check_key(&rt, &headers)?;
+    // The emit key publishes anywhere; anything else goes to the authorizer, when there is one.
+    let has_key = check_key(&rt, &headers).is_ok();
+    if !has_key && rt.inner.config.authorizer.is_none() {
+        check_key(&rt, &headers)?;
+    }
     let max = rt.inner.config.limits.max_payload_bytes;
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -289,6 +354,9 @@ async fn emit(
     })?;
     let channel =
         Channel::new(&req.channel).map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
+    if !has_key {
+        authorize_publish(&rt.inner.config, &AuthRequest::new(headers, None), &channel).await?;
+    }
     let id = rt.emit_json(&channel, &req.event, &req.data).await?;
     Ok(Json(json!({ "id": id })))
 }
@@ -336,8 +404,9 @@ async fn realtime(
         raw.as_deref(),
         headers.get("last-event-id").map(|v| v.as_bytes()),
     )?;
+    let expires_at = authorize_stream(&rt, &AuthRequest::new(headers, raw), &req).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(16);
-    let stream = open_stream(&rt, req, tx).await.map_err(|(e, _)| e)?;
+    let stream = open_stream(&rt, req, expires_at, tx).await.map_err(|(e, _)| e)?;
     tokio::spawn(stream);
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
     let mut response = Response::new(body);
@@ -359,7 +428,7 @@ pub(crate) fn prepare_stream(
     last_event_id: Option<&[u8]>,
 ) -> Result<StreamRequest, ApiError> {
     let query = parse_query(raw_query);
-    known_keys(&query, &["channel", "events", "cursor"])?;
+    known_keys(&query, &["channel", "events", "cursor", "token"])?;
     let limits = &rt.inner.config.limits;
 
     let mut channels: Vec<Channel> = Vec::new();
@@ -444,11 +513,23 @@ pub(crate) fn prepare_stream(
     })
 }
 
+/// Runs the authorizer and the private-channel rule for a checked SSE request; returns when the
+/// credential expires.
+pub(crate) async fn authorize_stream(
+    rt: &Tidings,
+    auth: &AuthRequest,
+    req: &StreamRequest,
+) -> Result<Option<SystemTime>, ApiError> {
+    let identity = authorize_read(&rt.inner.config, auth, &req.channels).await?;
+    Ok(identity.expires_at)
+}
+
 /// Subscribes a checked SSE request and returns the task that streams it into `sink`; on error
 /// the sink comes back with it, so the caller can still answer.
 pub(crate) async fn open_stream<S: Sink>(
     rt: &Tidings,
     req: StreamRequest,
+    expires_at: Option<SystemTime>,
     sink: S,
 ) -> Result<impl Future<Output = ()> + Send + 'static, (ApiError, S)> {
     if rt.is_closed() {
@@ -467,16 +548,30 @@ pub(crate) async fn open_stream<S: Sink>(
         heartbeat: rt.inner.config.heartbeat,
         retry: rt.inner.config.retry,
         closing: rt.inner.closing.subscribe(),
+        deadline: expires_at.map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::time::Instant::now() + left
+        }),
     };
     Ok(crate::sse::run(rt.store().clone(), req, sub, settings, sink))
 }
 
-async fn history(State(rt): State<Tidings>, RawQuery(raw): RawQuery) -> Result<Json<Value>, ApiError> {
+async fn history(
+    State(rt): State<Tidings>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
     let query = parse_query(raw.as_deref());
-    known_keys(&query, &["channel", "limit", "after", "before"])?;
+    known_keys(&query, &["channel", "limit", "after", "before", "token"])?;
     let name = one(&query, "channel")?
         .ok_or_else(|| ApiError::bad_request("invalid_channel", "no channel given; add ?channel=<name>"))?;
     let channel = Channel::new(name).map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
+    authorize_read(
+        &rt.inner.config,
+        &AuthRequest::new(headers, raw.clone()),
+        std::slice::from_ref(&channel),
+    )
+    .await?;
     let max = rt.inner.config.limits.max_history;
     let limit = match one(&query, "limit")? {
         None => 100.min(max),

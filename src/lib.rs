@@ -29,6 +29,7 @@
 //! - [`store`]: the [`Store`] trait, [`RedisStore`] and [`MemoryStore`].
 //! - [`Tidings`] and [`ChannelHandle`]: the handle an application emits through.
 //! - [`router`] and [`serve`]: the HTTP and SSE endpoints.
+//! - [`auth`]: the [`Authorizer`] hook, the built-in [`JwtAuthorizer`], private channels.
 //! - [`Cursor`], [`StreamId`], [`Channel`]: the values that travel on the wire.
 //!
 //! # Example
@@ -45,6 +46,7 @@
 
 extern crate self as tidings;
 
+pub mod auth;
 mod channel;
 mod config;
 mod cursor;
@@ -59,6 +61,7 @@ mod server;
 mod sse;
 pub mod store;
 
+pub use auth::{Action, AuthError, AuthRequest, Authorizer, Identity, JwtAuthorizer};
 pub use channel::{Channel, ChannelError, MAX_CHANNEL_LEN};
 pub use config::{Config, Limits};
 pub use cursor::{Cursor, CursorError, MAX_CURSOR_LEN};

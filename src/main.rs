@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (the default when no subcommand is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Emit one event through a running server's POST /emit.
     Emit {
         /// Channel name, e.g. room:1.
@@ -44,6 +44,9 @@ enum Command {
         /// Resume from this cursor (the id: of an earlier event) instead of starting live.
         #[arg(long)]
         cursor: Option<String>,
+        /// A JWT to subscribe with, when the server requires one (sent as Authorization: Bearer).
+        #[arg(long, env = "TIDINGS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -90,6 +93,33 @@ struct ServeArgs {
     /// A directory with a built web app (index.html and assets) to serve at /app/.
     #[arg(long, env = "TIDINGS_APP_DIR")]
     app_dir: Option<PathBuf>,
+    /// Require a JWT signed with HS256 and this secret to subscribe (and, without the emit key,
+    /// to publish). Claims: sub, exp, subscribe and publish channel patterns.
+    #[arg(
+        long,
+        env = "TIDINGS_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_public_key"
+    )]
+    jwt_secret: Option<String>,
+    /// Require a JWT signed with RS256 or ES256, verified with this public key (a PEM file).
+    #[arg(long, env = "TIDINGS_JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<PathBuf>,
+    /// The cookie a JWT is read from (EventSource sends only cookies).
+    #[arg(long, env = "TIDINGS_JWT_COOKIE", default_value = tidings::auth::DEFAULT_TOKEN_COOKIE)]
+    jwt_cookie: String,
+    /// A private channel pattern such as user:{sub}: readable only by the user whose JWT sub
+    /// fills {sub}. Repeat it, or separate patterns with commas.
+    #[arg(
+        long = "private-channel",
+        env = "TIDINGS_PRIVATE_CHANNELS",
+        value_delimiter = ','
+    )]
+    private_channels: Vec<String>,
+    /// An origin (https://app.example.com) allowed to call tidings cross-origin, with
+    /// credentials. Repeat it, or separate origins with commas. Default: same-origin only.
+    #[arg(long = "cors-origin", env = "TIDINGS_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<String>,
 }
 
 #[derive(Args)]
@@ -114,7 +144,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None => serve(cli.serve).await,
-        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Serve(args)) => serve(*args).await,
         Some(Command::Emit {
             channel,
             event,
@@ -124,8 +154,9 @@ async fn main() -> Result<()> {
         Some(Command::Tail {
             channels,
             cursor,
+            token,
             remote,
-        }) => tail(channels, cursor, remote).await,
+        }) => tail(channels, cursor, token, remote).await,
     }
 }
 
@@ -162,6 +193,39 @@ async fn serve(args: ServeArgs) -> Result<()> {
             );
         }
         config = config.app_dir(dir);
+    }
+    let jwt = match (&args.jwt_secret, &args.jwt_public_key) {
+        (Some(secret), _) => {
+            if secret.len() < 32 {
+                bail!("TIDINGS_JWT_SECRET must be at least 32 bytes for HS256");
+            }
+            Some(tidings::JwtAuthorizer::hs256(secret))
+        }
+        (None, Some(path)) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read the JWT public key {}", path.display()))?;
+            Some(
+                tidings::JwtAuthorizer::public_key_pem(&pem)
+                    .with_context(|| format!("JWT public key {}", path.display()))?,
+            )
+        }
+        (None, None) => None,
+    };
+    if let Some(jwt) = jwt {
+        tracing::info!(algorithm = ?jwt.algorithm(), cookie = %args.jwt_cookie, "JWT auth on");
+        config = config.authorizer(jwt.cookie_name(args.jwt_cookie.clone()));
+    }
+    for pattern in args.private_channels.iter().filter(|p| !p.is_empty()) {
+        config = config.private_channel(pattern.trim());
+    }
+    for origin in args.cors_origins.iter().filter(|o| !o.is_empty()) {
+        let origin = origin.trim().trim_end_matches('/');
+        if origin == "*" || !(origin.starts_with("http://") || origin.starts_with("https://")) {
+            bail!(
+                "--cors-origin {origin:?}: give a full origin such as https://app.example.com (no wildcard)"
+            );
+        }
+        config = config.cors_origin(origin);
     }
     let generated = args.emit_key.is_none();
     if let Some(key) = args.emit_key {
@@ -238,7 +302,12 @@ async fn emit(channel: String, event: String, data: String, remote: Remote) -> R
     Ok(())
 }
 
-async fn tail(channels: Vec<String>, cursor: Option<String>, remote: Remote) -> Result<()> {
+async fn tail(
+    channels: Vec<String>,
+    cursor: Option<String>,
+    token: Option<String>,
+    remote: Remote,
+) -> Result<()> {
     use futures_util::StreamExt;
     let mut url = reqwest::Url::parse(&format!("{}/realtime", remote.url.trim_end_matches('/')))?;
     {
@@ -250,7 +319,12 @@ async fn tail(channels: Vec<String>, cursor: Option<String>, remote: Remote) -> 
             q.append_pair("cursor", c);
         }
     }
-    let response = reqwest::get(url)
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(token) = &token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
         .await
         .with_context(|| format!("cannot reach {}", remote.url))?;
     if !response.status().is_success() {
@@ -260,6 +334,7 @@ async fn tail(channels: Vec<String>, cursor: Option<String>, remote: Remote) -> 
     let mut body = response.bytes_stream();
     let mut pending = String::new();
     let mut event = String::new();
+    let mut last = String::new();
     while let Some(chunk) = body.next().await {
         pending.push_str(&String::from_utf8_lossy(&chunk?));
         while let Some(end) = pending.find('\n') {
@@ -269,10 +344,15 @@ async fn tail(channels: Vec<String>, cursor: Option<String>, remote: Remote) -> 
                 event = name.to_string();
             } else if let Some(data) = line.strip_prefix("data: ") {
                 println!("{event}\t{data}");
+                last.clone_from(&event);
             } else if line.is_empty() {
                 event.clear();
             }
         }
+    }
+    if last == "tidings.expired" {
+        eprintln!("stream ended: the token expired");
+        return Ok(());
     }
     eprintln!("stream ended by the server");
     Ok(())

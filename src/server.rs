@@ -26,7 +26,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-use crate::http::{open_stream, prepare_stream, router, ApiError};
+use crate::auth::AuthRequest;
+use crate::http::{authorize_stream, cors_allowed, open_stream, prepare_stream, router, ApiError};
 use crate::realtime::Tidings;
 use crate::sse::{Gone, Sink};
 
@@ -148,6 +149,8 @@ async fn connection(mut stream: TcpStream, rt: Tidings, service: Service) {
 struct SseRequest {
     query: Option<String>,
     last_event_id: Option<Vec<u8>>,
+    /// Every header, for the authorizer (cookies, Authorization) and CORS (Origin).
+    headers: axum::http::HeaderMap,
 }
 
 /// `Some` when `head` is a complete `GET /realtime` request head (HTTP/1.1, no body).
@@ -169,8 +172,15 @@ fn sse_request(head: &[u8]) -> Option<SseRequest> {
         return None;
     }
     let mut last_event_id = None;
+    let mut map = axum::http::HeaderMap::new();
     for h in req.headers.iter() {
         let name = h.name;
+        if let (Ok(n), Ok(v)) = (
+            axum::http::HeaderName::from_bytes(name.as_bytes()),
+            axum::http::HeaderValue::from_bytes(h.value),
+        ) {
+            map.append(n, v);
+        }
         if name.eq_ignore_ascii_case("last-event-id") {
             last_event_id = Some(h.value.to_vec());
         } else if name.eq_ignore_ascii_case("upgrade")
@@ -181,7 +191,11 @@ fn sse_request(head: &[u8]) -> Option<SseRequest> {
             return None; // unusual for a stream request: let hyper answer it
         }
     }
-    Some(SseRequest { query, last_event_id })
+    Some(SseRequest {
+        query,
+        last_event_id,
+        headers: map,
+    })
 }
 
 /// True once `head` holds a whole request head (or cannot be one): hand it to hyper.
@@ -194,27 +208,46 @@ fn head_complete(head: &[u8]) -> bool {
 /// Serves one SSE stream on the socket.
 async fn stream_sse(stream: TcpStream, rt: Tidings, request: SseRequest) {
     let (read, mut write) = stream.into_split();
+    // Same-origin by default: CORS headers only for a listed Origin.
+    let cors = match cors_allowed(&rt, request.headers.get(axum::http::header::ORIGIN)) {
+        Some(origin) => format!(
+            "access-control-allow-origin: {origin}\r\naccess-control-allow-credentials: true\r\nvary: origin\r\n"
+        ),
+        None if rt.inner.config.cors_origins.is_empty() => String::new(),
+        None => "vary: origin\r\n".to_string(),
+    };
     let prepared = prepare_stream(&rt, request.query.as_deref(), request.last_event_id.as_deref());
     let req = match prepared {
         Ok(req) => req,
-        Err(e) => return write_error(&mut write, e).await,
+        Err(e) => return write_error(&mut write, e, &cors).await,
     };
+    // The authorizer runs before anything is subscribed or written.
+    let auth = AuthRequest::new(request.headers, request.query);
+    let expires_at = match authorize_stream(&rt, &auth, &req).await {
+        Ok(at) => at,
+        Err(e) => return write_error(&mut write, e, &cors).await,
+    };
+    drop(auth);
     let sink = SocketSink {
         read,
         write,
         started: false,
+        cors,
     };
-    match open_stream(&rt, req, sink).await {
+    match open_stream(&rt, req, expires_at, sink).await {
         Ok(task) => task.await,
-        Err((e, mut sink)) => write_error(&mut sink.write, e).await,
+        Err((e, mut sink)) => {
+            let cors = std::mem::take(&mut sink.cors);
+            write_error(&mut sink.write, e, &cors).await
+        }
     }
 }
 
-async fn write_error(write: &mut OwnedWriteHalf, e: ApiError) {
+async fn write_error(write: &mut OwnedWriteHalf, e: ApiError, cors: &str) {
     let body = e.body().to_string();
     let status = e.status();
     let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{cors}connection: close\r\n\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len()
@@ -229,15 +262,19 @@ struct SocketSink {
     read: OwnedReadHalf,
     write: OwnedWriteHalf,
     started: bool,
+    /// CORS header lines for the response head (empty unless the Origin is allowed).
+    cors: String,
 }
 
-const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\n\r\n";
+const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n";
 
 impl Sink for SocketSink {
     async fn send(&mut self, chunk: Bytes) -> Result<(), Gone> {
         let mut framed = Vec::with_capacity(chunk.len() + 32);
         if !self.started {
             framed.extend_from_slice(SSE_HEAD);
+            framed.extend_from_slice(std::mem::take(&mut self.cors).as_bytes());
+            framed.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
             self.started = true;
         }
         framed.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());

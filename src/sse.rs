@@ -56,6 +56,8 @@ pub(crate) struct StreamSettings {
     pub retry: Duration,
     /// Becomes true when the server shuts down.
     pub closing: tokio::sync::watch::Receiver<bool>,
+    /// When the client's credential expires: the stream ends then with `tidings.expired`.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// Where a connection's bytes go: hyper's response body, or a socket written directly.
@@ -188,11 +190,21 @@ pub(crate) async fn run<S: Sink>(
         settings.heartbeat,
     );
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let expiry = until(settings.deadline);
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
             biased;
             _ = w.out.closed() => return,
             _ = closed(&mut settings.closing) => {
+                let _ = w.flush().await;
+                return;
+            }
+            _ = &mut expiry => {
+                let text = cursor.to_string();
+                w.frame(&cursor, "tidings.expired", |b| {
+                    let _ = write!(b, r#"{{"reason":"token expired","cursor":{}}}"#, json_str(&text));
+                });
                 let _ = w.flush().await;
                 return;
             }
@@ -228,6 +240,14 @@ pub(crate) async fn run<S: Sink>(
                 }
             }
         }
+    }
+}
+
+/// Completes at `deadline`, or never.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -374,6 +394,7 @@ mod tests {
             heartbeat: Duration::from_secs(15),
             retry: Duration::from_millis(1500),
             closing,
+            deadline: None,
         };
         let req = StreamRequest {
             channels: vec![ch("a"), ch("b")],
@@ -415,6 +436,7 @@ mod tests {
             heartbeat: Duration::from_secs(15),
             retry: Duration::from_secs(2),
             closing,
+            deadline: None,
         };
         let req = StreamRequest {
             channels: vec![ch("a")],
@@ -464,6 +486,7 @@ mod shutdown_tests {
             heartbeat: Duration::from_secs(3600),
             retry: Duration::from_secs(2),
             closing,
+            deadline: None,
         };
         let req = StreamRequest {
             channels: vec![a],
