@@ -10,8 +10,10 @@ use std::fmt;
 use crate::channel::{Channel, ChannelError};
 use crate::id::{ParseIdError, StreamId};
 
-/// The longest cursor accepted, in bytes.
-pub const MAX_CURSOR_LEN: usize = 16 * 1024;
+/// The longest cursor accepted, in bytes. Large enough for every cursor the server can write at
+/// the default limit of 100 channels: a 128-byte name, `=`, and an id of two 20-digit numbers is
+/// at most 171 bytes per channel.
+pub const MAX_CURSOR_LEN: usize = 32 * 1024;
 
 /// Positions in several channels: the last entry seen in each.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -122,6 +124,22 @@ mod tests {
         assert_eq!(cursor.len(), 2);
         assert_eq!(cursor.to_string(), text);
         assert_eq!(cursor.get(&Channel::new("room:2").unwrap()), Some(StreamId::ZERO));
+    }
+
+    #[test]
+    fn the_longest_cursor_the_server_writes_reads_back() {
+        let mut cursor = Cursor::default();
+        for i in 0..100 {
+            let channel = Channel::new(&format!("{i:0>128}")).unwrap();
+            cursor.set(&channel, StreamId::new(u64::MAX, u64::MAX));
+        }
+        let text = cursor.to_string();
+        assert!(
+            text.len() > 16 * 1024,
+            "the case that used to fail: {} bytes",
+            text.len()
+        );
+        assert_eq!(Cursor::parse(&text).unwrap(), cursor);
     }
 
     #[test]

@@ -31,8 +31,9 @@ use crate::http::{authorize_stream, cors_allowed, open_stream, prepare_stream, r
 use crate::realtime::Tidings;
 use crate::sse::{Gone, Sink};
 
-/// The longest request head read before deciding where a connection goes.
-const MAX_HEAD: usize = 16 * 1024;
+/// The longest request head read before deciding where a connection goes: room for the longest
+/// cursor in a `Last-Event-ID` header, and the rest of a browser's headers.
+const MAX_HEAD: usize = crate::cursor::MAX_CURSOR_LEN + 16 * 1024;
 /// How long a client may take to send its request head (slow-loris clients are dropped).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
