@@ -17,7 +17,9 @@ pub struct Limits {
     pub max_payload_bytes: usize,
     /// Largest `limit` of a history read; larger values are capped to it. Default 1000.
     pub max_history: usize,
-    /// Live entries queued for one subscriber before it is disconnected to resume. Default 1024.
+    /// Live entries queued for one subscriber before it is disconnected to resume. Default 256,
+    /// and never more than half of [`Retention::max_len`](crate::Retention): a subscriber dropped
+    /// for lagging must still find its cursor in the history it resumes from.
     pub subscriber_queue: usize,
 }
 
@@ -27,7 +29,7 @@ impl Default for Limits {
             max_channels: 100,
             max_payload_bytes: 64 * 1024,
             max_history: 1000,
-            subscriber_queue: 1024,
+            subscriber_queue: 256,
         }
     }
 }

@@ -114,7 +114,13 @@ impl Tidings {
     /// # Panics
     /// Outside a Tokio runtime.
     pub fn new(registry: Registry, store: Arc<dyn Store>, config: Config) -> Tidings {
-        let hub = Hub::start(store.clone(), config.limits.subscriber_queue);
+        // A subscriber kicked for lagging is at most `queue` entries behind on a channel; it
+        // resumes losslessly only if history still reaches that far back.
+        let queue = config
+            .limits
+            .subscriber_queue
+            .min((config.retention.max_len / 2).max(1));
+        let hub = Hub::start(store.clone(), queue);
         let emit_key = config.emit_key.clone().unwrap_or_else(random_key);
         Tidings {
             inner: Arc::new(Inner {
