@@ -116,6 +116,9 @@ struct SubStats {
     latencies_us: Vec<u32>,
     reconnects: u64,
     lagged: u64,
+    /// `tidings.reset` frames: history after the cursor was trimmed, so the events in between
+    /// are lost by design (and counted in `lost`), not silently.
+    resets: u64,
 }
 
 struct Shared {
@@ -210,7 +213,7 @@ async fn http(args: Args) -> Result<()> {
     let mut lost = 0u64;
     let mut duplicated = 0u64;
     let mut latencies: Vec<u32> = Vec::new();
-    let (mut reconnects, mut lagged) = (0u64, 0u64);
+    let (mut reconnects, mut lagged, mut resets) = (0u64, 0u64, 0u64);
     for (i, s) in stats.iter().enumerate() {
         let ch = i % shared.channels;
         let mut seq = ch as u64;
@@ -223,6 +226,7 @@ async fn http(args: Args) -> Result<()> {
         duplicated += s.duplicates;
         reconnects += s.reconnects;
         lagged += s.lagged;
+        resets += s.resets;
         latencies.extend_from_slice(&s.latencies_us);
     }
     latencies.sort_unstable();
@@ -261,6 +265,7 @@ async fn http(args: Args) -> Result<()> {
         "duplicated": duplicated,
         "reconnects": reconnects,
         "lagged": lagged,
+        "resets": resets,
         "server_rss_kb": { "before": rss_before, "connected": rss_connected, "after": rss_after },
         "rss_per_connection_bytes": per_conn,
         "redis_connections": redis_connections,
@@ -470,6 +475,7 @@ async fn subscriber(
                         shared.ready.fetch_add(1, Ordering::AcqRel);
                     }
                     Some("tidings.lagged") => stats.lagged += 1,
+                    Some("tidings.reset") => stats.resets += 1,
                     Some("notification.alert") => {
                         if let Some((seq, sent)) = frame.data.as_deref().and_then(payload) {
                             let now = now_ns();
