@@ -11,15 +11,14 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 use serde_json::Value;
-use support::{msg, schema_path, Frame, RedisServer, SseReader, EMIT_KEY};
+use support::{msg, Frame, RedisServer, SseReader, EMIT_KEY};
 use tidings::{Channel, Cursor, StreamId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -44,62 +43,14 @@ struct Node {
 impl Node {
     /// Starts the binary on a free port against `redis` and waits until `/health` answers.
     async fn start(name: &'static str, redis: &RedisServer) -> Node {
-        let logs = tempfile::tempdir().unwrap();
-        for attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let log_name = format!("stderr-{attempt}.log");
-            let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-                .arg("--bind")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--redis")
-                .arg(redis.url())
-                .arg("--schema")
-                .arg(schema_path())
-                .env_clear()
-                .env("TIDINGS_EMIT_KEY", EMIT_KEY)
-                .env("TIDINGS_LOG", "tidings=info,warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(logs.path().join(&log_name)).unwrap())
-                .spawn()
-                .expect("start the tidings binary");
-            let addr = format!("127.0.0.1:{port}");
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_millis(500))
-                .build()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break; // e.g. the port was taken between probe and bind: try another
-                }
-                if let Ok(r) = client.get(format!("http://{addr}/health")).send().await {
-                    let body: Value = r.json().await.unwrap_or_default();
-                    if body["status"] == "ok" {
-                        assert_eq!(body["store"], "redis", "{body}");
-                        return Node {
-                            child,
-                            name,
-                            addr,
-                            logs,
-                            log_name,
-                        };
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!(
-                "{}",
-                std::fs::read_to_string(logs.path().join(&log_name)).unwrap_or_default()
-            );
+        let s = support::spawn_binary(&redis.url(), &[]).await;
+        Node {
+            child: s.child,
+            name,
+            addr: s.addr,
+            logs: s.logs,
+            log_name: s.log_name,
         }
-        panic!("the tidings binary did not become ready");
     }
 
     fn url(&self, path: &str) -> String {

@@ -416,3 +416,71 @@ pub fn assert_error(status: u16, body: &serde_json::Value, want_status: u16, cod
         assert!(message.contains(m), "message {message:?} should mention {m:?}");
     }
 }
+
+/// A `tidings` binary started on a free port against a Redis, whose `/health` answered `ok` on
+/// the Redis store. The caller owns the child and kills it.
+pub struct SpawnedBinary {
+    pub child: Child,
+    /// `127.0.0.1:<port>`.
+    pub addr: String,
+    /// Holds the binary's stderr, in `log_name`.
+    pub logs: tempfile::TempDir,
+    pub log_name: String,
+}
+
+/// Starts the binary with `--redis <redis_url>`, the demo schema, [`EMIT_KEY`] and `extra`
+/// arguments, retrying on another port when the probed one was taken before the binary bound it.
+pub async fn spawn_binary(redis_url: &str, extra: &[&str]) -> SpawnedBinary {
+    let logs = tempfile::tempdir().unwrap();
+    for attempt in 0..5 {
+        let port = free_port();
+        let log_name = format!("stderr-{attempt}.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--redis")
+            .arg(redis_url)
+            .arg("--schema")
+            .arg(schema_path())
+            .args(extra)
+            .env_clear()
+            .env("TIDINGS_EMIT_KEY", EMIT_KEY)
+            .env("TIDINGS_LOG", "tidings=info,warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(logs.path().join(&log_name)).unwrap())
+            .spawn()
+            .expect("start the tidings binary");
+        let addr = format!("127.0.0.1:{port}");
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                break; // e.g. the port was taken between probe and bind: try another
+            }
+            if let Ok(r) = client.get(format!("http://{addr}/health")).send().await {
+                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                if body["status"] == "ok" {
+                    assert_eq!(body["store"], "redis", "{body}");
+                    return SpawnedBinary {
+                        child,
+                        addr,
+                        logs,
+                        log_name,
+                    };
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!(
+            "{}",
+            std::fs::read_to_string(logs.path().join(&log_name)).unwrap_or_default()
+        );
+    }
+    panic!("the tidings binary did not become ready");
+}
