@@ -121,6 +121,10 @@ pub enum AuthError {
     /// A valid credential without the right to do this: 403.
     #[error("{0}")]
     Forbidden(String),
+    /// The authorizer itself failed (it panicked, or could not reach what it checks against):
+    /// 500, with nothing internal in the answer; the reason is logged. The request is refused.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The hook an embedding application supplies: decides who a request is and whether it may do
@@ -171,6 +175,28 @@ fn private_owner<'c>(patterns: &[String], channel: &'c str) -> Option<&'c str> {
     None
 }
 
+/// Runs the hook, turning a panic in it into [`AuthError::Failed`]: a buggy hook refuses the
+/// request (500) instead of killing the connection's task without an answer.
+async fn run_hook(
+    hook: &dyn Authorizer,
+    req: &AuthRequest,
+    action: Action<'_>,
+) -> Result<Identity, AuthError> {
+    use futures_util::FutureExt as _;
+    let call = std::panic::AssertUnwindSafe(async { hook.authorize(req, action).await });
+    match call.catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(AuthError::Failed(format!("the authorizer panicked: {what}")))
+        }
+    }
+}
+
 /// Runs the hook (when there is one) for reading `channels`, then the private-channel rule.
 pub(crate) async fn authorize_read(
     config: &crate::Config,
@@ -178,7 +204,7 @@ pub(crate) async fn authorize_read(
     channels: &[Channel],
 ) -> Result<Identity, AuthError> {
     let identity = match &config.authorizer {
-        Some(hook) => hook.authorize(req, Action::Subscribe(channels)).await?,
+        Some(hook) => run_hook(hook.as_ref(), req, Action::Subscribe(channels)).await?,
         None => Identity::anonymous(),
     };
     for channel in channels {
@@ -216,7 +242,7 @@ pub(crate) async fn authorize_publish(
     channel: &Channel,
 ) -> Result<Identity, AuthError> {
     match &config.authorizer {
-        Some(hook) => hook.authorize(req, Action::Publish(channel)).await,
+        Some(hook) => run_hook(hook.as_ref(), req, Action::Publish(channel)).await,
         None => Err(AuthError::Unauthenticated("wrong emit key".into())),
     }
 }
@@ -244,6 +270,7 @@ pub struct JwtAuthorizer {
     key: DecodingKey,
     validation: Validation,
     cookie: String,
+    required: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for JwtAuthorizer {
@@ -277,7 +304,36 @@ impl JwtAuthorizer {
             key,
             validation,
             cookie: DEFAULT_TOKEN_COOKIE.into(),
+            required: vec!["exp"],
         }
+    }
+
+    fn require(&mut self, claim: &'static str) {
+        if !self.required.contains(&claim) {
+            self.required.push(claim);
+        }
+        self.validation.set_required_spec_claims(&self.required);
+    }
+
+    /// Accepts only tokens whose `aud` claim names `audience` (repeat for more than one
+    /// accepted audience). Without this, `aud` is not checked.
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        let mut accepted: Vec<String> = self.validation.aud.take().into_iter().flatten().collect();
+        accepted.push(audience.into());
+        self.validation.set_audience(&accepted);
+        self.validation.validate_aud = true;
+        self.require("aud");
+        self
+    }
+
+    /// Accepts only tokens whose `iss` claim is `issuer` (repeat for more than one accepted
+    /// issuer). Without this, `iss` is not checked.
+    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+        let mut accepted: Vec<String> = self.validation.iss.take().into_iter().flatten().collect();
+        accepted.push(issuer.into());
+        self.validation.set_issuer(&accepted);
+        self.require("iss");
+        self
     }
 
     /// HS256 with a shared secret.
@@ -345,6 +401,11 @@ impl JwtAuthorizer {
                     "invalid token: algorithm not accepted; tokens must be signed with {:?}",
                     self.algorithm()
                 ),
+                ErrorKind::InvalidAudience => "invalid token: aud is not an accepted audience".to_string(),
+                ErrorKind::InvalidIssuer => "invalid token: iss is not an accepted issuer".to_string(),
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    format!("invalid token: claim {claim:?} is required")
+                }
                 _ => format!("invalid token: {e}"),
             })
         })?;

@@ -3,10 +3,17 @@
 use std::fmt;
 use std::sync::Arc;
 
-/// The longest channel name accepted.
-pub const MAX_CHANNEL_LEN: usize = 128;
+/// The longest channel name [`Channel::new`] accepts, and the default of
+/// [`Limits::max_channel_len`](crate::Limits).
+pub const DEFAULT_MAX_CHANNEL_LEN: usize = 128;
 
-/// A checked channel name: 1 to 128 characters from `A-Z a-z 0-9 _ - : .`.
+/// The longest channel name any configuration may allow: with the most channels a connection may
+/// watch, a cursor naming every one of them still fits in
+/// [`MAX_CURSOR_LEN`](crate::MAX_CURSOR_LEN).
+pub const MAX_CHANNEL_LEN: usize = 256;
+
+/// A checked channel name: 1 to 128 characters (or up to a configured
+/// [`Limits::max_channel_len`](crate::Limits), at most 256) from `A-Z a-z 0-9 _ - : .`.
 ///
 /// The allowed set keeps names safe everywhere they travel: in Redis keys (no braces, which would
 /// change cluster hash-slot placement), in SSE `id:` lines and cursors (no `,` `=` or control
@@ -25,13 +32,15 @@ pub struct Channel(Arc<str>);
 #[non_exhaustive]
 pub enum ChannelError {
     /// The name is empty.
-    #[error("channel name is empty; use 1 to {MAX_CHANNEL_LEN} characters from A-Z a-z 0-9 _ - : .")]
+    #[error("channel name is empty; use 1 or more characters from A-Z a-z 0-9 _ - : .")]
     Empty,
-    /// The name is longer than [`MAX_CHANNEL_LEN`].
-    #[error("channel name is {len} bytes long; at most {MAX_CHANNEL_LEN} are allowed")]
+    /// The name is longer than the limit.
+    #[error("channel name is {len} characters long; at most {max} are allowed")]
     TooLong {
         /// The name's length in bytes.
         len: usize,
+        /// The limit it broke.
+        max: usize,
     },
     /// The name contains a character outside the allowed set.
     #[error("channel name {name:?} contains {ch:?} at position {position}; allowed are A-Z a-z 0-9 _ - : .")]
@@ -50,11 +59,21 @@ fn allowed(c: char) -> bool {
 }
 
 impl Channel {
-    /// Checks a channel name.
+    /// Checks a channel name, with the default length limit ([`DEFAULT_MAX_CHANNEL_LEN`]).
     ///
     /// # Errors
     /// [`ChannelError`] when the name is empty, too long, or has a character outside the set.
     pub fn new(name: &str) -> Result<Channel, ChannelError> {
+        Channel::with_max_len(name, DEFAULT_MAX_CHANNEL_LEN)
+    }
+
+    /// Checks a channel name against a length limit of `max` characters (capped to
+    /// [`MAX_CHANNEL_LEN`]).
+    ///
+    /// # Errors
+    /// [`ChannelError`] when the name is empty, too long, or has a character outside the set.
+    pub fn with_max_len(name: &str, max: usize) -> Result<Channel, ChannelError> {
+        let max = max.min(MAX_CHANNEL_LEN);
         if name.is_empty() {
             return Err(ChannelError::Empty);
         }
@@ -65,8 +84,8 @@ impl Channel {
                 position,
             });
         }
-        if name.len() > MAX_CHANNEL_LEN {
-            return Err(ChannelError::TooLong { len: name.len() });
+        if name.len() > max {
+            return Err(ChannelError::TooLong { len: name.len(), max });
         }
         Ok(Channel(Arc::from(name)))
     }
@@ -107,7 +126,7 @@ mod tests {
 
     #[test]
     fn accepts_the_documented_set() {
-        for ok in ["a", "room:1", "user.42_x-y", &"x".repeat(MAX_CHANNEL_LEN)] {
+        for ok in ["a", "room:1", "user.42_x-y", &"x".repeat(DEFAULT_MAX_CHANNEL_LEN)] {
             assert!(Channel::new(ok).is_ok(), "{ok:?} rejected");
         }
     }
@@ -117,7 +136,20 @@ mod tests {
         assert_eq!(Channel::new(""), Err(ChannelError::Empty));
         assert!(matches!(
             Channel::new(&"x".repeat(129)),
-            Err(ChannelError::TooLong { len: 129 })
+            Err(ChannelError::TooLong { len: 129, max: 128 })
+        ));
+        assert!(Channel::with_max_len(&"x".repeat(129), 200).is_ok());
+        assert!(matches!(
+            Channel::with_max_len("abcd", 3),
+            Err(ChannelError::TooLong { len: 4, max: 3 })
+        ));
+        // No configuration goes past the ceiling.
+        assert!(matches!(
+            Channel::with_max_len(&"x".repeat(MAX_CHANNEL_LEN + 1), usize::MAX),
+            Err(ChannelError::TooLong {
+                max: MAX_CHANNEL_LEN,
+                ..
+            })
         ));
         for bad in ["a b", "a\nb", "a{b}", "a,b", "a=b", "é", "a\0", "a/b", "a%20"] {
             let err = Channel::new(bad).unwrap_err();

@@ -1,5 +1,6 @@
 //! Settings of a tidings server, with the defaults the binary uses.
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,12 +8,26 @@ use std::time::Duration;
 use crate::auth::Authorizer;
 use crate::store::{Retention, TailMode};
 
-/// Limits on what one request may ask for.
+/// Limits on what one request, one client or one publisher may ask for. Every refusal is a JSON
+/// 4xx/503 naming the limit and its value (`"limit": 100`); SECURITY.md lists them all.
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// let mut limits = tidings::Limits::default();
+/// limits.max_connections_per_identity = 8;
+/// limits.emits_per_second = NonZeroU32::new(20);
+/// assert!(limits.check().is_ok());
+/// limits.max_channels = 1_000; // cursors for 1,000 channels would not fit MAX_CURSOR_LEN
+/// assert!(limits.check().is_err());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
-    /// Channels one SSE connection may watch. Default 100.
+    /// Channels one SSE connection may watch (400 `too_many_channels` beyond). Default 100.
     pub max_channels: usize,
+    /// Characters in a channel name (400 `invalid_channel` beyond). Default 128, at most
+    /// [`MAX_CHANNEL_LEN`](crate::MAX_CHANNEL_LEN) (256).
+    pub max_channel_len: usize,
     /// Bytes of one emit request body, or of one payload emitted from Rust. Default 64 KiB.
     pub max_payload_bytes: usize,
     /// Largest `limit` of a history read; larger values are capped to it. Default 1000.
@@ -21,15 +36,89 @@ pub struct Limits {
     /// and never more than half of [`Retention::max_len`](crate::Retention): a subscriber dropped
     /// for lagging must still find its cursor in the history it resumes from.
     pub subscriber_queue: usize,
+    /// SSE streams open on this node at once (503 `node_full` beyond, with `Retry-After`: the
+    /// client reconnects, possibly to another node). Default 50,000; raise the open-file limit
+    /// to match (the binary raises its own).
+    pub max_connections: usize,
+    /// SSE streams one identity (the `sub` an authorizer returned) may hold open on this node
+    /// (429 `too_many_connections` beyond). Anonymous streams count against the node only.
+    /// Default 64: the browser client shares one stream per tab.
+    pub max_connections_per_identity: usize,
+    /// `POST /emit`s per second one publisher authorized by the authorizer (a JWT with publish
+    /// rights, keyed by its `sub`) may make, with a burst of one second's worth (429
+    /// `rate_limited` beyond, with `Retry-After`). Default 100; `None`: no limit.
+    pub emits_per_second: Option<NonZeroU32>,
+    /// The same for the holder of the emit key (your own backends), all together. Default
+    /// `None`: no limit.
+    pub emit_key_emits_per_second: Option<NonZeroU32>,
+    /// How long a client may take to send its request head before it is dropped (slow-loris
+    /// clients). Default 10 s. Applies to [`serve`](crate::serve).
+    pub head_timeout: Duration,
+}
+
+/// A combination of [`Limits`] that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid limits: {0}")]
+pub struct LimitsError(String);
+
+impl Limits {
+    /// Checks that the limits can work together.
+    ///
+    /// # Errors
+    /// A zero where at least one is needed, a channel length above
+    /// [`MAX_CHANNEL_LEN`](crate::MAX_CHANNEL_LEN), or so many long channels per connection
+    /// that a cursor naming them all would not fit in [`MAX_CURSOR_LEN`](crate::MAX_CURSOR_LEN)
+    /// (browsers send it back as `Last-Event-ID` to resume).
+    pub fn check(&self) -> Result<(), LimitsError> {
+        let fail = |m: String| Err(LimitsError(m));
+        for (name, value) in [
+            ("max_channels", self.max_channels),
+            ("max_channel_len", self.max_channel_len),
+            ("max_payload_bytes", self.max_payload_bytes),
+            ("max_history", self.max_history),
+            ("subscriber_queue", self.subscriber_queue),
+            ("max_connections", self.max_connections),
+            ("max_connections_per_identity", self.max_connections_per_identity),
+        ] {
+            if value == 0 {
+                return fail(format!("{name} is 0; it must be at least 1"));
+            }
+        }
+        if self.max_channel_len > crate::MAX_CHANNEL_LEN {
+            return fail(format!(
+                "max_channel_len is {}; at most {} is allowed",
+                self.max_channel_len,
+                crate::MAX_CHANNEL_LEN
+            ));
+        }
+        // The longest cursor entry: `name=<u64>-<u64>,`.
+        let longest = self.max_channels.saturating_mul(self.max_channel_len + 43);
+        if longest > crate::MAX_CURSOR_LEN {
+            return fail(format!(
+                "max_channels {} with max_channel_len {} makes cursors up to {longest} bytes; \
+                 at most {} fit (lower either)",
+                self.max_channels,
+                self.max_channel_len,
+                crate::MAX_CURSOR_LEN
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_channels: 100,
+            max_channel_len: crate::channel::DEFAULT_MAX_CHANNEL_LEN,
             max_payload_bytes: 64 * 1024,
             max_history: 1000,
             subscriber_queue: 256,
+            max_connections: 50_000,
+            max_connections_per_identity: 64,
+            emits_per_second: NonZeroU32::new(100),
+            emit_key_emits_per_second: None,
+            head_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -59,7 +59,7 @@ impl Cursor {
             let (name, id) = part
                 .split_once('=')
                 .ok_or_else(|| CursorError::Malformed(part.chars().take(64).collect()))?;
-            let channel = Channel::new(name)?;
+            let channel = Channel::with_max_len(name, crate::channel::MAX_CHANNEL_LEN)?;
             let id: StreamId = id.parse()?;
             if cursor.get(&channel).is_some() {
                 return Err(CursorError::Duplicate(channel.to_string()));
@@ -130,7 +130,8 @@ mod tests {
     fn the_longest_cursor_the_server_writes_reads_back() {
         let mut cursor = Cursor::default();
         for i in 0..100 {
-            let channel = Channel::new(&format!("{i:0>128}")).unwrap();
+            let name = format!("{i:0>width$}", width = crate::channel::MAX_CHANNEL_LEN);
+            let channel = Channel::with_max_len(&name, usize::MAX).unwrap();
             cursor.set(&channel, StreamId::new(u64::MAX, u64::MAX));
         }
         let text = cursor.to_string();

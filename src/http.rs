@@ -19,9 +19,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::map_request_body::MapRequestBodyLayer;
 use tower_http::services::{ServeDir, ServeFile};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
-use crate::auth::{authorize_publish, authorize_read, AuthError, AuthRequest};
+use crate::auth::{authorize_publish, authorize_read, AuthError, AuthRequest, Identity};
 
 use crate::channel::Channel;
 use crate::cursor::Cursor;
@@ -40,7 +42,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    extra: Option<Value>,
+    extra: Option<Box<Value>>,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -50,15 +53,47 @@ impl ApiError {
             code,
             message: message.into(),
             extra: None,
+            retry_after: None,
         }
+    }
+
+    /// Adds a `Retry-After` header of `seconds` (at least 1).
+    fn retry_after_secs(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
+    }
+
+    /// The `Retry-After` header's value, in seconds.
+    pub(crate) fn retry_after(&self) -> Option<u64> {
+        self.retry_after
+    }
+
+    /// A limit that refused the request: `"limit": value` goes into the body.
+    fn limit(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+        limit: impl Into<Value>,
+    ) -> Self {
+        ApiError::new(status, code, message).with(json!({ "limit": limit.into() }))
     }
 
     fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// A channel name that is not allowed; a too-long one names the limit.
+    fn channel(e: crate::channel::ChannelError) -> Self {
+        match e {
+            crate::channel::ChannelError::TooLong { max, .. } => {
+                ApiError::limit(StatusCode::BAD_REQUEST, "invalid_channel", e.to_string(), max)
+            }
+            e => ApiError::bad_request("invalid_channel", e.to_string()),
+        }
+    }
+
     fn with(mut self, extra: Value) -> Self {
-        self.extra = Some(extra);
+        self.extra = Some(Box::new(extra));
         self
     }
 
@@ -81,7 +116,7 @@ impl ApiError {
     /// The JSON body.
     pub(crate) fn body(&self) -> Value {
         let mut body = json!({ "error": self.code, "message": self.message });
-        if let (Some(Value::Object(extra)), Value::Object(map)) = (&self.extra, &mut body) {
+        if let (Some(Value::Object(extra)), Value::Object(map)) = (self.extra.as_deref(), &mut body) {
             map.extend(extra.clone());
         }
         body
@@ -90,7 +125,55 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<crate::limits::ConnectionRefused> for ApiError {
+    fn from(e: crate::limits::ConnectionRefused) -> Self {
+        use crate::limits::ConnectionRefused;
+        match e {
+            ConnectionRefused::Node(max) => ApiError::limit(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "node_full",
+                format!("this node holds its limit of {max} streams (max_connections); retry later or on another node"),
+                max,
+            )
+            .retry_after_secs(5),
+            ConnectionRefused::Identity(max) => ApiError::limit(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                format!(
+                    "this identity already holds {max} streams on this node \
+                     (max_connections_per_identity); close one, or watch more channels on one stream"
+                ),
+                max,
+            )
+            .retry_after_secs(5),
+        }
+    }
+}
+
+impl From<crate::limits::RateLimited> for ApiError {
+    fn from(e: crate::limits::RateLimited) -> Self {
+        let retry = e.retry_after.as_secs_f64().ceil() as u64;
+        ApiError::limit(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "more than {} emits per second from this publisher (emits_per_second); retry in {} ms",
+                e.per_second,
+                e.retry_after.as_millis().max(1)
+            ),
+            e.per_second,
+        )
+        .retry_after_secs(retry)
     }
 }
 
@@ -101,6 +184,14 @@ impl From<AuthError> for ApiError {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", reason)
             }
             AuthError::Forbidden(reason) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", reason),
+            AuthError::Failed(reason) => {
+                tracing::error!(%reason, "the authorizer failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "authorizer_failed",
+                    "the authorizer failed; the request was refused",
+                )
+            }
         }
     }
 }
@@ -108,7 +199,7 @@ impl From<AuthError> for ApiError {
 impl From<EmitError> for ApiError {
     fn from(e: EmitError) -> Self {
         match e {
-            EmitError::Channel(e) => ApiError::bad_request("invalid_channel", e.to_string()),
+            EmitError::Channel(e) => ApiError::channel(e),
             EmitError::Invalid(ValidateError::UnknownEvent { name, known }) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unknown_event",
@@ -126,12 +217,12 @@ impl From<EmitError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload", message)
                     .with(json!({ "event": event, "errors": errors }))
             }
-            EmitError::TooLarge { size, max } => ApiError::new(
+            EmitError::TooLarge { size, max } => ApiError::limit(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!("payload is {size} bytes; at most {max} are allowed"),
-            )
-            .with(json!({ "limit": max })),
+                max,
+            ),
             EmitError::Serialize(e) => ApiError::bad_request("invalid_json", e.to_string()),
             EmitError::Store(e) => ApiError::store(e),
         }
@@ -150,7 +241,16 @@ pub fn router(rt: Tidings) -> Router {
     let max_body = rt.inner.config.limits.max_payload_bytes + 1024;
     let mut router = Router::new()
         .route("/", get(index))
-        .route("/emit", post(emit).layer(DefaultBodyLimit::max(max_body)))
+        .route(
+            "/emit",
+            post(emit)
+                .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(max_body))
+                // A body trickled in a byte at a time must not hold the request open forever.
+                .layer::<_, std::convert::Infallible>(MapRequestBodyLayer::new(Body::new))
+                .layer::<_, std::convert::Infallible>(RequestBodyTimeoutLayer::new(
+                    rt.inner.config.limits.head_timeout,
+                )),
+        )
         .route("/realtime", get(realtime))
         .route("/history", get(history))
         .route("/health", get(health))
@@ -279,6 +379,7 @@ async fn health(State(rt): State<Tidings>) -> Response {
             "store": store,
             "channels_watched": channels,
             "subscribers": subscribers,
+            "streams": rt.inner.connections.open(),
         }))
         .into_response(),
         Err(e) => {
@@ -316,6 +417,18 @@ fn check_key(rt: &Tidings, headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Whether reading a body failed because it arrived too slowly.
+fn timed_out(rejection: &BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = source {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -342,6 +455,14 @@ async fn emit(
                 format!("request body is larger than allowed; payloads may be at most {max} bytes"),
             )
             .with(json!({ "limit": max }))
+        } else if timed_out(&r) {
+            let limit = rt.inner.config.limits.head_timeout.as_secs();
+            ApiError::limit(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the request body took longer than {limit} s to arrive (head_timeout)"),
+                limit,
+            )
         } else {
             ApiError::bad_request("invalid_body", r.body_text())
         }
@@ -352,10 +473,13 @@ async fn emit(
             format!("{e}; expected {{\"channel\": string, \"event\": string, \"data\": payload}}"),
         )
     })?;
-    let channel =
-        Channel::new(&req.channel).map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
-    if !has_key {
-        authorize_publish(&rt.inner.config, &AuthRequest::new(headers, None), &channel).await?;
+    let channel = rt.parse_channel(&req.channel).map_err(ApiError::channel)?;
+    if has_key {
+        rt.inner.emit_rate.check_emit_key()?;
+    } else {
+        let identity =
+            authorize_publish(&rt.inner.config, &AuthRequest::new(headers, None), &channel).await?;
+        rt.inner.emit_rate.check(identity.sub.as_deref().unwrap_or(""))?;
     }
     let id = rt.emit_json(&channel, &req.event, &req.data).await?;
     Ok(Json(json!({ "id": id })))
@@ -404,9 +528,9 @@ async fn realtime(
         raw.as_deref(),
         headers.get("last-event-id").map(|v| v.as_bytes()),
     )?;
-    let expires_at = authorize_stream(&rt, &AuthRequest::new(headers, raw), &req).await?;
+    let identity = authorize_stream(&rt, &AuthRequest::new(headers, raw), &req).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(16);
-    let stream = open_stream(&rt, req, expires_at, tx).await.map_err(|(e, _)| e)?;
+    let stream = open_stream(&rt, req, identity, tx).await.map_err(|(e, _)| e)?;
     tokio::spawn(stream);
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
     let mut response = Response::new(body);
@@ -434,8 +558,7 @@ pub(crate) fn prepare_stream(
     let mut channels: Vec<Channel> = Vec::new();
     for (_, value) in query.iter().filter(|(k, _)| k == "channel") {
         for name in value.split(',') {
-            let channel =
-                Channel::new(name).map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
+            let channel = rt.parse_channel(name).map_err(ApiError::channel)?;
             if !channels.contains(&channel) {
                 channels.push(channel);
             }
@@ -448,15 +571,16 @@ pub(crate) fn prepare_stream(
         ));
     }
     if channels.len() > limits.max_channels {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::limit(
+            StatusCode::BAD_REQUEST,
             "too_many_channels",
             format!(
-                "{} channels requested; at most {} per connection",
+                "{} channels requested; at most {} per connection (max_channels)",
                 channels.len(),
                 limits.max_channels
             ),
-        )
-        .with(json!({ "limit": limits.max_channels })));
+            limits.max_channels,
+        ));
     }
 
     let events = match one(&query, "events")? {
@@ -513,15 +637,13 @@ pub(crate) fn prepare_stream(
     })
 }
 
-/// Runs the authorizer and the private-channel rule for a checked SSE request; returns when the
-/// credential expires.
+/// Runs the authorizer and the private-channel rule for a checked SSE request; returns who it is.
 pub(crate) async fn authorize_stream(
     rt: &Tidings,
     auth: &AuthRequest,
     req: &StreamRequest,
-) -> Result<Option<SystemTime>, ApiError> {
-    let identity = authorize_read(&rt.inner.config, auth, &req.channels).await?;
-    Ok(identity.expires_at)
+) -> Result<Identity, ApiError> {
+    Ok(authorize_read(&rt.inner.config, auth, &req.channels).await?)
 }
 
 /// Subscribes a checked SSE request and returns the task that streams it into `sink`; on error
@@ -529,7 +651,7 @@ pub(crate) async fn authorize_stream(
 pub(crate) async fn open_stream<S: Sink>(
     rt: &Tidings,
     req: StreamRequest,
-    expires_at: Option<SystemTime>,
+    identity: Identity,
     sink: S,
 ) -> Result<impl Future<Output = ()> + Send + 'static, (ApiError, S)> {
     if rt.is_closed() {
@@ -537,9 +659,16 @@ pub(crate) async fn open_stream<S: Sink>(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
             "this node is shutting down; reconnect (to another node) with your cursor",
-        );
+        )
+        .retry_after_secs(1);
         return Err((e, sink));
     }
+    // Counted from here until the stream's task ends.
+    let permit = match rt.inner.connections.acquire(identity.sub.as_deref()) {
+        Ok(permit) => permit,
+        Err(refused) => return Err((refused.into(), sink)),
+    };
+    let expires_at = identity.expires_at;
     let sub = match rt.inner.hub.subscribe(&req.channels).await {
         Ok(sub) => sub,
         Err(e) => return Err((ApiError::store(e), sink)),
@@ -553,7 +682,11 @@ pub(crate) async fn open_stream<S: Sink>(
             tokio::time::Instant::now() + left
         }),
     };
-    Ok(crate::sse::run(rt.store().clone(), req, sub, settings, sink))
+    let stream = crate::sse::run(rt.store().clone(), req, sub, settings, sink);
+    Ok(async move {
+        stream.await;
+        drop(permit);
+    })
 }
 
 async fn history(
@@ -565,7 +698,7 @@ async fn history(
     known_keys(&query, &["channel", "limit", "after", "before", "token"])?;
     let name = one(&query, "channel")?
         .ok_or_else(|| ApiError::bad_request("invalid_channel", "no channel given; add ?channel=<name>"))?;
-    let channel = Channel::new(name).map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
+    let channel = rt.parse_channel(name).map_err(ApiError::channel)?;
     authorize_read(
         &rt.inner.config,
         &AuthRequest::new(headers, raw.clone()),

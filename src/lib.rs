@@ -30,6 +30,8 @@
 //! - [`Tidings`] and [`ChannelHandle`]: the handle an application emits through.
 //! - [`router`] and [`serve`]: the HTTP and SSE endpoints.
 //! - [`auth`]: the [`Authorizer`] hook, the built-in [`JwtAuthorizer`], private channels.
+//! - [`Limits`]: what one request, client or publisher may ask for (channels, bytes, streams per
+//!   node and per identity, emits per second), each refusal a JSON 4xx naming the limit.
 //! - [`Cursor`], [`StreamId`], [`Channel`]: the values that travel on the wire.
 //!
 //! # Example
@@ -54,6 +56,7 @@ mod envelope;
 mod http;
 mod hub;
 mod id;
+mod limits;
 mod payload;
 mod realtime;
 pub mod schema;
@@ -62,8 +65,8 @@ mod sse;
 pub mod store;
 
 pub use auth::{Action, AuthError, AuthRequest, Authorizer, Identity, JwtAuthorizer};
-pub use channel::{Channel, ChannelError, MAX_CHANNEL_LEN};
-pub use config::{Config, Limits};
+pub use channel::{Channel, ChannelError, DEFAULT_MAX_CHANNEL_LEN, MAX_CHANNEL_LEN};
+pub use config::{Config, Limits, LimitsError};
 pub use cursor::{Cursor, CursorError, MAX_CURSOR_LEN};
 pub use envelope::Envelope;
 pub use http::{router, ApiError};

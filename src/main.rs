@@ -1,6 +1,7 @@
 //! The `tidings` command: serve the schema's events, or emit and tail from a terminal.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -87,6 +88,24 @@ struct ServeArgs {
     /// Largest payload accepted, in bytes.
     #[arg(long, env = "TIDINGS_MAX_PAYLOAD_BYTES", default_value_t = 65536)]
     max_payload_bytes: usize,
+    /// Longest channel name accepted, in characters (at most 256).
+    #[arg(long, env = "TIDINGS_MAX_CHANNEL_LEN", default_value_t = 128)]
+    max_channel_len: usize,
+    /// SSE streams this node holds at once; beyond, 503 node_full.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS", default_value_t = 50_000)]
+    max_connections: usize,
+    /// SSE streams one identity (JWT sub) may hold on this node; beyond, 429.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_IDENTITY", default_value_t = 64)]
+    max_connections_per_identity: usize,
+    /// POST /emit per second per JWT publisher (keyed by sub); beyond, 429. 0: no limit.
+    #[arg(long, env = "TIDINGS_EMIT_RATE", default_value_t = 100)]
+    emit_rate: u32,
+    /// POST /emit per second with the emit key, all together; beyond, 429. 0: no limit.
+    #[arg(long, env = "TIDINGS_EMIT_KEY_RATE", default_value_t = 0)]
+    emit_key_rate: u32,
+    /// Seconds a client may take to send its request head (slow clients are dropped).
+    #[arg(long, env = "TIDINGS_HEAD_TIMEOUT", default_value_t = 10)]
+    head_timeout: u64,
     /// Prefix of Redis keys.
     #[arg(long, env = "TIDINGS_KEY_PREFIX", default_value = "tidings:")]
     key_prefix: String,
@@ -105,6 +124,12 @@ struct ServeArgs {
     /// Require a JWT signed with RS256 or ES256, verified with this public key (a PEM file).
     #[arg(long, env = "TIDINGS_JWT_PUBLIC_KEY")]
     jwt_public_key: Option<PathBuf>,
+    /// Accept only JWTs whose aud claim is this (repeat, or separate with commas, for more).
+    #[arg(long = "jwt-audience", env = "TIDINGS_JWT_AUDIENCE", value_delimiter = ',')]
+    jwt_audiences: Vec<String>,
+    /// Accept only JWTs whose iss claim is this (repeat, or separate with commas, for more).
+    #[arg(long = "jwt-issuer", env = "TIDINGS_JWT_ISSUER", value_delimiter = ',')]
+    jwt_issuers: Vec<String>,
     /// The cookie a JWT is read from (EventSource sends only cookies).
     #[arg(long, env = "TIDINGS_JWT_COOKIE", default_value = tidings::auth::DEFAULT_TOKEN_COOKIE)]
     jwt_cookie: String,
@@ -163,6 +188,12 @@ async fn main() -> Result<()> {
 async fn serve(args: ServeArgs) -> Result<()> {
     // Every SSE client holds a descriptor: take the soft limit up to the hard one.
     match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < args.max_connections as u64 + 1024 => tracing::warn!(
+            open_files = n,
+            max_connections = args.max_connections,
+            "the open-file limit is below --max-connections: streams beyond it fail to connect \
+             rather than get 503; raise the hard limit (ulimit -Hn) or lower --max-connections"
+        ),
         Ok(n) => tracing::debug!(open_files = n, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
@@ -173,6 +204,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let mut limits = Limits::default();
     limits.max_channels = args.max_channels;
     limits.max_payload_bytes = args.max_payload_bytes;
+    limits.max_channel_len = args.max_channel_len;
+    limits.max_connections = args.max_connections;
+    limits.max_connections_per_identity = args.max_connections_per_identity;
+    limits.emits_per_second = NonZeroU32::new(args.emit_rate);
+    limits.emit_key_emits_per_second = NonZeroU32::new(args.emit_key_rate);
+    limits.head_timeout = Duration::from_secs(args.head_timeout.max(1));
     let mut config = Config::default()
         .schema(&args.schema)
         .retention(retention)
@@ -211,6 +248,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         (None, None) => None,
     };
+    let jwt = jwt.map(|mut jwt| {
+        for aud in args.jwt_audiences.iter().filter(|a| !a.is_empty()) {
+            jwt = jwt.audience(aud.trim());
+        }
+        for iss in args.jwt_issuers.iter().filter(|i| !i.is_empty()) {
+            jwt = jwt.issuer(iss.trim());
+        }
+        jwt
+    });
+    if jwt.is_none() && !(args.jwt_audiences.is_empty() && args.jwt_issuers.is_empty()) {
+        bail!("--jwt-audience and --jwt-issuer need --jwt-secret or --jwt-public-key");
+    }
     if let Some(jwt) = jwt {
         tracing::info!(algorithm = ?jwt.algorithm(), cookie = %args.jwt_cookie, "JWT auth on");
         config = config.authorizer(jwt.cookie_name(args.jwt_cookie.clone()));

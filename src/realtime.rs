@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::envelope::Envelope;
 use crate::hub::Hub;
 use crate::id::StreamId;
+use crate::limits::{Connections, EmitRate};
 use crate::payload::Emittable;
 use crate::schema::{Registry, RegistryError, ValidateError};
 use crate::store::{MemoryStore, Range, RedisOptions, RedisStore, Store, StoreError};
@@ -44,6 +45,10 @@ pub(crate) struct Inner {
     pub emit_key: String,
     /// Flipped to true by [`Tidings::close`]; open SSE streams end when it does.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// Open SSE streams, in all and per identity.
+    pub connections: Arc<Connections>,
+    /// Emits per second per publisher.
+    pub emit_rate: EmitRate,
 }
 
 /// Why [`Tidings::from_config`] could not start.
@@ -56,6 +61,9 @@ pub enum StartError {
     /// The store could not be reached.
     #[error("cannot connect to the store: {0}")]
     Store(#[from] StoreError),
+    /// The limits cannot work together.
+    #[error(transparent)]
+    Limits(#[from] crate::config::LimitsError),
 }
 
 /// Why an emit was refused or failed. Nothing is stored when this is returned.
@@ -89,8 +97,10 @@ impl Tidings {
     /// set, the embedded store otherwise). Must be called inside a Tokio runtime.
     ///
     /// # Errors
-    /// [`StartError`] when the schema is invalid or Redis cannot be reached.
+    /// [`StartError`] when the limits are inconsistent, the schema is invalid or Redis cannot be
+    /// reached.
     pub async fn from_config(config: Config) -> Result<Tidings, StartError> {
+        config.limits.check()?;
         let registry = Registry::load(&config.schema)?;
         let store: Arc<dyn Store> = match &config.redis_url {
             Some(url) => Arc::new(
@@ -112,8 +122,12 @@ impl Tidings {
     /// inside a Tokio runtime.
     ///
     /// # Panics
-    /// Outside a Tokio runtime.
+    /// Outside a Tokio runtime, or when [`Limits::check`](crate::Limits::check) fails
+    /// ([`Tidings::from_config`] returns that as an error instead).
     pub fn new(registry: Registry, store: Arc<dyn Store>, config: Config) -> Tidings {
+        if let Err(e) = config.limits.check() {
+            panic!("{e}");
+        }
         // A subscriber kicked for lagging is at most `queue` entries behind on a channel; it
         // resumes losslessly only if history still reaches that far back.
         let queue = config
@@ -127,9 +141,11 @@ impl Tidings {
                 registry,
                 store,
                 hub,
-                config,
                 emit_key,
                 closing: tokio::sync::watch::Sender::new(false),
+                connections: Connections::new(&config.limits),
+                emit_rate: EmitRate::new(&config.limits),
+                config,
             }),
         }
     }
@@ -167,12 +183,18 @@ impl Tidings {
         &self.inner.config
     }
 
-    /// A handle to emit to or read `name`. The name is checked when the handle is used.
+    /// A handle to emit to or read `name`. The name is checked (against
+    /// [`Limits::max_channel_len`](crate::Limits)) when the handle is used.
     pub fn channel(&self, name: &str) -> ChannelHandle {
         ChannelHandle {
             rt: self.clone(),
-            name: Channel::new(name),
+            name: self.parse_channel(name),
         }
+    }
+
+    /// Checks a channel name against the configured length limit.
+    pub(crate) fn parse_channel(&self, name: &str) -> Result<Channel, ChannelError> {
+        Channel::with_max_len(name, self.inner.config.limits.max_channel_len)
     }
 
     /// Validates and stores an event given as JSON: the path `POST /emit` takes.

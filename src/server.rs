@@ -34,8 +34,6 @@ use crate::sse::{Gone, Sink};
 /// The longest request head read before deciding where a connection goes: room for the longest
 /// cursor in a `Last-Event-ID` header, and the rest of a browser's headers.
 const MAX_HEAD: usize = crate::cursor::MAX_CURSOR_LEN + 16 * 1024;
-/// How long a client may take to send its request head (slow-loris clients are dropped).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves tidings on `listener` until `shutdown` completes; then ends open SSE streams
 /// ([`Tidings::close`]) and waits for requests in flight.
@@ -115,7 +113,7 @@ type Service = TowerToHyperService<axum::Router>;
 /// Reads the request head and sends the connection down the SSE path or to hyper.
 async fn connection(mut stream: TcpStream, rt: Tidings, service: Service) {
     let mut head = Vec::with_capacity(1024);
-    let parsed = tokio::time::timeout(HEAD_TIMEOUT, async {
+    let parsed = tokio::time::timeout(rt.inner.config.limits.head_timeout, async {
         loop {
             if head.len() >= MAX_HEAD {
                 return Ok::<_, io::Error>(None);
@@ -224,8 +222,8 @@ async fn stream_sse(stream: TcpStream, rt: Tidings, request: SseRequest) {
     };
     // The authorizer runs before anything is subscribed or written.
     let auth = AuthRequest::new(request.headers, request.query);
-    let expires_at = match authorize_stream(&rt, &auth, &req).await {
-        Ok(at) => at,
+    let identity = match authorize_stream(&rt, &auth, &req).await {
+        Ok(identity) => identity,
         Err(e) => return write_error(&mut write, e, &cors).await,
     };
     drop(auth);
@@ -235,7 +233,7 @@ async fn stream_sse(stream: TcpStream, rt: Tidings, request: SseRequest) {
         started: false,
         cors,
     };
-    match open_stream(&rt, req, expires_at, sink).await {
+    match open_stream(&rt, req, identity, sink).await {
         Ok(task) => task.await,
         Err((e, mut sink)) => {
             let cors = std::mem::take(&mut sink.cors);
@@ -247,8 +245,12 @@ async fn stream_sse(stream: TcpStream, rt: Tidings, request: SseRequest) {
 async fn write_error(write: &mut OwnedWriteHalf, e: ApiError, cors: &str) {
     let body = e.body().to_string();
     let status = e.status();
+    let retry = match e.retry_after() {
+        Some(seconds) => format!("retry-after: {seconds}\r\n"),
+        None => String::new(),
+    };
     let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{cors}connection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}{cors}connection: close\r\n\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len()
@@ -312,6 +314,9 @@ async fn hyper_connection(stream: TcpStream, head: Vec<u8>, rt: Tidings, service
         inner: stream,
     });
     let conn = hyper::server::conn::http1::Builder::new()
+        // Later requests on a kept-alive connection get the same deadline for their heads.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(rt.inner.config.limits.head_timeout)
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(conn);

@@ -16,11 +16,11 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use serde_json::{json, Value};
 use support::TestServer;
-use tidings::{Channel, Cursor, MemoryStore, StreamId, MAX_CHANNEL_LEN, MAX_CURSOR_LEN};
+use tidings::{Channel, Cursor, MemoryStore, StreamId, DEFAULT_MAX_CHANNEL_LEN, MAX_CURSOR_LEN};
 
 /// The documented rule: 1 to 128 bytes from `A-Z a-z 0-9 _ - : .`.
 fn documented(name: &str) -> bool {
-    (1..=MAX_CHANNEL_LEN).contains(&name.len())
+    (1..=DEFAULT_MAX_CHANNEL_LEN).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.'))
