@@ -159,9 +159,24 @@ pub(crate) async fn run<S: Sink>(
     let wanted = |event: &str| req.events.as_ref().is_none_or(|set| set.contains(event));
 
     if let Some(given) = &req.cursor {
-        match replay(&*store, &req, given, &mut cursor, &mut w, &wanted).await {
+        match replay(
+            &*store,
+            &req,
+            given,
+            &mut cursor,
+            &mut w,
+            &wanted,
+            settings.deadline,
+        )
+        .await
+        {
             Ok(()) => {}
             Err(ReplayError::Gone) => return,
+            Err(ReplayError::Expired) => {
+                expired(&mut w, &cursor);
+                let _ = w.flush().await;
+                return;
+            }
             Err(ReplayError::Store(e)) => {
                 // Ending the stream makes the client reconnect with its cursor and try again.
                 tracing::warn!(error = %e, "replay failed; closing the stream");
@@ -201,10 +216,7 @@ pub(crate) async fn run<S: Sink>(
                 return;
             }
             _ = &mut expiry => {
-                let text = cursor.to_string();
-                w.frame(&cursor, "tidings.expired", |b| {
-                    let _ = write!(b, r#"{{"reason":"token expired","cursor":{}}}"#, json_str(&text));
-                });
+                expired(&mut w, &cursor);
                 let _ = w.flush().await;
                 return;
             }
@@ -243,6 +255,14 @@ pub(crate) async fn run<S: Sink>(
     }
 }
 
+/// The frame that ends a stream whose credential expired; its cursor resumes after what was sent.
+fn expired<S: Sink>(w: &mut Writer<S>, cursor: &Cursor) {
+    let text = cursor.to_string();
+    w.frame(cursor, "tidings.expired", |b| {
+        let _ = write!(b, r#"{{"reason":"token expired","cursor":{}}}"#, json_str(&text));
+    });
+}
+
 /// Completes at `deadline`, or never.
 async fn until(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -270,6 +290,8 @@ fn live<S: Sink>(w: &mut Writer<S>, cursor: &mut Cursor, d: &Delivery, wanted: &
 enum ReplayError {
     Gone,
     Store(StoreError),
+    /// The credential expired part-way through a long replay.
+    Expired,
 }
 
 impl From<Gone> for ReplayError {
@@ -293,6 +315,7 @@ async fn replay<S: Sink>(
     cursor: &mut Cursor,
     w: &mut Writer<S>,
     wanted: &impl Fn(&str) -> bool,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<(), ReplayError> {
     // Every channel the client has a position for starts there, before any frame is written: a
     // reset frame's id must not carry the live position of a channel replayed after it, or a
@@ -338,6 +361,11 @@ async fn replay<S: Sink>(
         states.push(state);
     }
     loop {
+        // Checked between entries (not by racing the replay against a timer, which could drop a
+        // chunk mid-send after the cursor moved past it): nothing is sent after expiry.
+        if deadline.is_some_and(|at| tokio::time::Instant::now() >= at) {
+            return Err(ReplayError::Expired);
+        }
         // Take the oldest head among channels so a replay reads in the order events happened.
         let next = states
             .iter()
@@ -465,6 +493,53 @@ mod tests {
             rx.recv().await.is_none(),
             "the stream ends after the lagged frame"
         );
+    }
+
+    #[tokio::test]
+    async fn a_credential_that_expires_mid_replay_stops_it_with_the_cursor_of_what_was_sent() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(crate::Retention::default().max_len(5000)));
+        let a = ch("a");
+        for i in 0..3000 {
+            store.append(&a, "e", &format!("{{\"n\":{i}}}")).await.unwrap();
+        }
+        let hub = Hub::start(store.clone(), 8);
+        let sub = hub.subscribe(std::slice::from_ref(&a)).await.unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let (_closing, closing) = tokio::sync::watch::channel(false);
+        let settings = StreamSettings {
+            heartbeat: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
+            closing,
+            deadline: Some(tokio::time::Instant::now() + Duration::from_millis(300)),
+        };
+        let req = StreamRequest {
+            channels: vec![a.clone()],
+            events: None,
+            cursor: Some(Cursor::parse("a=0-0").unwrap()),
+        };
+        tokio::spawn(run(store.clone(), req, sub, settings, tx));
+        // A slow reader: the replay cannot finish before the deadline.
+        let mut all = String::from_utf8(rx.recv().await.unwrap().to_vec()).unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        while let Some(chunk) = rx.recv().await {
+            all.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        let sent = all.matches("event: e\n").count();
+        assert!(sent > 0 && sent < 3000, "{sent} entries sent");
+        assert!(!all.contains("tidings.ready"), "the replay did not complete");
+        let tail = all.rsplit("\n\n").nth(1).unwrap();
+        assert!(tail.contains("event: tidings.expired"), "{tail}");
+        // The expired frame resumes right after the last entry sent.
+        let last_sent = all
+            .split("\n\n")
+            .filter(|f| f.contains("event: e\n"))
+            .last()
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .to_string();
+        assert!(tail.starts_with(&last_sent), "{last_sent} / {tail}");
     }
 }
 
