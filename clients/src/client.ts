@@ -34,6 +34,25 @@ export interface ResetInfo {
   oldest: string | null;
 }
 
+/**
+ * Why the client asks its `token` function for a credential:
+ * - `"connect"`: before a connection (the first, after a drop, or after the channels changed);
+ * - `"expired"`: the stream's token expired (`tidings.expired`); a cached token is stale;
+ * - `"unauthenticated"`: the server refused the last token with a 401; a cached token is stale;
+ * - `"history"`: before a {@link Client.history} read.
+ */
+export type TokenReason = "connect" | "expired" | "unauthenticated" | "history";
+
+/**
+ * Returns the token to send now; `null`, `undefined` or `""` sends none. It may return a cached
+ * token, but should fetch a new one when `reason` is `"expired"` or `"unauthenticated"`.
+ */
+export type TokenFunction = (context: { reason: TokenReason }) =>
+  | string
+  | null
+  | undefined
+  | Promise<string | null | undefined>;
+
 /** Options of {@link createClient}. */
 export interface ClientOptions {
   /** Where tidings is served: `""` (same origin), `"/rt"`, or `"https://rt.example.com"`. */
@@ -45,6 +64,27 @@ export interface ClientOptions {
   transport?: "eventsource" | "fetch" | Transport;
   /** Headers for the fetch transport and for `history()`; a function is called per request. */
   headers?: Record<string, string> | (() => Record<string, string> | Promise<Record<string, string>>);
+  /**
+   * A bearer token (a JWT, for tidings' `--jwt-secret`) for the stream and for `history()`, or a
+   * function that returns one, called before every connection and reconnection and every history
+   * read, so an app can hand out a fresh token before the old one expires.
+   *
+   * The fetch transport and `history()` send it as `Authorization: Bearer <token>` (replacing any
+   * `Authorization` of `headers`). EventSource cannot send headers, so the EventSource transport
+   * sends it as the `token` query parameter: URLs, and so query tokens, may end up in access logs,
+   * proxy logs and browser history. Prefer `transport: "fetch"`, or the `tidings_token` cookie
+   * (set by your server, sent by EventSource with `withCredentials`).
+   *
+   * When the stream's token expires (`tidings.expired`), the client reconnects at once from its
+   * cursor, with the token it gets then: no event is lost or repeated. A 401 is retried with
+   * backoff, after asking the function again, when `token` (or, without `token`, `headers`) is a
+   * function; with a fixed string, or no credential at all, a 401 is final: `status` becomes
+   * `"error"` with `error.status` 401 and `error.permanent` true, and the client waits for the
+   * subscriptions to change. A 403 (the token does not allow a channel) is always final.
+   * Browsers do not report the status of a refused EventSource, so there every refusal is an
+   * error without `status`, retried with backoff.
+   */
+  token?: string | TokenFunction;
   /** Send cookies cross-origin. */
   withCredentials?: boolean;
   /** Reconnect delays. */
@@ -107,7 +147,7 @@ interface Sub {
   onReset: ((info: ResetInfo) => void) | undefined;
 }
 
-const CONTROL_EVENTS = ["tidings.ready", "tidings.reset", "tidings.lagged"] as const;
+const CONTROL_EVENTS = ["tidings.ready", "tidings.reset", "tidings.lagged", "tidings.expired"] as const;
 
 /** The delay before reconnect attempt `attempt` (0-based). */
 export function backoffDelay(backoff: Backoff, attempt: number, random: () => number): number {
@@ -143,6 +183,8 @@ export function createClient(options: ClientOptions): Client {
   let pending: object | undefined;
   let syncQueued = false;
   let closed = false;
+  // What the next token request is for; back to "connect" once a stream is ready.
+  let tokenReason: TokenReason = "connect";
 
   const setStatus = (next: Status, error?: TidingsError) => {
     lastError = next === "error" ? error : undefined;
@@ -153,6 +195,16 @@ export function createClient(options: ClientOptions): Client {
 
   const headers = async (): Promise<Record<string, string>> =>
     typeof options.headers === "function" ? await options.headers() : { ...options.headers };
+
+  const getToken = async (reason: TokenReason): Promise<string | undefined> => {
+    const t = options.token;
+    const value = typeof t === "function" ? await t({ reason }) : t;
+    return typeof value === "string" && value !== "" ? value : undefined;
+  };
+
+  // Whether a 401 may be cured by asking again: only a function can return another credential.
+  const canRefresh = () =>
+    typeof options.token === "function" || (options.token === undefined && typeof options.headers === "function");
 
   // What the connection should watch: every subscribed channel, and the events filter when every
   // subscription names its events.
@@ -216,6 +268,7 @@ export function createClient(options: ClientOptions): Client {
     const token = {};
     pending = token;
     let hdrs: Record<string, string>;
+    let bearer: string | undefined;
     try {
       hdrs = await headers();
     } catch (cause) {
@@ -223,8 +276,16 @@ export function createClient(options: ClientOptions): Client {
       pending = undefined;
       return failed(key, new TidingsError("the headers function failed", { cause }));
     }
+    try {
+      bearer = await getToken(tokenReason);
+    } catch (cause) {
+      if (pending !== token) return;
+      pending = undefined;
+      return failed(key, new TidingsError("the token function failed", { cause }));
+    }
     if (pending !== token || connKey !== key || closed) return; // dropped or replaced meanwhile
     pending = undefined;
+    if (bearer !== undefined) hdrs = withBearer(hdrs, bearer);
     let opened: Connection | undefined;
     // An error reported before transport() returns (a refused URL, say) is handled after it.
     let early: TidingsError | undefined;
@@ -232,7 +293,12 @@ export function createClient(options: ClientOptions): Client {
     try {
       opened = transport(
         url,
-        { eventNames, headers: hdrs, withCredentials: options.withCredentials ?? false },
+        {
+          eventNames,
+          headers: hdrs,
+          withCredentials: options.withCredentials ?? false,
+          ...(bearer === undefined ? {} : { token: bearer }),
+        },
         {
           onOpen: () => {},
           onFrame: (frame) => {
@@ -254,9 +320,15 @@ export function createClient(options: ClientOptions): Client {
     }
   };
 
-  const failed = (key: string, error: TidingsError) => {
+  const failed = (key: string, refused: TidingsError) => {
     conn = undefined;
     if (closed || key !== connKey) return;
+    let error = refused;
+    if (error.status === 401) {
+      if (canRefresh()) tokenReason = "unauthenticated";
+      // Nothing can change the credential: asking again with it would be refused again.
+      else if (!error.permanent) error = asPermanent(error);
+    }
     setStatus("error", error);
     // A request the server refuses as malformed (say, a bad channel name) is refused again on
     // every retry: wait for the subscriptions to change instead of retrying forever.
@@ -285,6 +357,7 @@ export function createClient(options: ClientOptions): Client {
       case "tidings.ready":
         mergeCursor(frame.id);
         attempt = 0;
+        tokenReason = "connect";
         setStatus("connected");
         return;
       case "tidings.reset": {
@@ -303,6 +376,14 @@ export function createClient(options: ClientOptions): Client {
       case "tidings.lagged":
         // The server closes the stream after this frame; reconnect at once from the cursor.
         mergeCursor(frame.id);
+        dropConnection();
+        scheduleSync();
+        return;
+      case "tidings.expired":
+        // The token expired and the server ends the stream: reconnect at once from the cursor,
+        // with a new token (a fixed one is refused with a 401, which then stops the client).
+        mergeCursor(frame.id);
+        tokenReason = "expired";
         dropConnection();
         scheduleSync();
         return;
@@ -359,10 +440,21 @@ export function createClient(options: ClientOptions): Client {
       if (o.limit !== undefined) query.set("limit", String(o.limit));
       if (o.after !== undefined) query.set("after", o.after);
       if (o.before !== undefined) query.set("before", o.before);
-      const response = await fetchImpl(`${base}/history?${query.toString()}`, {
-        headers: { accept: "application/json", ...(await headers()) },
-        credentials: options.withCredentials ? "include" : "same-origin",
-      });
+      const read = async (reason: TokenReason) => {
+        let hdrs: Record<string, string> = { accept: "application/json", ...(await headers()) };
+        const bearer = await getToken(reason);
+        if (bearer !== undefined) hdrs = withBearer(hdrs, bearer);
+        return fetchImpl(`${base}/history?${query.toString()}`, {
+          headers: hdrs,
+          credentials: options.withCredentials ? "include" : "same-origin",
+        });
+      };
+      let response = await read("history");
+      // The token may have expired since the function returned it: ask for a new one, once.
+      if (response.status === 401 && typeof options.token === "function") {
+        await response.body?.cancel();
+        response = await read("unauthenticated");
+      }
       if (!response.ok) throw await TidingsError.fromResponse(response);
       const body = (await response.json()) as { entries?: Envelope[] };
       return body.entries ?? [];
@@ -374,6 +466,26 @@ export function createClient(options: ClientOptions): Client {
       setStatus("disconnected");
     },
   };
+}
+
+/** `headers` with `Authorization: Bearer <token>`, replacing an `Authorization` in any case. */
+function withBearer(headers: Record<string, string>, token: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (name.toLowerCase() !== "authorization") out[name] = value;
+  }
+  out["Authorization"] = `Bearer ${token}`;
+  return out;
+}
+
+/** The same error, marked as one the client does not retry. */
+function asPermanent(error: TidingsError): TidingsError {
+  return new TidingsError(error.message, {
+    ...(error.status === undefined ? {} : { status: error.status }),
+    ...(error.code === undefined ? {} : { code: error.code }),
+    ...(error.cause === undefined ? {} : { cause: error.cause }),
+    permanent: true,
+  });
 }
 
 function parseJson(text: string): unknown {

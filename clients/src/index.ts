@@ -5,7 +5,17 @@
 export * from "./generated/events.js";
 export * from "./types.js";
 export { createClient, backoffDelay, DEFAULT_BACKOFF } from "./client.js";
-export type { Backoff, Client, ClientOptions, HistoryOptions, ResetInfo, Status, SubscribeOptions } from "./client.js";
+export type {
+  Backoff,
+  Client,
+  ClientOptions,
+  HistoryOptions,
+  ResetInfo,
+  Status,
+  SubscribeOptions,
+  TokenFunction,
+  TokenReason,
+} from "./client.js";
 export { TidingsError } from "./errors.js";
 export { compareIds, formatCursor, parseCursor } from "./cursor.js";
 export { eventSourceTransport, fetchTransport } from "./transport.js";

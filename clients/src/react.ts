@@ -40,11 +40,15 @@ export type RealtimeProviderProps =
  *
  * Given `url` and options, it creates the client once, and again only when `url` or a named
  * `transport` changes; it closes the clients it created when it unmounts (StrictMode's
- * mount–unmount–mount keeps the same client). `headers` is read on every request, so a new
- * function or token needs no new client. A `client` passed in is used as is and never closed.
+ * mount–unmount–mount keeps the same client). `headers` and `token` are read from the latest
+ * props on every request, so a new function or token needs no new client. Because a new `token`
+ * prop can always arrive, a 401 is retried with backoff here (with the token of the props at
+ * that time), even when `token` is a string; a 403 is not. A `client` passed in is used as is
+ * and never closed.
  *
  * @example
  * <RealtimeProvider url="/rt"><App /></RealtimeProvider>
+ * <RealtimeProvider url="/rt" transport="fetch" token={() => auth.freshToken()}><App /></RealtimeProvider>
  */
 export function RealtimeProvider(props: RealtimeProviderProps): ReactNode {
   const given = props.client;
@@ -65,6 +69,11 @@ export function RealtimeProvider(props: RealtimeProviderProps): ReactNode {
         const current = latest.current;
         const h = current.client === undefined ? current.headers : undefined;
         return typeof h === "function" ? await h() : { ...h };
+      },
+      token: (context) => {
+        const current = latest.current;
+        const t = current.client === undefined ? current.token : undefined;
+        return typeof t === "function" ? t(context) : t;
       },
     });
     return { client, mounts: 0 };

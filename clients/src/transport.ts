@@ -26,8 +26,15 @@ export interface Connection {
 export interface ConnectOptions {
   /** Event names to listen for (EventSource only dispatches named events to named listeners). */
   eventNames: readonly string[];
+  /** Headers to send; they include `Authorization: Bearer <token>` when a token is given. */
   headers: Record<string, string>;
   withCredentials: boolean;
+  /**
+   * The credential of the client's `token` option for this connection. It is already in
+   * `headers`; a transport that cannot send headers (EventSource) sends it as the `token` query
+   * parameter instead.
+   */
+  token?: string;
 }
 
 /** Opens one SSE connection. */
@@ -47,12 +54,20 @@ export type EventSourceConstructor = new (url: string, init?: { withCredentials?
 
 /**
  * The browser's EventSource. It cannot send headers: authenticate with cookies
- * (`withCredentials`) or use the fetch transport. The client closes it on the first error and
- * reconnects itself, with backoff and its own cursor, instead of the browser's fixed retry.
+ * (`withCredentials`), or it sends `options.token` as the `token` query parameter (which may end
+ * up in access logs: prefer the fetch transport or a cookie). The client closes it on the first
+ * error and reconnects itself, with backoff and its own cursor, instead of the browser's fixed
+ * retry.
+ *
+ * Browsers do not tell an EventSource why a stream was refused, so a 401 or 403 is an error
+ * without a `status` there (and is retried with backoff); implementations that report the HTTP
+ * status on the error event (`code`, as the `eventsource` package for Node does) give the
+ * error its status.
  */
 export function eventSourceTransport(EventSourceImpl: EventSourceConstructor): Transport {
   return (url, options, handlers) => {
-    const source = new EventSourceImpl(url, { withCredentials: options.withCredentials });
+    const target = options.token ? withQuery(url, "token", options.token) : url;
+    const source = new EventSourceImpl(target, { withCredentials: options.withCredentials });
     let closed = false;
     const stop = () => {
       closed = true;
@@ -61,10 +76,17 @@ export function eventSourceTransport(EventSourceImpl: EventSourceConstructor): T
     source.onopen = () => {
       if (!closed) handlers.onOpen();
     };
-    source.onerror = () => {
+    source.onerror = (ev) => {
       if (closed) return;
       stop();
-      handlers.onError(new TidingsError("the event stream failed or was closed by the server"));
+      // Not in the standard: Node's `eventsource` package puts the HTTP status on the event.
+      const code = (ev as { code?: unknown } | undefined)?.code;
+      const status = typeof code === "number" && code >= 100 && code < 600 ? code : undefined;
+      handlers.onError(
+        status === undefined
+          ? new TidingsError("the event stream failed or was closed by the server")
+          : new TidingsError(`the server refused the event stream: ${status}`, { status }),
+      );
     };
     const forward = (name: string) => (ev: MessageEvent) => {
       if (closed) return;
@@ -136,4 +158,13 @@ export function fetchTransport(fetchImpl: typeof fetch): Transport {
       },
     };
   };
+}
+
+/** `url` with `name=value` appended to its query (a relative URL stays relative). */
+function withQuery(url: string, name: string, value: string): string {
+  const hash = url.indexOf("#");
+  const head = hash >= 0 ? url.slice(0, hash) : url;
+  const tail = hash >= 0 ? url.slice(hash) : "";
+  const sep = !head.includes("?") ? "?" : head.endsWith("?") || head.endsWith("&") ? "" : "&";
+  return `${head}${sep}${encodeURIComponent(name)}=${encodeURIComponent(value)}${tail}`;
 }

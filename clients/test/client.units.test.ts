@@ -87,13 +87,19 @@ describe("TidingsError", () => {
     expect(e.permanent).toBe(false);
   });
 
-  it("treats 401, 403, 408 and 429 as worth retrying, other 4xx as permanent", () => {
-    for (const status of [401, 403, 408, 429, 500, 503]) {
+  it("treats 401, 408 and 429 as worth retrying, other 4xx (403 too) as permanent", () => {
+    for (const status of [401, 408, 429, 500, 503]) {
       expect(new TidingsError("x", { status }).permanent, String(status)).toBe(false);
     }
-    for (const status of [400, 404, 413, 422]) {
+    for (const status of [400, 403, 404, 413, 422]) {
       expect(new TidingsError("x", { status }).permanent, String(status)).toBe(true);
     }
     expect(new TidingsError("x").permanent).toBe(false);
+  });
+
+  it("takes an explicit permanent over the status rule", () => {
+    expect(new TidingsError("x", { status: 401, permanent: true }).permanent).toBe(true);
+    expect(new TidingsError("x", { status: 400, permanent: false }).permanent).toBe(false);
+    expect(new TidingsError("x", { permanent: true }).permanent).toBe(true);
   });
 });

@@ -5,7 +5,7 @@
 // directive" when one compiles.
 import { createElement } from "react";
 import { writable } from "svelte/store";
-import type { ChatMessage, Client, Envelope, NotificationAlert, Status } from "../src/index.js";
+import type { ChatMessage, Client, Envelope, NotificationAlert, Status, TokenReason } from "../src/index.js";
 import { createHistoryFeed, type FeedStatus } from "../src/history.js";
 import {
   RealtimeProvider,
@@ -30,6 +30,17 @@ declare const client: Client;
 export function Provider() {
   createElement(RealtimeProvider, { url: "" });
   createElement(RealtimeProvider, { url: "/rt", transport: "fetch", headers: () => ({ authorization: "Bearer x" }) });
+  // `token`: a string, or a function (sync or async) that may return nothing.
+  createElement(RealtimeProvider, { url: "/rt", transport: "fetch", token: "jwt" });
+  createElement(RealtimeProvider, { url: "/rt", token: () => "jwt" });
+  createElement(RealtimeProvider, { url: "/rt", token: () => null });
+  createElement(RealtimeProvider, {
+    url: "/rt",
+    token: async ({ reason }) => {
+      assertType<Equal<typeof reason, TokenReason>>();
+      return reason === "expired" || reason === "unauthenticated" ? "fresh" : undefined;
+    },
+  });
   return createElement(RealtimeProvider, { client }, "children");
 }
 
@@ -99,6 +110,14 @@ export const feed = createHistoryFeed(client, "room:1", { events: ["notification
 export function Wrong() {
   // @ts-expect-error: neither `url` nor `client`
   createElement(RealtimeProvider, {});
+  // @ts-expect-error: a token is a string or a function
+  createElement(RealtimeProvider, { url: "", token: 42 });
+  // @ts-expect-error: the token function returns a string (or nothing), not a number
+  createElement(RealtimeProvider, { url: "", token: () => 42 });
+  // @ts-expect-error: not a reason the client gives
+  createElement(RealtimeProvider, { url: "", token: ({ reason }) => (reason === "refresh" ? "a" : "b") });
+  // @ts-expect-error: a given client carries its own token
+  createElement(RealtimeProvider, { client, token: "jwt" });
 
   useRealtime({
     channels: ["room:1"],
@@ -188,6 +207,10 @@ export function svelteStores() {
 // In a component: `provideRealtime` takes options or a client.
 export function svelteComponent() {
   const c: Client = svelte.provideRealtime({ url: "" });
+  svelte.provideRealtime({ url: "", transport: "fetch", token: async () => "jwt" });
+  svelte.provideRealtime({ url: "", token: "jwt" });
+  // @ts-expect-error: a token is a string or a function
+  svelte.provideRealtime({ url: "", token: { jwt: "x" } });
   svelte.provideRealtime(c);
   // @ts-expect-error: `url` is required
   svelte.provideRealtime({ transport: "fetch" });

@@ -4,7 +4,8 @@
 // B: while numbered messages are emitted, the tidings process is SIGKILLed and a new one starts on
 //    the same Redis and port; the page must end up showing every message exactly once, in order.
 //
-// Needs /usr/bin/chromium (scripts/test installs it), redis-server and cargo. The app served is
+// Needs /usr/bin/chromium (scripts/test installs it), redis-server and cargo, or TIDINGS_BIN (a
+// prebuilt server binary, as for the unit suite: then cargo is not run). The app served is
 // clients/demo/dist (built here when missing); TIDINGS_E2E_APP_DIR points at another build.
 // Run from clients/: npx vitest run --config vitest.e2e.config.ts
 import { spawn, type ChildProcess } from "node:child_process";
@@ -22,7 +23,7 @@ const CLIENTS = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const ROOT = resolve(CLIENTS, "..");
 const APP_DIR = process.env.TIDINGS_E2E_APP_DIR ?? join(CLIENTS, "demo/dist");
 const RESULTS = join(CLIENTS, "test-results");
-const BINARY = join(ROOT, "target/debug/tidings");
+const BINARY = process.env.TIDINGS_BIN || join(ROOT, "target/debug/tidings");
 const CHROMIUM = process.env.TIDINGS_E2E_CHROMIUM ?? "/usr/bin/chromium";
 const EMIT_KEY = "e2e-emit-key";
 
@@ -264,7 +265,11 @@ describe.skipIf(!process.env.TIDINGS_E2E)("the demo app in Chromium", () => {
     scratch = mkdtempSync(join(tmpdir(), "tidings-e2e-"));
     mkdirSync(RESULTS, { recursive: true });
     if (!existsSync(join(APP_DIR, "index.html"))) await run("npx", ["vite", "build", "demo"], CLIENTS);
-    await run("cargo", ["build", "--bin", "tidings"], ROOT);
+    if (process.env.TIDINGS_BIN) {
+      if (!existsSync(BINARY)) throw new Error(`TIDINGS_BIN=${BINARY} does not exist`);
+    } else {
+      await run("cargo", ["build", "--bin", "tidings"], ROOT);
+    }
     redis = await startRedis();
     port = await freePort();
     base = `http://127.0.0.1:${port}`;

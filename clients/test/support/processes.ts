@@ -98,6 +98,10 @@ export interface ServerOptions {
   redis?: string;
   /** Seconds between heartbeats. */
   heartbeat?: number;
+  /** Require HS256 JWTs signed with this secret (`--jwt-secret`, at least 32 bytes). */
+  jwtSecret?: string;
+  /** `--private-channel` patterns, such as `user:{sub}`. */
+  privateChannels?: readonly string[];
 }
 
 /** A running tidings server. */
@@ -132,6 +136,8 @@ async function startOn(port: number, options: ServerOptions): Promise<Server> {
   args.push("--history-max-len", String(options.historyMaxLen ?? 1000));
   args.push("--heartbeat", String(options.heartbeat ?? 5));
   if (options.redis) args.push("--redis", options.redis);
+  if (options.jwtSecret) args.push("--jwt-secret", options.jwtSecret);
+  for (const pattern of options.privateChannels ?? []) args.push("--private-channel", pattern);
   const proc = spawnTracked(`tidings-${port}`, inject("tidingsBin"), args, cleanEnv({ TIDINGS_EMIT_KEY: EMIT_KEY }));
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 15_000;
