@@ -41,12 +41,14 @@ pub struct Limits {
     /// to match (the binary raises its own).
     pub max_connections: usize,
     /// SSE streams one identity (the `sub` an authorizer returned) may hold open on this node
-    /// (429 `too_many_connections` beyond). Anonymous streams count against the node only.
+    /// (429 `too_many_connections` beyond). Anonymous streams count against the node only. Per
+    /// node, like every limit here: nodes share no counters.
     /// Default 64: the browser client shares one stream per tab.
     pub max_connections_per_identity: usize,
     /// `POST /emit`s per second one publisher authorized by the authorizer (a JWT with publish
-    /// rights, keyed by its `sub`) may make, with a burst of one second's worth (429
-    /// `rate_limited` beyond, with `Retry-After`). Default 100; `None`: no limit.
+    /// rights, keyed by its `sub`; publishers without a `sub` share one bucket) may make, with
+    /// a burst of one second's worth (429 `rate_limited` beyond, with `Retry-After`). Per node:
+    /// N nodes allow N times as much. Default 100; `None`: no limit.
     pub emits_per_second: Option<NonZeroU32>,
     /// The same for the holder of the emit key (your own backends), all together. Default
     /// `None`: no limit.
