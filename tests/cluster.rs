@@ -15,13 +15,12 @@ mod support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use serde_json::Value;
-use support::{msg, schema_path, SseReader, EMIT_KEY};
+use support::{msg, Binary, Spawn, SseReader, EMIT_KEY};
 use tidings::{Channel, Range, RedisOptions, RedisStore, Retention, Store, StreamId, TailMode};
 
 /// "Promptly": well below every `wait` used when a tail is expected to return early.
@@ -646,104 +645,29 @@ async fn subscriptions_follow_a_failover() {
 // tidings processes on the cluster
 // ---------------------------------------------------------------------------------------------
 
-/// One `tidings` process, SIGKILLed on drop (also when the test panics).
-struct Node {
-    child: Child,
-    base: String,
-    logs: tempfile::TempDir,
+/// One `tidings` process, SIGKILLed on drop (also when the test panics, printing its log).
+type Node = Binary;
+
+/// Starts the binary on a free port with `--redis <seeds>` and waits until `/health` answers.
+async fn start(seeds: &str) -> Node {
+    Spawn::new()
+        .redis(seeds)
+        .args(&["--heartbeat", "1"])
+        .start()
+        .await
 }
 
-impl Node {
-    /// Starts the binary on a free port with `--redis <seeds>` and waits until `/health` answers.
-    async fn start(seeds: &str) -> Node {
-        let logs = tempfile::tempdir().unwrap();
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-                .arg("--bind")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--redis")
-                .arg(seeds)
-                .arg("--schema")
-                .arg(schema_path())
-                .args(["--heartbeat", "1"])
-                .env_clear()
-                .env("TIDINGS_EMIT_KEY", EMIT_KEY)
-                .env("TIDINGS_LOG", "tidings=info,warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(logs.path().join("stderr.log")).unwrap())
-                .spawn()
-                .expect("start the tidings binary");
-            let base = format!("http://127.0.0.1:{port}");
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_millis(500))
-                .build()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if let Ok(r) = http.get(format!("{base}/health")).send().await {
-                    let body: Value = r.json().await.unwrap_or_default();
-                    if body["status"] == "ok" {
-                        assert_eq!(body["store"], "redis", "{body}");
-                        return Node { child, base, logs };
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!("{}", log(logs.path()));
-        }
-        panic!("the tidings binary did not become ready");
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn realtime(&self, channels: &[String]) -> String {
-        let q: Vec<String> = channels.iter().map(|c| format!("channel={c}")).collect();
-        self.url(&format!("/realtime?{}", q.join("&")))
-    }
-
-    async fn emit(&self, channel: &str, text: &str) -> String {
-        let r = reqwest::Client::new()
-            .post(self.url("/emit"))
-            .bearer_auth(EMIT_KEY)
-            .json(&serde_json::json!({ "channel": channel, "event": "chat.message", "data": msg(text) }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "emit to {channel}");
-        let body: Value = r.json().await.unwrap();
-        body["id"].as_str().unwrap().to_string()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn log(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("--- tidings node log ---\n{}", log(self.logs.path()));
-        }
-    }
+async fn emit(node: &Node, channel: &str, text: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(node.url("/emit"))
+        .bearer_auth(EMIT_KEY)
+        .json(&serde_json::json!({ "channel": channel, "event": "chat.message", "data": msg(text) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "emit to {channel}");
+    let body: Value = r.json().await.unwrap();
+    body["id"].as_str().unwrap().to_string()
 }
 
 /// Reads `n` chat messages (skipping `tidings.ready`), as `(channel, text)`, and the cursor of
@@ -797,7 +721,7 @@ async fn two_nodes_fan_out_and_resume_across_the_cluster() {
     let started = Instant::now();
     let cluster = Cluster::start();
     let seeds = cluster.seeds();
-    let (mut a, b) = (Node::start(&seeds).await, Node::start(&seeds).await);
+    let (mut a, b) = (start(&seeds).await, start(&seeds).await);
     // Two channels per master, so the events live in six slots on three nodes.
     let channels: Vec<String> = channels_per_node(&cluster, "tidings:", "ord", 2)
         .concat()
@@ -818,7 +742,7 @@ async fn two_nodes_fan_out_and_resume_across_the_cluster() {
     // Five rounds over the six channels, emitted through A.
     for round in 1..=5 {
         for c in &channels {
-            a.emit(c, &format!("{c}#{round}")).await;
+            emit(&a, c, &format!("{c}#{round}")).await;
         }
     }
     let (got, _) = read_messages(&mut on_b, 30, "subscriber on B").await;
@@ -835,14 +759,14 @@ async fn two_nodes_fan_out_and_resume_across_the_cluster() {
     drop(on_a);
     for round in 6..=7 {
         for c in &channels {
-            b.emit(c, &format!("{c}#{round}")).await;
+            emit(&b, c, &format!("{c}#{round}")).await;
         }
     }
     let mut resumed = SseReader::open(&b.realtime(&channels), Some(&cursor)).await;
     let (rest, _) = read_messages(&mut resumed, 15 + 12, "resumed on B").await;
     for round in [8] {
         for c in &channels {
-            b.emit(c, &format!("{c}#{round}")).await;
+            emit(&b, c, &format!("{c}#{round}")).await;
         }
     }
     let (live, _) = read_messages(&mut resumed, 6, "resumed on B, live").await;
@@ -858,7 +782,7 @@ async fn two_nodes_fan_out_and_resume_across_the_cluster() {
     assert_eq!(per_channel(&later), texts(&channels, 6..=8));
 
     for (name, node) in [("A", &a), ("B", &b)] {
-        let text = log(node.logs.path());
+        let text = node.log();
         for bad in ["CROSSSLOT", "tailing the store failed", "ERROR"] {
             assert!(!text.contains(bad), "node {name} logged {bad}:\n{text}");
         }
@@ -903,7 +827,7 @@ fn local_ports(pid: u32) -> HashSet<u16> {
 
 /// For each tidings process, its connections to each cluster node (from `CLIENT LIST`).
 fn connection_table(cluster: &Cluster, nodes: &[&Node]) -> Vec<Vec<usize>> {
-    let ports: Vec<HashSet<u16>> = nodes.iter().map(|n| local_ports(n.child.id())).collect();
+    let ports: Vec<HashSet<u16>> = nodes.iter().map(|n| local_ports(n.pid())).collect();
     // The client ports each cluster node lists.
     let clients: Vec<Vec<u16>> = (0..3)
         .map(|i| {
@@ -989,7 +913,7 @@ async fn emit_and_receive(
 ) {
     for c in 0..channels {
         let name = format!("{prefix}:{c}");
-        node.emit(&name, &format!("{name}#1")).await;
+        emit(node, &name, &format!("{name}#1")).await;
     }
     join_all(clients.iter_mut().map(|(names, sse)| async move {
         let (got, _) = read_messages(sse, names.len(), "client").await;
@@ -1003,7 +927,7 @@ async fn connections_depend_on_masters_not_on_clients_or_channels() {
     let started = Instant::now();
     let cluster = Cluster::start();
     let seeds = cluster.seeds();
-    let (a, b) = (Node::start(&seeds).await, Node::start(&seeds).await);
+    let (a, b) = (start(&seeds).await, start(&seeds).await);
     let nodes = [&a, &b];
     let idle = steady_table(&cluster, &nodes, "no client").await;
 

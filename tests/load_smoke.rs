@@ -9,13 +9,12 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{schema_path, RedisServer, SseReader, EMIT_KEY};
+use support::{Binary, RedisServer, Spawn, SseReader, EMIT_KEY};
 
 const SUBSCRIBERS: u64 = 50;
 const CHANNELS: u64 = 5;
@@ -81,75 +80,8 @@ fn load_binary() -> PathBuf {
     exe
 }
 
-/// One `tidings` server process (on Redis when `redis` is given), killed on drop.
-struct Node {
-    proc: Killed,
-    addr: String,
-    _logs: tempfile::TempDir,
-}
-
-impl Node {
-    async fn start(redis: Option<&RedisServer>) -> Node {
-        let logs = tempfile::tempdir().unwrap();
-        for attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let log_path = logs.path().join(format!("stderr-{attempt}.log"));
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
-            cmd.arg("--bind")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--schema")
-                .arg(schema_path())
-                .env_clear()
-                .env("TIDINGS_EMIT_KEY", EMIT_KEY)
-                .env("TIDINGS_LOG", "tidings=info,warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log_path).unwrap());
-            if let Some(redis) = redis {
-                cmd.arg("--redis").arg(redis.url());
-            }
-            let mut proc = Killed(cmd.spawn().expect("start the tidings binary"));
-            let addr = format!("127.0.0.1:{port}");
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_millis(500))
-                .build()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if proc.0.try_wait().unwrap().is_some() {
-                    break; // e.g. the port was taken between probe and bind: try another
-                }
-                if let Ok(r) = client.get(format!("http://{addr}/health")).send().await {
-                    let body: Value = r.json().await.unwrap_or_default();
-                    if body["status"] == "ok" {
-                        let store = if redis.is_some() { "redis" } else { "memory" };
-                        assert_eq!(body["store"], store, "{body}");
-                        return Node {
-                            proc,
-                            addr,
-                            _logs: logs,
-                        };
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            drop(proc);
-            eprintln!("{}", std::fs::read_to_string(&log_path).unwrap_or_default());
-        }
-        panic!("the tidings binary did not become ready");
-    }
-
-    fn pid(&self) -> u32 {
-        self.proc.0.id()
-    }
-}
-
 /// Runs `tidings-load` against `node`; returns its exit status, its JSON result and its stderr.
-async fn run_load(node: &Node, redis: Option<&RedisServer>) -> (ExitStatus, Value, String) {
+async fn run_load(node: &Binary, redis: Option<&RedisServer>) -> (ExitStatus, Value, String) {
     let exe = load_binary();
     let out = tempfile::tempdir().unwrap();
     let (stdout_path, stderr_path) = (out.path().join("stdout"), out.path().join("stderr"));
@@ -228,7 +160,7 @@ fn check(result: &Value, status: ExitStatus, stderr: &str) {
 async fn load_smoke_on_memory() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let node = Node::start(None).await;
+    let node = Spawn::new().start().await;
     let (status, result, stderr) = run_load(&node, None).await;
     check(&result, status, &stderr);
     assert!(result["redis_connections"].is_null(), "{result}");
@@ -254,7 +186,7 @@ async fn load_smoke_on_redis_without_config() {
 async fn load_smoke_redis(label: &str, redis: RedisServer) {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let node = Node::start(Some(&redis)).await;
+    let node = Spawn::new().redis(&redis.url()).start().await;
 
     // The node's connections once it serves a subscriber (whatever it opens lazily is open).
     let mut warm = SseReader::open(&format!("http://{}/realtime?channel=warm", node.addr), None).await;

@@ -11,14 +11,13 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 use serde_json::Value;
-use support::{msg, Frame, RedisServer, SseReader, EMIT_KEY};
+use support::{msg, Binary, Frame, RedisServer, Spawn, SseReader, EMIT_KEY};
 use tidings::{Channel, Cursor, StreamId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -31,62 +30,12 @@ fn redis_without_config() -> RedisServer {
     RedisServer::start_with(&["--rename-command", "CONFIG", ""])
 }
 
-/// One `tidings` server process, SIGKILLed on drop (also when the test panics).
-struct Node {
-    child: Child,
-    name: &'static str,
-    addr: String,
-    logs: tempfile::TempDir,
-    log_name: String,
-}
+/// One `tidings` server process, SIGKILLed on drop (its log printed when the test panics).
+type Node = Binary;
 
-impl Node {
-    /// Starts the binary on a free port against `redis` and waits until `/health` answers.
-    async fn start(name: &'static str, redis: &RedisServer) -> Node {
-        let s = support::spawn_binary(&redis.url(), &[]).await;
-        Node {
-            child: s.child,
-            name,
-            addr: s.addr,
-            logs: s.logs,
-            log_name: s.log_name,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn realtime(&self, channels: &[&str]) -> String {
-        let q: Vec<String> = channels.iter().map(|c| format!("channel={c}")).collect();
-        self.url(&format!("/realtime?{}", q.join("&")))
-    }
-
-    async fn health(&self) -> Value {
-        reqwest::get(self.url("/health"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    /// SIGKILL: no graceful shutdown, no chance to flush anything.
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.logs.path().join(&self.log_name));
-            eprintln!("--- log of node {} ---\n{}", self.name, log.unwrap_or_default());
-        }
-    }
+/// Starts the binary on a free port against `redis` and waits until `/health` answers.
+async fn start(name: &'static str, redis: &RedisServer) -> Node {
+    Spawn::new().redis(&redis.url()).name(name).start().await
 }
 
 /// Emits through one node's `POST /emit` on a keep-alive connection.
@@ -201,9 +150,9 @@ async fn an_emit_through_one_node_reaches_every_node_once_in_order_without_confi
 async fn fan_out_across_nodes(label: &str, redis: RedisServer) {
     let _serial = SERIAL.lock().await;
     const ROOMS: [&str; 3] = ["fan:1", "fan:2", "fan:3"];
-    let a = Node::start("A", &redis).await;
-    let b = Node::start("B", &redis).await;
-    let c = Node::start("C", &redis).await;
+    let a = start("A", &redis).await;
+    let b = start("B", &redis).await;
+    let c = start("C", &redis).await;
 
     // On every node: one connection on all rooms, and one per room.
     let mut subs: Vec<(String, Vec<&str>, SseReader)> = Vec::new();
@@ -275,8 +224,8 @@ async fn a_client_of_a_killed_node_resumes_on_another_node_without_config() {
 async fn resume_after_sigkill(label: &str, redis: RedisServer) {
     let _serial = SERIAL.lock().await;
     const ROOMS: [&str; 3] = ["kill:a", "kill:b", "kill:c"];
-    let mut a = Node::start("A", &redis).await;
-    let b = Node::start("B", &redis).await;
+    let mut a = start("A", &redis).await;
+    let b = start("B", &redis).await;
 
     let mut client = SseReader::open(&a.realtime(&ROOMS), None).await;
     client.until("tidings.ready").await;
@@ -434,8 +383,8 @@ async fn idle_subscriber(addr: &str, channel: &str) -> tokio::net::TcpStream {
 
 async fn idle_channels_and_a_busy_one(label: &str, redis: RedisServer) {
     let _serial = SERIAL.lock().await;
-    let a = Node::start("A", &redis).await;
-    let b = Node::start("B", &redis).await;
+    let a = start("A", &redis).await;
+    let b = start("B", &redis).await;
 
     let channels: Vec<String> = (0..IDLE).map(|i| format!("idle:{i}")).collect();
     let mut idle = Vec::with_capacity(IDLE);

@@ -11,74 +11,35 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use serde_json::Value;
-use support::{msg, RedisServer, SseReader, EMIT_KEY};
+use support::{msg, Binary, RedisServer, Spawn, SseReader, EMIT_KEY};
 
 /// The name this test gives its own Redis connections, so `CLIENT LIST` can leave them out.
 const PROBE: &str = "tidings-test-probe";
 /// The most connections one node may hold (two today: writes and history, and the tail).
 const BOUND: usize = 3;
 
-/// One `tidings` server process, SIGKILLed on drop (also when the test panics).
-struct Node {
-    child: Child,
-    base: String,
-    logs: tempfile::TempDir,
-    log_name: String,
+/// One `tidings` server process, SIGKILLed on drop (its log printed when the test panics).
+type Node = Binary;
+
+/// Starts the binary on a free port against `redis` and waits until `/health` answers.
+async fn start(redis: &RedisServer, extra: &[&str]) -> Node {
+    Spawn::new().redis(&redis.url()).args(extra).start().await
 }
 
-impl Node {
-    /// Starts the binary on a free port against `redis` and waits until `/health` answers.
-    async fn start(redis: &RedisServer, extra: &[&str]) -> Node {
-        let s = support::spawn_binary(&redis.url(), extra).await;
-        Node {
-            child: s.child,
-            base: format!("http://{}", s.addr),
-            logs: s.logs,
-            log_name: s.log_name,
+/// Polls `/health` until `field` equals `want`; false when it does not within `within`.
+async fn wait_health(node: &Node, field: &str, want: u64, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if node.health().await[field] == want {
+            return true;
         }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn health(&self) -> Value {
-        reqwest::get(self.url("/health"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    /// Polls `/health` until `field` equals `want`; false when it does not within `within`.
-    async fn wait_health(&self, field: &str, want: u64, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            if self.health().await[field] == want {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if Instant::now() > deadline {
+            return false;
         }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.logs.path().join(&self.log_name));
-            eprintln!("--- tidings node log ---\n{}", log.unwrap_or_default());
-        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -235,7 +196,7 @@ async fn a_node_holds_a_constant_number_of_redis_connections_without_config() {
 async fn constant_connections(label: &str, redis: RedisServer) {
     let started = Instant::now();
     // A short heartbeat so the node notices closed clients quickly.
-    let node = Node::start(&redis, &["--heartbeat", "1"]).await;
+    let node = start(&redis, &["--heartbeat", "1"]).await;
     let idle = steady_count(&redis, &format!("{label}: node started, no client")).await;
 
     let mut counts = Vec::new();
@@ -255,7 +216,7 @@ async fn constant_connections(label: &str, redis: RedisServer) {
 
         drop(open);
         assert!(
-            node.wait_health("subscribers", 0, Duration::from_secs(10)).await,
+            wait_health(&node, "subscribers", 0, Duration::from_secs(10)).await,
             "the node still counts subscribers after every client left: {}",
             node.health().await
         );
@@ -265,9 +226,7 @@ async fn constant_connections(label: &str, redis: RedisServer) {
 
     // Once the node has also let go of every channel (the tail forgets unwatched channels on its
     // next round), the count is still the same.
-    let forgot = node
-        .wait_health("channels_watched", 0, Duration::from_secs(8))
-        .await;
+    let forgot = wait_health(&node, "channels_watched", 0, Duration::from_secs(8)).await;
     let last = steady_count(
         &redis,
         &format!("{label}: all clients gone (channels forgotten: {forgot})"),

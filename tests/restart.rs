@@ -5,101 +5,23 @@
 mod support;
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{msg, schema_path, Frame, RedisServer, SseReader, EMIT_KEY};
+use support::{msg, Binary, Frame, RedisServer, Spawn, SseReader, EMIT_KEY};
 use tidings::{Channel, Cursor, StreamId};
 
 const ROOMS: [&str; 3] = ["room:a", "room:b", "room:c"];
 
 /// One `tidings` server process, SIGKILLed on drop.
-struct Node {
-    child: Child,
-    base: String,
-    _logs: tempfile::TempDir,
-}
+type Node = Binary;
 
-impl Node {
-    /// Starts the binary on a free port against `redis` and waits until `/health` answers.
-    async fn start(redis: &RedisServer) -> Node {
-        let logs = tempfile::tempdir().unwrap();
-        for attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let log_path = logs.path().join(format!("stderr-{attempt}.log"));
-            let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-                .arg("--bind")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--redis")
-                .arg(redis.url())
-                .arg("--schema")
-                .arg(schema_path())
-                // Nothing from the test's environment (REDIS_URL, TIDINGS_*) leaks in.
-                .env_clear()
-                .env("TIDINGS_EMIT_KEY", EMIT_KEY)
-                .env("TIDINGS_LOG", "tidings=debug,warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log_path).unwrap())
-                .spawn()
-                .expect("start the tidings binary");
-            let base = format!("http://127.0.0.1:{port}");
-            let deadline = Instant::now() + Duration::from_secs(15);
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_millis(500))
-                .build()
-                .unwrap();
-            while Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break; // e.g. the port was taken between probe and bind: try another
-                }
-                if let Ok(r) = client.get(format!("{base}/health")).send().await {
-                    let body: Value = r.json().await.unwrap_or_default();
-                    assert_eq!(body["store"], "redis", "{body}");
-                    if body["status"] == "ok" {
-                        return Node {
-                            child,
-                            base,
-                            _logs: logs,
-                        };
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!("{}", std::fs::read_to_string(&log_path).unwrap_or_default());
-        }
-        panic!("the tidings binary did not become ready");
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn realtime(&self) -> String {
-        let q: Vec<String> = ROOMS.iter().map(|r| format!("channel={r}")).collect();
-        self.url(&format!("/realtime?{}", q.join("&")))
-    }
-
-    /// SIGKILL: no graceful shutdown, no chance to flush anything.
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts the binary on a free port against `redis` and waits until `/health` answers.
+async fn start(redis: &RedisServer) -> Node {
+    Spawn::new()
+        .redis(&redis.url())
+        .log("tidings=debug,warn")
+        .start()
+        .await
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,9 +115,9 @@ async fn replay(sse: &mut SseReader) -> (BTreeMap<String, Vec<Ev>>, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_resumes_on_a_new_process_after_sigkill() {
     let redis = RedisServer::start();
-    let mut first = Node::start(&redis).await;
+    let mut first = start(&redis).await;
     let mut log = Log::default();
-    let mut sse = SseReader::open(&first.realtime(), None).await;
+    let mut sse = SseReader::open(&first.realtime(&ROOMS), None).await;
     sse.until("tidings.ready").await;
     for i in 0..12 {
         log.emit(&first, ROOMS[i % 3]).await;
@@ -213,8 +135,8 @@ async fn a_client_resumes_on_a_new_process_after_sigkill() {
     }
 
     // A new process on the same Redis, nothing emitted yet: the four unread events.
-    let second = Node::start(&redis).await;
-    let mut sse = SseReader::open(&second.realtime(), Some(&last_id)).await;
+    let second = start(&redis).await;
+    let mut sse = SseReader::open(&second.realtime(&ROOMS), Some(&last_id)).await;
     let (got, ready) = replay(&mut sse).await;
     assert_eq!(got, log.after(&last_id));
     assert_eq!(got.values().map(Vec::len).sum::<usize>(), 4);
@@ -224,7 +146,7 @@ async fn a_client_resumes_on_a_new_process_after_sigkill() {
     for i in 0..9 {
         log.emit(&second, ROOMS[(i * 2) % 3]).await;
     }
-    let mut sse = SseReader::open(&second.realtime(), Some(&ready)).await;
+    let mut sse = SseReader::open(&second.realtime(&ROOMS), Some(&ready)).await;
     let (got, _) = replay(&mut sse).await;
     assert_eq!(got, log.after(&ready));
     assert_eq!(got.values().map(Vec::len).sum::<usize>(), 9);
@@ -234,7 +156,7 @@ async fn a_client_resumes_on_a_new_process_after_sigkill() {
     assert_eq!(ev(&sse.next().await.unwrap()), live);
 
     // From the very first cursor, everything after it, once.
-    let mut sse = SseReader::open(&second.realtime(), Some(&last_id)).await;
+    let mut sse = SseReader::open(&second.realtime(&ROOMS), Some(&last_id)).await;
     let (got, _) = replay(&mut sse).await;
     assert_eq!(got, log.after(&last_id));
     assert_eq!(got.values().map(Vec::len).sum::<usize>(), 4 + 9 + 1);
@@ -243,11 +165,11 @@ async fn a_client_resumes_on_a_new_process_after_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emits_through_another_process_while_one_is_down_are_received() {
     let redis = RedisServer::start();
-    let mut first = Node::start(&redis).await;
-    let other = Node::start(&redis).await;
+    let mut first = start(&redis).await;
+    let other = start(&redis).await;
     let mut log = Log::default();
-    let mut a = SseReader::open(&first.realtime(), None).await;
-    let mut b = SseReader::open(&other.realtime(), None).await;
+    let mut a = SseReader::open(&first.realtime(&ROOMS), None).await;
+    let mut b = SseReader::open(&other.realtime(&ROOMS), None).await;
     a.until("tidings.ready").await;
     b.until("tidings.ready").await;
 
@@ -273,8 +195,8 @@ async fn emits_through_another_process_while_one_is_down_are_received() {
     }
 
     // The first process comes back (a new process, on a new port); the client resumes there.
-    let restarted = Node::start(&redis).await;
-    let mut a = SseReader::open(&restarted.realtime(), Some(&last_id)).await;
+    let restarted = start(&redis).await;
+    let mut a = SseReader::open(&restarted.realtime(&ROOMS), Some(&last_id)).await;
     let (got, ready) = replay(&mut a).await;
     assert_eq!(got, log.after(&last_id));
     assert_eq!(got.values().map(Vec::len).sum::<usize>(), 6);

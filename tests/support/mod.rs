@@ -417,70 +417,168 @@ pub fn assert_error(status: u16, body: &serde_json::Value, want_status: u16, cod
     }
 }
 
-/// A `tidings` binary started on a free port against a Redis, whose `/health` answered `ok` on
-/// the Redis store. The caller owns the child and kills it.
-pub struct SpawnedBinary {
-    pub child: Child,
-    /// `127.0.0.1:<port>`.
-    pub addr: String,
-    /// Holds the binary's stderr, in `log_name`.
-    pub logs: tempfile::TempDir,
-    pub log_name: String,
+/// How to start the real `tidings` binary: on the memory store unless [`Spawn::redis`] is set.
+/// It always gets the demo schema, [`EMIT_KEY`] and a free `127.0.0.1` port, and nothing from
+/// the test's environment (`REDIS_URL`, `TIDINGS_*`).
+///
+/// `Spawn::new().redis(&url).args(&["--heartbeat", "1"]).start().await`
+pub struct Spawn {
+    redis: Option<String>,
+    args: Vec<String>,
+    log: &'static str,
+    name: &'static str,
 }
 
-/// Starts the binary with `--redis <redis_url>`, the demo schema, [`EMIT_KEY`] and `extra`
-/// arguments, retrying on another port when the probed one was taken before the binary bound it.
-pub async fn spawn_binary(redis_url: &str, extra: &[&str]) -> SpawnedBinary {
-    let logs = tempfile::tempdir().unwrap();
-    for attempt in 0..5 {
-        let port = free_port();
-        let log_name = format!("stderr-{attempt}.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .arg("--bind")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--redis")
-            .arg(redis_url)
-            .arg("--schema")
-            .arg(schema_path())
-            .args(extra)
-            .env_clear()
-            .env("TIDINGS_EMIT_KEY", EMIT_KEY)
-            .env("TIDINGS_LOG", "tidings=info,warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(logs.path().join(&log_name)).unwrap())
-            .spawn()
-            .expect("start the tidings binary");
-        let addr = format!("127.0.0.1:{port}");
+impl Spawn {
+    pub fn new() -> Spawn {
+        Spawn {
+            redis: None,
+            args: Vec::new(),
+            log: "tidings=info,warn",
+            name: "",
+        }
+    }
+
+    /// `--redis <url>`: one URL, or comma-separated cluster seeds.
+    pub fn redis(mut self, url: &str) -> Spawn {
+        self.redis = Some(url.to_string());
+        self
+    }
+
+    /// More command-line arguments.
+    pub fn args(mut self, args: &[&str]) -> Spawn {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// The `TIDINGS_LOG` filter (default `tidings=info,warn`).
+    pub fn log(mut self, filter: &'static str) -> Spawn {
+        self.log = filter;
+        self
+    }
+
+    /// The node's name, for messages.
+    pub fn name(mut self, name: &'static str) -> Spawn {
+        self.name = name;
+        self
+    }
+
+    /// Starts the binary and waits until `/health` answers `ok` on the expected store (`redis` or
+    /// `memory`), retrying on another port when the probed one was taken before the binary bound it.
+    pub async fn start(self) -> Binary {
+        let store = if self.redis.is_some() { "redis" } else { "memory" };
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(500))
             .build()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if child.try_wait().unwrap().is_some() {
-                break; // e.g. the port was taken between probe and bind: try another
+        for _ in 0..5 {
+            let port = free_port();
+            let logs = tempfile::tempdir().unwrap();
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
+            cmd.arg("--bind")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--schema")
+                .arg(schema_path());
+            if let Some(url) = &self.redis {
+                cmd.arg("--redis").arg(url);
             }
-            if let Ok(r) = client.get(format!("http://{addr}/health")).send().await {
-                let body: serde_json::Value = r.json().await.unwrap_or_default();
-                if body["status"] == "ok" {
-                    assert_eq!(body["store"], "redis", "{body}");
-                    return SpawnedBinary {
-                        child,
-                        addr,
-                        logs,
-                        log_name,
-                    };
+            let child = cmd
+                .args(&self.args)
+                .env_clear()
+                .env("TIDINGS_EMIT_KEY", EMIT_KEY)
+                .env("TIDINGS_LOG", self.log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(logs.path().join("stderr.log")).unwrap())
+                .spawn()
+                .expect("start the tidings binary");
+            // Killed on drop from here on, also when an assertion below fails.
+            let mut bin = Binary {
+                child,
+                addr: format!("127.0.0.1:{port}"),
+                name: self.name,
+                logs,
+            };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if bin.child.try_wait().unwrap().is_some() {
+                    break; // e.g. the port was taken between probe and bind: try another
                 }
+                if let Ok(r) = client.get(bin.url("/health")).send().await {
+                    let body: serde_json::Value = r.json().await.unwrap_or_default();
+                    if body["status"] == "ok" {
+                        assert_eq!(body["store"], store, "{body}");
+                        return bin;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            bin.kill();
+            eprintln!("{}", bin.log());
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        eprintln!(
-            "{}",
-            std::fs::read_to_string(logs.path().join(&log_name)).unwrap_or_default()
-        );
+        panic!("the tidings binary did not become ready");
     }
-    panic!("the tidings binary did not become ready");
+}
+
+/// A running `tidings` binary from [`Spawn`], SIGKILLed on drop; when the test is panicking,
+/// its log is printed then.
+pub struct Binary {
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub addr: String,
+    pub name: &'static str,
+    /// Holds `stderr.log`.
+    logs: tempfile::TempDir,
+}
+
+impl Binary {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `/realtime?channel=<c>&...`.
+    pub fn realtime(&self, channels: &[impl AsRef<str>]) -> String {
+        let q: Vec<String> = channels
+            .iter()
+            .map(|c| format!("channel={}", c.as_ref()))
+            .collect();
+        self.url(&format!("/realtime?{}", q.join("&")))
+    }
+
+    pub async fn health(&self) -> serde_json::Value {
+        reqwest::get(self.url("/health"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the binary wrote to stderr.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no graceful shutdown, no chance to flush anything. Waits for the process to end.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL the tidings binary");
+        self.child.wait().expect("wait for the tidings binary");
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            match self.name {
+                "" => eprintln!("--- tidings node log ---\n{}", self.log()),
+                name => eprintln!("--- log of node {name} ---\n{}", self.log()),
+            }
+        }
+    }
 }
