@@ -435,7 +435,8 @@ impl JwtAuthorizer {
         }
         Ok(Identity {
             sub: claims.sub,
-            expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+            // An `exp` past what the clock can hold never arrives: no deadline.
+            expires_at: UNIX_EPOCH.checked_add(Duration::from_secs(claims.exp)),
         })
     }
 }
@@ -453,21 +454,28 @@ impl Authorizer for JwtAuthorizer {
 /// Whether `pattern` (with `{sub}` placeholders and an optional trailing `*`) matches `channel`.
 /// A pattern with `{sub}` matches nothing when the token has no `sub`.
 pub fn pattern_matches(pattern: &str, sub: Option<&str>, channel: &str) -> bool {
+    // The wildcard is the pattern's own trailing `*`, found before `{sub}` is filled in: a `sub`
+    // such as `*` or `b*` is matched literally and never widens the pattern.
+    let (literal, wildcard) = match pattern.strip_suffix('*') {
+        Some(prefix) => (prefix, true),
+        None => (pattern, false),
+    };
     let filled;
-    let pattern = if pattern.contains("{sub}") {
+    let literal = if literal.contains("{sub}") {
         match sub {
             Some(s) if !s.is_empty() => {
-                filled = pattern.replace("{sub}", s);
+                filled = literal.replace("{sub}", s);
                 filled.as_str()
             }
             _ => return false,
         }
     } else {
-        pattern
+        literal
     };
-    match pattern.strip_suffix('*') {
-        Some(prefix) => channel.starts_with(prefix),
-        None => channel == pattern,
+    if wildcard {
+        channel.starts_with(literal)
+    } else {
+        channel == literal
     }
 }
 
@@ -481,6 +489,12 @@ mod tests {
         assert!(pattern_matches("*", None, "anything"));
         assert!(!pattern_matches("room:*", None, "user:1"));
         assert!(pattern_matches("user:{sub}", Some("ada"), "user:ada"));
+        // A sub is literal: `*` in it is no wildcard.
+        assert!(!pattern_matches("inbox:{sub}", Some("*"), "inbox:bob"));
+        assert!(!pattern_matches("inbox:{sub}", Some("b*"), "inbox:bob"));
+        assert!(pattern_matches("inbox:{sub}", Some("*"), "inbox:*"));
+        assert!(pattern_matches("team:{sub}:*", Some("ada"), "team:ada:x"));
+        assert!(!pattern_matches("team:{sub}:*", Some("*"), "team:bob:x"));
         assert!(!pattern_matches("user:{sub}", Some("ada"), "user:bob"));
         assert!(!pattern_matches("user:{sub}", Some("ada"), "user:ada2"));
         assert!(!pattern_matches("user:{sub}", None, "user:ada"));

@@ -55,13 +55,14 @@ impl Cursor {
         if s.is_empty() {
             return Ok(cursor);
         }
+        let mut seen = std::collections::HashSet::new();
         for part in s.split(',') {
             let (name, id) = part
                 .split_once('=')
                 .ok_or_else(|| CursorError::Malformed(part.chars().take(64).collect()))?;
             let channel = Channel::with_max_len(name, crate::channel::MAX_CHANNEL_LEN)?;
             let id: StreamId = id.parse()?;
-            if cursor.get(&channel).is_some() {
+            if !seen.insert(channel.clone()) {
                 return Err(CursorError::Duplicate(channel.to_string()));
             }
             cursor.positions.push((channel, id));

@@ -7,8 +7,7 @@ use std::future::Future;
 use std::time::SystemTime;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, OriginalUri, RawQuery, State};
+use axum::extract::{OriginalUri, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, get_service, post};
@@ -19,9 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::map_request_body::MapRequestBodyLayer;
 use tower_http::services::{ServeDir, ServeFile};
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::auth::{authorize_publish, authorize_read, AuthError, AuthRequest, Identity};
 
@@ -238,19 +235,9 @@ impl From<EmitError> for ApiError {
 /// # let _ = app; Ok(()) }
 /// ```
 pub fn router(rt: Tidings) -> Router {
-    let max_body = rt.inner.config.limits.max_payload_bytes + 1024;
     let mut router = Router::new()
         .route("/", get(index))
-        .route(
-            "/emit",
-            post(emit)
-                .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(max_body))
-                // A body trickled in a byte at a time must not hold the request open forever.
-                .layer::<_, std::convert::Infallible>(MapRequestBodyLayer::new(Body::new))
-                .layer::<_, std::convert::Infallible>(RequestBodyTimeoutLayer::new(
-                    rt.inner.config.limits.head_timeout,
-                )),
-        )
+        .route("/emit", post(emit))
         .route("/realtime", get(realtime))
         .route("/history", get(history))
         .route("/health", get(health))
@@ -417,18 +404,6 @@ fn check_key(rt: &Tidings, headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Whether reading a body failed because it arrived too slowly.
-fn timed_out(rejection: &BytesRejection) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
-    while let Some(e) = source {
-        if e.is::<tower_http::timeout::TimeoutError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -436,37 +411,68 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn emit(
-    State(rt): State<Tidings>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+/// Reads an emit body: at most `max_payload_bytes` (plus room for the envelope), all of it
+/// within `head_timeout` from the first poll. One deadline for the whole body, not per chunk: a
+/// body trickled a byte at a time is cut off too.
+async fn read_body(rt: &Tidings, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limits = &rt.inner.config.limits;
+    let max = limits.max_payload_bytes;
+    let allowed = max + ENVELOPE_ROOM;
+    let too_large = || {
+        ApiError::limit(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than allowed; payloads may be at most {max} bytes"),
+            max,
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > allowed as u64) {
+        return Err(too_large());
+    }
+    let deadline = tokio::time::Instant::now() + limits.head_timeout;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::with_capacity(declared.map_or(1024, |n| n as usize));
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => {
+                let limit = limits.head_timeout.as_secs();
+                return Err(ApiError::limit(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!("the request body took longer than {limit} s to arrive (head_timeout)"),
+                    limit,
+                ));
+            }
+            Ok(None) => return Ok(Bytes::from(buf)),
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    format!("the request body could not be read: {e}"),
+                ))
+            }
+            Ok(Some(Ok(chunk))) => {
+                if buf.len() + chunk.len() > allowed {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// Bytes an emit body may hold beyond its payload: the channel, the event name, the JSON around.
+const ENVELOPE_ROOM: usize = 1024;
+
+async fn emit(State(rt): State<Tidings>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
     // The emit key publishes anywhere; anything else goes to the authorizer, when there is one.
     let has_key = check_key(&rt, &headers).is_ok();
     if !has_key && rt.inner.config.authorizer.is_none() {
         check_key(&rt, &headers)?;
     }
-    let max = rt.inner.config.limits.max_payload_bytes;
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("request body is larger than allowed; payloads may be at most {max} bytes"),
-            )
-            .with(json!({ "limit": max }))
-        } else if timed_out(&r) {
-            let limit = rt.inner.config.limits.head_timeout.as_secs();
-            ApiError::limit(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!("the request body took longer than {limit} s to arrive (head_timeout)"),
-                limit,
-            )
-        } else {
-            ApiError::bad_request("invalid_body", r.body_text())
-        }
-    })?;
+    let body = read_body(&rt, &headers, body).await?;
     let req: EmitBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "invalid_json",
@@ -556,11 +562,32 @@ pub(crate) fn prepare_stream(
     let limits = &rt.inner.config.limits;
 
     let mut channels: Vec<Channel> = Vec::new();
+    let mut seen: HashSet<Channel> = HashSet::new();
+    let too_many = |n: usize| {
+        ApiError::limit(
+            StatusCode::BAD_REQUEST,
+            "too_many_channels",
+            format!(
+                "{n} channels requested; at most {} per connection (max_channels)",
+                limits.max_channels
+            ),
+            limits.max_channels,
+        )
+    };
     for (_, value) in query.iter().filter(|(k, _)| k == "channel") {
         for name in value.split(',') {
             let channel = rt.parse_channel(name).map_err(ApiError::channel)?;
-            if !channels.contains(&channel) {
+            if seen.insert(channel.clone()) {
                 channels.push(channel);
+                if channels.len() > limits.max_channels {
+                    // Refused as soon as it is known, without reading the rest.
+                    let requested = query
+                        .iter()
+                        .filter(|(k, _)| k == "channel")
+                        .map(|(_, v)| v.split(',').count())
+                        .sum();
+                    return Err(too_many(requested));
+                }
             }
         }
     }
@@ -568,18 +595,6 @@ pub(crate) fn prepare_stream(
         return Err(ApiError::bad_request(
             "invalid_channel",
             "no channel given; add ?channel=<name> (repeat it, or separate names with commas, for more)",
-        ));
-    }
-    if channels.len() > limits.max_channels {
-        return Err(ApiError::limit(
-            StatusCode::BAD_REQUEST,
-            "too_many_channels",
-            format!(
-                "{} channels requested; at most {} per connection (max_channels)",
-                channels.len(),
-                limits.max_channels
-            ),
-            limits.max_channels,
         ));
     }
 
@@ -677,9 +692,10 @@ pub(crate) async fn open_stream<S: Sink>(
         heartbeat: rt.inner.config.heartbeat,
         retry: rt.inner.config.retry,
         closing: rt.inner.closing.subscribe(),
-        deadline: expires_at.map(|at| {
+        // A deadline too far off for the clock to hold is no deadline.
+        deadline: expires_at.and_then(|at| {
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-            tokio::time::Instant::now() + left
+            tokio::time::Instant::now().checked_add(left)
         }),
     };
     let stream = crate::sse::run(rt.store().clone(), req, sub, settings, sink);

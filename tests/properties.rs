@@ -3,7 +3,7 @@
 //! stream. Case counts are modest so the file runs in a few seconds; raise them locally with
 //! `PROPTEST_CASES=10000 cargo test --test properties`.
 //!
-//! The fuzz targets in `fuzz/` check the same parsing properties on raw bytes (see FUZZING.md).
+//! The fuzz targets in `fuzz/` check the same parsing properties on raw bytes (see SECURITY.md, "Fuzzing and property tests").
 
 mod support;
 

