@@ -23,7 +23,9 @@ const CLIENTS = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const ROOT = resolve(CLIENTS, "..");
 const APP_DIR = process.env.TIDINGS_E2E_APP_DIR ?? join(CLIENTS, "demo/dist");
 const RESULTS = join(CLIENTS, "test-results");
-const BINARY = process.env.TIDINGS_BIN || join(ROOT, "target/debug/tidings");
+// Where cargo puts it: CARGO_TARGET_DIR (relative to the repository) when set.
+const TARGET_DIR = process.env.CARGO_TARGET_DIR ? resolve(ROOT, process.env.CARGO_TARGET_DIR) : join(ROOT, "target");
+const BINARY = process.env.TIDINGS_BIN || join(TARGET_DIR, "debug/tidings");
 const CHROMIUM = process.env.TIDINGS_E2E_CHROMIUM ?? "/usr/bin/chromium";
 const EMIT_KEY = "e2e-emit-key";
 

@@ -24,7 +24,9 @@ function buildServer(): string {
     console.log(`[tidings tests] using TIDINGS_BIN=${given}`);
     return given;
   }
-  const bin = path.join(repoRoot, "target", "debug", "tidings");
+  // Where cargo puts it: CARGO_TARGET_DIR (relative to the repository) when set.
+  const targetDir = process.env.CARGO_TARGET_DIR ? path.resolve(repoRoot, process.env.CARGO_TARGET_DIR) : path.join(repoRoot, "target");
+  const bin = path.join(targetDir, "debug", "tidings");
   console.log(`[tidings tests] cargo build --bin tidings (in ${repoRoot}; may wait for the target-dir lock)…`);
   const started = Date.now();
   const result = spawnSync("cargo", ["build", "--bin", "tidings"], { cwd: repoRoot, stdio: ["ignore", "inherit", "inherit"] });
