@@ -9,31 +9,18 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use support::{assert_error, msg, schema_path, SseReader, TestServer, EMIT_KEY};
+use support::{
+    assert_error, get_json, hs256, hyper_server, msg, unix_now, SseReader, TestServer, EMIT_KEY, JWT_SECRET,
+};
 use tidings::auth::{Action, AuthError, AuthRequest, Authorizer, BoxFuture, Identity};
-use tidings::{Config, JwtAuthorizer, MemoryStore, Registry, Tidings};
-
-const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn hs256(claims: Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
+use tidings::{Config, JwtAuthorizer, MemoryStore};
 
 fn claims(sub: &str, subscribe: &[&str], publish: &[&str]) -> Value {
-    json!({ "sub": sub, "exp": now() + 600, "subscribe": subscribe, "publish": publish })
+    json!({ "sub": sub, "exp": unix_now() + 600, "subscribe": subscribe, "publish": publish })
 }
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -46,47 +33,13 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn jwt_config(c: Config) -> Config {
-    c.authorizer(JwtAuthorizer::hs256(SECRET))
+    c.authorizer(JwtAuthorizer::hs256(JWT_SECRET))
         .private_channel("user:{sub}")
         .private_channel("notif:{sub}")
 }
 
 async fn server(tweak: impl FnOnce(Config) -> Config) -> TestServer {
     TestServer::start(Arc::new(MemoryStore::default()), tweak).await
-}
-
-/// The hyper path: `tidings::router` under `axum::serve`. Returns the base URL.
-async fn hyper_server(tweak: impl FnOnce(Config) -> Config) -> String {
-    let config = tweak(Config::default().schema(schema_path()).emit_key(EMIT_KEY));
-    let registry = Registry::load(&config.schema).unwrap();
-    let rt = Tidings::new(registry, Arc::new(MemoryStore::default()), config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, tidings::router(rt)).await.unwrap();
-    });
-    format!("http://{addr}")
-}
-
-/// GET with extra headers; the status, the response headers and the JSON body (Null for a
-/// stream, which is not read).
-async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut req = reqwest::Client::new().get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let h = r.headers().clone();
-    let is_json = h
-        .get("content-type")
-        .is_some_and(|v| v.to_str().unwrap().starts_with("application/json"));
-    let body = if is_json {
-        r.json().await.unwrap()
-    } else {
-        Value::Null
-    };
-    (status, h, body)
 }
 
 fn bearer(t: &str) -> String {
@@ -102,14 +55,14 @@ async fn hs256_tokens_from_header_cookie_and_query() {
     let s = server(jwt_config).await;
     let url = s.url("/realtime?channel=room:1");
     let good = hs256(claims("ada", &["room:*"], &[]));
-    assert_eq!(get(&url, &[("authorization", &bearer(&good))]).await.0, 200);
-    assert_eq!(get(&url, &[("cookie", &cookie(&good))]).await.0, 200);
-    assert_eq!(get(&format!("{url}&token={good}"), &[]).await.0, 200);
+    assert_eq!(get_json(&url, &[("authorization", &bearer(&good))]).await.0, 200);
+    assert_eq!(get_json(&url, &[("cookie", &cookie(&good))]).await.0, 200);
+    assert_eq!(get_json(&format!("{url}&token={good}"), &[]).await.0, 200);
     // History reads the same way.
-    let (status, _, body) = get(&s.url("/history?channel=room:1"), &[("cookie", &cookie(&good))]).await;
+    let (status, _, body) = get_json(&s.url("/history?channel=room:1"), &[("cookie", &cookie(&good))]).await;
     assert_eq!(status, 200, "{body}");
 
-    let (status, _, body) = get(&url, &[]).await;
+    let (status, _, body) = get_json(&url, &[]).await;
     assert_error(
         status,
         &body,
@@ -118,12 +71,12 @@ async fn hs256_tokens_from_header_cookie_and_query() {
         &["no token", "tidings_token"],
     );
 
-    let expired = hs256(json!({ "sub": "ada", "exp": now() - 5, "subscribe": ["room:*"] }));
+    let expired = hs256(json!({ "sub": "ada", "exp": unix_now() - 5, "subscribe": ["room:*"] }));
     for h in [("authorization", bearer(&expired)), ("cookie", cookie(&expired))] {
-        let (status, _, body) = get(&url, &[(h.0, &h.1)]).await;
+        let (status, _, body) = get_json(&url, &[(h.0, &h.1)]).await;
         assert_error(status, &body, 401, "unauthenticated", &["token expired"]);
     }
-    let (status, _, body) = get(&format!("{url}&token={expired}"), &[]).await;
+    let (status, _, body) = get_json(&format!("{url}&token={expired}"), &[]).await;
     assert_error(status, &body, 401, "unauthenticated", &["token expired"]);
 
     // Tampered: the payload swapped for one granting more, the signature kept.
@@ -131,7 +84,7 @@ async fn hs256_tokens_from_header_cookie_and_query() {
     let mut parts: Vec<&str> = good.split('.').collect();
     parts[1] = other.split('.').nth(1).unwrap();
     let tampered = parts.join(".");
-    let (status, _, body) = get(&url, &[("authorization", &bearer(&tampered))]).await;
+    let (status, _, body) = get_json(&url, &[("authorization", &bearer(&tampered))]).await;
     assert_error(status, &body, 401, "unauthenticated", &["signature"]);
     let wrong_secret = encode(
         &Header::new(Algorithm::HS256),
@@ -139,7 +92,7 @@ async fn hs256_tokens_from_header_cookie_and_query() {
         &EncodingKey::from_secret(b"another-secret-another-secret-another"),
     )
     .unwrap();
-    assert_eq!(get(&url, &[("cookie", &cookie(&wrong_secret))]).await.0, 401);
+    assert_eq!(get_json(&url, &[("cookie", &cookie(&wrong_secret))]).await.0, 401);
 
     // alg: none, unsigned.
     let none = format!(
@@ -147,26 +100,29 @@ async fn hs256_tokens_from_header_cookie_and_query() {
         base64_url(br#"{"alg":"none","typ":"JWT"}"#),
         base64_url(claims("ada", &["room:*"], &[]).to_string().as_bytes())
     );
-    let (status, _, body) = get(&format!("{url}&token={none}"), &[]).await;
+    let (status, _, body) = get_json(&format!("{url}&token={none}"), &[]).await;
     assert_error(status, &body, 401, "unauthenticated", &["invalid token"]);
 
     // Another algorithm, even with the right secret.
     let hs384 = encode(
         &Header::new(Algorithm::HS384),
         &claims("ada", &["room:*"], &[]),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
     )
     .unwrap();
-    let (status, _, body) = get(&url, &[("authorization", &bearer(&hs384))]).await;
+    let (status, _, body) = get_json(&url, &[("authorization", &bearer(&hs384))]).await;
     assert_error(status, &body, 401, "unauthenticated", &["algorithm"]);
 
     // No exp: refused.
     let no_exp = hs256(json!({ "sub": "ada", "subscribe": ["room:*"] }));
-    assert_eq!(get(&url, &[("authorization", &bearer(&no_exp))]).await.0, 401);
+    assert_eq!(
+        get_json(&url, &[("authorization", &bearer(&no_exp))]).await.0,
+        401
+    );
 
     // Valid, but not for this channel.
     let narrow = hs256(claims("ada", &["room:2"], &[]));
-    let (status, _, body) = get(&url, &[("authorization", &bearer(&narrow))]).await;
+    let (status, _, body) = get_json(&url, &[("authorization", &bearer(&narrow))]).await;
     assert_error(status, &body, 403, "forbidden", &["room:1"]);
 }
 
@@ -200,7 +156,7 @@ async fn es256_and_rs256_public_keys() {
         };
         let good = encode(&Header::new(alg), &claims("ada", &["room:*"], &[]), &key).unwrap();
         assert_eq!(
-            get(&url, &[("authorization", &bearer(&good))]).await.0,
+            get_json(&url, &[("authorization", &bearer(&good))]).await.0,
             200,
             "{alg:?}"
         );
@@ -211,15 +167,15 @@ async fn es256_and_rs256_public_keys() {
             &EncodingKey::from_secret(&fixture(public)),
         )
         .unwrap();
-        let (status, _, body) = get(&url, &[("authorization", &bearer(&confused))]).await;
+        let (status, _, body) = get_json(&url, &[("authorization", &bearer(&confused))]).await;
         assert_error(status, &body, 401, "unauthenticated", &["algorithm"]);
         let expired = encode(
             &Header::new(alg),
-            &json!({ "sub": "ada", "exp": now() - 1, "subscribe": ["room:*"] }),
+            &json!({ "sub": "ada", "exp": unix_now() - 1, "subscribe": ["room:*"] }),
             &key,
         )
         .unwrap();
-        assert_eq!(get(&url, &[("cookie", &cookie(&expired))]).await.0, 401);
+        assert_eq!(get_json(&url, &[("cookie", &cookie(&expired))]).await.0, 401);
     }
 }
 
@@ -228,18 +184,22 @@ async fn private_channels_on(base: &str) {
     let bob_everything = hs256(claims("bob", &["*"], &[]));
     for path in ["/realtime?channel=user:ada", "/history?channel=user:ada"] {
         let url = format!("{base}{path}");
-        assert_eq!(get(&url, &[("cookie", &cookie(&ada))]).await.0, 200, "{path}");
-        let (status, _, body) = get(&url, &[]).await;
+        assert_eq!(
+            get_json(&url, &[("cookie", &cookie(&ada))]).await.0,
+            200,
+            "{path}"
+        );
+        let (status, _, body) = get_json(&url, &[]).await;
         assert_error(status, &body, 401, "unauthenticated", &[]);
         // Bob's token allows every channel, but user:ada is Ada's.
-        let (status, _, body) = get(&url, &[("authorization", &bearer(&bob_everything))]).await;
+        let (status, _, body) = get_json(&url, &[("authorization", &bearer(&bob_everything))]).await;
         assert_error(status, &body, 403, "forbidden", &["private"]);
     }
     let url = format!("{base}/realtime?channel=room:1,notif:bob");
-    let (status, _, body) = get(&url, &[("cookie", &cookie(&ada))]).await;
+    let (status, _, body) = get_json(&url, &[("cookie", &cookie(&ada))]).await;
     assert_error(status, &body, 403, "forbidden", &["notif:bob"]);
     let url = format!("{base}/realtime?channel=room:1,notif:ada");
-    assert_eq!(get(&url, &[("cookie", &cookie(&ada))]).await.0, 200);
+    assert_eq!(get_json(&url, &[("cookie", &cookie(&ada))]).await.0, 200);
 }
 
 #[tokio::test]
@@ -272,19 +232,22 @@ async fn a_permissive_hook_still_cannot_open_another_users_channel() {
     let tweak = |c: Config| c.authorizer(Permissive).private_channel("user:{sub}");
     for base in [server(tweak).await.url(""), hyper_server(tweak).await] {
         let url = format!("{base}/realtime?channel=user:bob");
-        assert_eq!(get(&url, &[("x-user", "ada")]).await.0, 403);
-        assert_eq!(get(&url, &[]).await.0, 401);
-        assert_eq!(get(&url, &[("x-user", "bob")]).await.0, 200);
-        assert_eq!(get(&format!("{base}/realtime?channel=room:1"), &[]).await.0, 200);
+        assert_eq!(get_json(&url, &[("x-user", "ada")]).await.0, 403);
+        assert_eq!(get_json(&url, &[]).await.0, 401);
+        assert_eq!(get_json(&url, &[("x-user", "bob")]).await.0, 200);
+        assert_eq!(
+            get_json(&format!("{base}/realtime?channel=room:1"), &[]).await.0,
+            200
+        );
     }
     // Private channels without any authorizer: no one can read them.
     let s = server(|c| c.private_channel("user:{sub}").private_channel("admin")).await;
-    assert_eq!(get(&s.url("/realtime?channel=user:ada"), &[]).await.0, 401);
-    assert_eq!(get(&s.url("/history?channel=admin"), &[]).await.0, 401);
-    assert_eq!(get(&s.url("/realtime?channel=room:1"), &[]).await.0, 200);
+    assert_eq!(get_json(&s.url("/realtime?channel=user:ada"), &[]).await.0, 401);
+    assert_eq!(get_json(&s.url("/history?channel=admin"), &[]).await.0, 401);
+    assert_eq!(get_json(&s.url("/realtime?channel=room:1"), &[]).await.0, 200);
     let s = server(|c| c.authorizer(Permissive).private_channel("admin")).await;
     assert_eq!(
-        get(&s.url("/realtime?channel=admin"), &[("x-user", "root")])
+        get_json(&s.url("/realtime?channel=admin"), &[("x-user", "root")])
             .await
             .0,
         403
@@ -334,7 +297,7 @@ async fn emit_needs_the_key_or_a_jwt_with_publish_rights() {
     assert_error(status, &body, 401, "unauthenticated", &["Authorization"]);
     let (status, _) = post_emit(&s, "room:1", &[]).await;
     assert_eq!(status, 401);
-    let expired = hs256(json!({ "sub": "svc", "exp": now() - 1, "publish": ["*"] }));
+    let expired = hs256(json!({ "sub": "svc", "exp": unix_now() - 1, "publish": ["*"] }));
     let (status, body) = post_emit(&s, "room:1", &[("authorization", &bearer(&expired))]).await;
     assert_error(status, &body, 401, "unauthenticated", &["expired"]);
     let (status, body) = post_emit(&s, "room:1", &[("authorization", &bearer("wrong-key"))]).await;
@@ -353,7 +316,7 @@ async fn emit_needs_the_key_or_a_jwt_with_publish_rights() {
 }
 
 async fn expiry_on(base: &str) {
-    let token = hs256(json!({ "sub": "ada", "exp": now() + 2, "subscribe": ["room:*"] }));
+    let token = hs256(json!({ "sub": "ada", "exp": unix_now() + 2, "subscribe": ["room:*"] }));
     let mut r = SseReader::open(&format!("{base}/realtime?channel=room:1&token={token}"), None).await;
     let frames = r.until("tidings.ready").await;
     let ready = frames.last().unwrap().clone();
@@ -386,7 +349,7 @@ async fn cors_on(base: &str, allowed: bool) {
     let good = "https://app.example";
     for path in ["/history?channel=room:1", "/realtime?channel=room:1"] {
         let url = format!("{base}{path}");
-        let (status, h, _) = get(&url, &[("origin", good)]).await;
+        let (status, h, _) = get_json(&url, &[("origin", good)]).await;
         assert_eq!(status, 200);
         if allowed {
             assert_eq!(h["access-control-allow-origin"], good, "{path}");
@@ -394,13 +357,13 @@ async fn cors_on(base: &str, allowed: bool) {
         } else {
             assert!(h.get("access-control-allow-origin").is_none(), "{path}");
         }
-        let (_, h, _) = get(&url, &[("origin", "https://evil.example")]).await;
+        let (_, h, _) = get_json(&url, &[("origin", "https://evil.example")]).await;
         assert!(h.get("access-control-allow-origin").is_none(), "{path}");
-        let (_, h, _) = get(&url, &[]).await;
+        let (_, h, _) = get_json(&url, &[]).await;
         assert!(h.get("access-control-allow-origin").is_none(), "{path}");
     }
     // An error on the stream path carries the CORS headers too, so the page can read it.
-    let (status, h, _) = get(&format!("{base}/realtime"), &[("origin", good)]).await;
+    let (status, h, _) = get_json(&format!("{base}/realtime"), &[("origin", good)]).await;
     assert_eq!(status, 400);
     assert_eq!(h.get("access-control-allow-origin").is_some(), allowed);
     for (origin, ok) in [(good, allowed), ("https://evil.example", false)] {

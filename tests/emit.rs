@@ -10,7 +10,7 @@ mod support;
 use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
-use support::{assert_error, msg, Backend, SseReader, TestServer, EMIT_KEY};
+use support::{assert_error, msg, post_emit_raw, redis_keys, Backend, SseReader, TestServer, EMIT_KEY};
 use tidings::events::{Availability, ChatMessage, Event, PresenceStatus};
 use tidings::schema::ValidateError;
 use tidings::{ChannelError, Config, EmitError, Emittable, Range, Retention, StreamId};
@@ -40,18 +40,9 @@ async fn get(url: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-/// POST /emit with a raw body and an optional raw Authorization header.
+/// POST /emit with a raw JSON body and an optional raw Authorization header.
 async fn post_emit(s: &TestServer, auth: Option<&str>, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .post(s.url("/emit"))
-        .header("content-type", "application/json")
-        .body(body);
-    if let Some(auth) = auth {
-        req = req.header("authorization", auth);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    post_emit_raw(s, auth, "application/json", body).await
 }
 
 /// Every stored entry of `channel` (up to 1000), oldest first.
@@ -62,18 +53,6 @@ async fn history(s: &TestServer, channel: &str) -> Vec<Value> {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["channel"], channel);
     body["entries"].as_array().unwrap().clone()
-}
-
-/// The keys in Redis (None on the memory backend), to check that a refusal wrote nothing.
-async fn redis_keys(b: &Backend) -> Option<BTreeSet<String>> {
-    let server = b.redis_server()?;
-    let mut conn = server.client().get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = ::redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    Some(keys.into_iter().collect())
 }
 
 async fn assert_redis_holds_only(b: &Backend, keys: &[&str]) {

@@ -9,33 +9,21 @@ mod support;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
-use support::{assert_error, msg, schema_path, SseReader, TestServer, EMIT_KEY};
+use support::{
+    assert_error, get_json, hs256, hyper_server, msg, schema_path, unix_now, SseReader, TestServer, EMIT_KEY,
+    JWT_SECRET,
+};
 use tidings::auth::{Action, AuthError, AuthRequest, Authorizer, BoxFuture, Identity};
-use tidings::{Config, JwtAuthorizer, Limits, MemoryStore, Registry, Tidings};
+use tidings::{Config, JwtAuthorizer, Limits, MemoryStore, Tidings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
-
-fn token(claims: Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
-fn exp() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 600
-}
-
 fn user(sub: &str) -> String {
-    token(json!({ "sub": sub, "exp": exp(), "subscribe": ["room:*"], "publish": ["room:*"] }))
+    hs256(json!({ "sub": sub, "exp": unix_now() + 600, "subscribe": ["room:*"], "publish": ["room:*"] }))
 }
 
 fn limits(f: impl FnOnce(&mut Limits)) -> Limits {
@@ -48,40 +36,12 @@ async fn server(tweak: impl FnOnce(Config) -> Config) -> TestServer {
     TestServer::start(Arc::new(MemoryStore::default()), tweak).await
 }
 
-/// The hyper path: `tidings::router` under `axum::serve`. Returns the base URL.
-async fn hyper_server(tweak: impl FnOnce(Config) -> Config) -> String {
-    let config = tweak(Config::default().schema(schema_path()).emit_key(EMIT_KEY));
-    let registry = Registry::load(&config.schema).unwrap();
-    let rt = Tidings::new(registry, Arc::new(MemoryStore::default()), config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, tidings::router(rt)).await.unwrap();
-    });
-    format!("http://{addr}")
-}
-
 /// GET with an optional bearer token: status, headers, JSON body (Null for a stream).
-async fn get(url: &str, bearer: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut req = reqwest::Client::new().get(url);
-    if let Some(t) = bearer {
-        req = req.bearer_auth(t);
+async fn get(url: &str, bearer: Option<&str>) -> (u16, HeaderMap, Value) {
+    match bearer {
+        Some(t) => get_json(url, &[("authorization", &format!("Bearer {t}"))]).await,
+        None => get_json(url, &[]).await,
     }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let json = headers
-        .get("content-type")
-        .is_some_and(|v| v.to_str().unwrap().starts_with("application/json"));
-    (
-        status,
-        headers,
-        if json {
-            r.json().await.unwrap()
-        } else {
-            Value::Null
-        },
-    )
 }
 
 /// An open stream: the response is kept so the connection stays up until dropped.
@@ -95,7 +55,7 @@ async fn open(url: &str, bearer: Option<&str>) -> reqwest::Response {
     r
 }
 
-async fn post_emit(base: &str, bearer: &str, channel: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+async fn post_emit(base: &str, bearer: &str, channel: &str) -> (u16, HeaderMap, Value) {
     let r = reqwest::Client::new()
         .post(format!("{base}/emit"))
         .bearer_auth(bearer)
@@ -106,6 +66,21 @@ async fn post_emit(base: &str, bearer: &str, channel: &str) -> (u16, reqwest::he
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     (status, headers, r.json().await.unwrap())
+}
+
+/// A refusal over a limit: the JSON error (status, code, a message naming `mentions`), the
+/// `limit` it names and its `Retry-After` header.
+fn assert_over_limit(
+    (status, headers, body): &(u16, HeaderMap, Value),
+    want_status: u16,
+    code: &str,
+    mentions: &[&str],
+    limit: u64,
+    retry_after: &str,
+) {
+    assert_error(*status, body, want_status, code, mentions);
+    assert_eq!(body["limit"], limit, "{body}");
+    assert_eq!(headers["retry-after"], retry_after);
 }
 
 /// Polls until `f` holds, for up to 5 s.
@@ -131,10 +106,15 @@ async fn streams_per_node_are_capped_with_503_on_both_paths_and_freed_on_close()
         for _ in 0..3 {
             streams.push(open(&url, None).await);
         }
-        let (status, headers, body) = get(&url, None).await;
-        assert_error(status, &body, 503, "node_full", &["3 streams", "max_connections"]);
-        assert_eq!(body["limit"], 3, "{body}");
-        assert_eq!(headers["retry-after"], "5");
+        let refused = get(&url, None).await;
+        assert_over_limit(
+            &refused,
+            503,
+            "node_full",
+            &["3 streams", "max_connections"],
+            3,
+            "5",
+        );
         // Emits and reads still work while the node is full.
         assert_eq!(post_emit(&base, EMIT_KEY, "room:1").await.0, 200);
         assert_eq!(get(&format!("{base}/health"), None).await.0, 200);
@@ -150,7 +130,7 @@ async fn streams_per_node_are_capped_with_503_on_both_paths_and_freed_on_close()
 #[tokio::test]
 async fn streams_per_identity_are_capped_with_429_and_other_users_are_not_affected() {
     let tweak = |c: Config| {
-        c.authorizer(JwtAuthorizer::hs256(SECRET))
+        c.authorizer(JwtAuthorizer::hs256(JWT_SECRET))
             .limits(limits(|l| l.max_connections_per_identity = 2))
     };
     let s = server(tweak).await;
@@ -160,16 +140,9 @@ async fn streams_per_identity_are_capped_with_429_and_other_users_are_not_affect
         let url = format!("{base}/realtime?channel=room:1");
         let first = open(&url, Some(&ada)).await;
         let _second = open(&url, Some(&ada)).await;
-        let (status, headers, body) = get(&url, Some(&ada)).await;
-        assert_error(
-            status,
-            &body,
-            429,
-            "too_many_connections",
-            &["2 streams", "max_connections_per_identity"],
-        );
-        assert_eq!(body["limit"], 2, "{body}");
-        assert_eq!(headers["retry-after"], "5");
+        let refused = get(&url, Some(&ada)).await;
+        let mentions = ["2 streams", "max_connections_per_identity"];
+        assert_over_limit(&refused, 429, "too_many_connections", &mentions, 2, "5");
         let _bob = open(&url, Some(&bob)).await;
         drop(first);
         eventually("ada's freed slot", async || get(&url, Some(&ada)).await.0 == 200).await;
@@ -179,7 +152,7 @@ async fn streams_per_identity_are_capped_with_429_and_other_users_are_not_affect
 #[tokio::test]
 async fn emits_per_second_per_publisher_are_limited_and_refused_emits_store_nothing() {
     let s = server(|c| {
-        c.authorizer(JwtAuthorizer::hs256(SECRET))
+        c.authorizer(JwtAuthorizer::hs256(JWT_SECRET))
             .limits(limits(|l| l.emits_per_second = NonZeroU32::new(5)))
     })
     .await;
@@ -197,16 +170,9 @@ async fn emits_per_second_per_publisher_are_limited_and_refused_emits_store_noth
     }
     // A burst of one second's worth, then refusals (8 requests take far less than a second).
     assert!((5..=6).contains(&accepted), "{accepted} accepted");
-    let (status, headers, body) = refused.expect("some emits refused");
-    assert_error(
-        status,
-        &body,
-        429,
-        "rate_limited",
-        &["5 emits per second", "emits_per_second"],
-    );
-    assert_eq!(body["limit"], 5, "{body}");
-    assert_eq!(headers["retry-after"], "1");
+    let refused = refused.expect("some emits refused");
+    let mentions = ["5 emits per second", "emits_per_second"];
+    assert_over_limit(&refused, 429, "rate_limited", &mentions, 5, "1");
     // Other publishers, and the emit key (unlimited by default), are not affected.
     assert_eq!(post_emit(&base, &bob, "room:1").await.0, 200);
     for _ in 0..20 {
@@ -411,7 +377,7 @@ async fn a_panicking_authorizer_refuses_with_500_and_the_node_keeps_serving() {
 async fn jwt_audience_and_issuer_are_checked_when_configured() {
     let s = server(|c| {
         c.authorizer(
-            JwtAuthorizer::hs256(SECRET)
+            JwtAuthorizer::hs256(JWT_SECRET)
                 .audience("tidings")
                 .audience("tidings-staging")
                 .issuer("https://auth.example"),
@@ -420,12 +386,12 @@ async fn jwt_audience_and_issuer_are_checked_when_configured() {
     .await;
     let url = s.url("/realtime?channel=room:1");
     let with = |extra: Value| {
-        let mut claims = json!({ "sub": "ada", "exp": exp(), "subscribe": ["room:*"] });
+        let mut claims = json!({ "sub": "ada", "exp": unix_now() + 600, "subscribe": ["room:*"] });
         claims
             .as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
-        token(claims)
+        hs256(claims)
     };
     let good = with(json!({ "aud": "tidings", "iss": "https://auth.example" }));
     assert_eq!(get(&url, Some(&good)).await.0, 200);
@@ -447,7 +413,7 @@ async fn jwt_audience_and_issuer_are_checked_when_configured() {
         assert_error(status, &body, 401, "unauthenticated", &[mention]);
     }
     // Without the option, aud and iss are not checked.
-    let open_server = server(|c| c.authorizer(JwtAuthorizer::hs256(SECRET))).await;
+    let open_server = server(|c| c.authorizer(JwtAuthorizer::hs256(JWT_SECRET))).await;
     let any = with(json!({ "aud": "billing", "iss": "https://evil.example" }));
     assert_eq!(
         get(&open_server.url("/realtime?channel=room:1"), Some(&any))

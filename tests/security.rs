@@ -14,18 +14,19 @@ mod support;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use support::{assert_error, msg, Backend, Frame, SseReader, TestServer, EMIT_KEY};
+use support::{
+    assert_error, hs256, msg, post_emit_raw, redis_keys, unix_now, Backend, Frame, SseReader, TestServer,
+    EMIT_KEY, JWT_SECRET,
+};
 use tidings::{Config, JwtAuthorizer, Limits, MemoryStore, Retention};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 on_both_backends!(after_every_bad_input_the_accepted_events_are_intact);
-
-const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
 
 async fn start(b: &Backend, tweak: impl FnOnce(Config) -> Config) -> TestServer {
     TestServer::start(b.store(Retention::default(), "t:").await, tweak).await
@@ -62,32 +63,13 @@ async fn get(url: &str) -> (u16, Value) {
     get_with(url, &[]).await
 }
 
-/// POST /emit with a raw body, a content type and an optional Authorization header.
-async fn post_emit(
-    s: &TestServer,
-    auth: Option<&str>,
-    content_type: &str,
-    body: impl Into<reqwest::Body>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .post(s.url("/emit"))
-        .header("content-type", content_type)
-        .body(body);
-    if let Some(auth) = auth {
-        req = req.header("authorization", auth);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 fn key() -> String {
     format!("Bearer {EMIT_KEY}")
 }
 
 /// POST /emit of a JSON body with the emit key.
 async fn emit_raw(s: &TestServer, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    post_emit(s, Some(&key()), "application/json", body).await
+    post_emit_raw(s, Some(&key()), "application/json", body).await
 }
 
 /// Every stored entry of `channel`, oldest first.
@@ -214,21 +196,8 @@ async fn exchange_closed(addr: SocketAddr, request: &[u8]) -> Raw {
 
 const WAIT_READY: Option<&str> = Some("event: tidings.ready");
 
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn hs256(claims: Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 fn jwt(c: Config) -> Config {
-    c.authorizer(JwtAuthorizer::hs256(SECRET))
+    c.authorizer(JwtAuthorizer::hs256(JWT_SECRET))
 }
 
 fn jwt_private(c: Config) -> Config {
@@ -262,7 +231,7 @@ async fn wait_closed(mut socket: impl AsyncRead + Unpin, deadline: Instant) -> (
 }
 
 /// Writes `first`, then one byte of `drip` a second, until the server closes the socket.
-fn drip(mut write: tokio::net::tcp::OwnedWriteHalf, first: Vec<u8>) -> tokio::task::JoinHandle<()> {
+fn drip(mut write: OwnedWriteHalf, first: Vec<u8>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if write.write_all(&first).await.is_err() {
             return;
@@ -276,8 +245,13 @@ fn drip(mut write: tokio::net::tcp::OwnedWriteHalf, first: Vec<u8>) -> tokio::ta
     })
 }
 
-/// Reads one `/health` answer on a kept-alive connection.
-async fn read_health(read: &mut (impl AsyncRead + Unpin)) {
+/// A kept-alive connection that has asked for `/health` once and read the answer.
+async fn kept_alive(addr: SocketAddr) -> (OwnedReadHalf, OwnedWriteHalf) {
+    let (mut read, mut write) = TcpStream::connect(addr).await.unwrap().into_split();
+    write
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
     while !String::from_utf8_lossy(&got).ends_with('}') {
@@ -289,6 +263,7 @@ async fn read_health(read: &mut (impl AsyncRead + Unpin)) {
         got.extend_from_slice(&buf[..n]);
     }
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    (read, write)
 }
 
 /// One slow client: a label, when its clock started, and the task that returns what the server
@@ -342,12 +317,7 @@ async fn slow_clients_are_dropped_after_the_head_timeout_while_others_are_served
         tokio::spawn(wait_closed(silent, deadline)),
     ));
 
-    let (mut read, mut write) = TcpStream::connect(s.addr).await.unwrap().into_split();
-    write
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    read_health(&mut read).await;
+    let (read, write) = kept_alive(s.addr).await;
     let started = Instant::now();
     slow.push((
         "kept alive, then idle".into(),
@@ -358,12 +328,7 @@ async fn slow_clients_are_dropped_after_the_head_timeout_while_others_are_served
         }),
     ));
 
-    let (mut read, mut write) = TcpStream::connect(s.addr).await.unwrap().into_split();
-    write
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    read_health(&mut read).await;
+    let (read, write) = kept_alive(s.addr).await;
     let started = Instant::now();
     drips.push(drip(write, b"GET /health HTTP/1.1\r\nX-Pad: ".to_vec()));
     slow.push((
@@ -1056,7 +1021,7 @@ async fn emit_bodies_that_parse_oddly() {
     let body =
         |event: &str, data: &str| format!(r#"{{"channel":"sec:odd","event":"{event}","data":{data}}}"#);
 
-    let (status, plain) = post_emit(
+    let (status, plain) = post_emit_raw(
         &s,
         Some(&key()),
         "text/plain",
@@ -1073,7 +1038,7 @@ async fn emit_bodies_that_parse_oddly() {
     let (status, nul) = emit_raw(&s, body("notification.alert", r#""a\u0000b""#)).await;
     assert_eq!(status, 200, "{nul}");
 
-    let (status, resp) = post_emit(
+    let (status, resp) = post_emit_raw(
         &s,
         Some(&key()),
         "application/x-www-form-urlencoded",
@@ -1263,8 +1228,8 @@ async fn numbers_out_of_range_in_history_and_cursors() {
 async fn with_tokens_in_several_places_only_the_first_found_counts() {
     let s = memory(jwt_private).await;
     let url = |extra: &str| s.url(&format!("/realtime?channel=user:bob{extra}"));
-    let good = |sub: &str| hs256(json!({ "sub": sub, "exp": now() + 600, "subscribe": ["user:{sub}"] }));
-    let expired = hs256(json!({ "sub": "bob", "exp": now() - 5, "subscribe": ["user:{sub}"] }));
+    let good = |sub: &str| hs256(json!({ "sub": sub, "exp": unix_now() + 600, "subscribe": ["user:{sub}"] }));
+    let expired = hs256(json!({ "sub": "bob", "exp": unix_now() - 5, "subscribe": ["user:{sub}"] }));
     let (ada, bob) = (good("ada"), good("bob"));
 
     let cookie = |t: &str| format!("tidings_token={t}");
@@ -1309,7 +1274,7 @@ async fn with_tokens_in_several_places_only_the_first_found_counts() {
 async fn a_sub_that_looks_like_another_channel_reaches_only_its_own() {
     let s = memory(jwt_private).await;
     let token = |sub: &str| {
-        hs256(json!({ "sub": sub, "exp": now() + 600, "subscribe": ["user:{sub}", "user:{sub}:*"] }))
+        hs256(json!({ "sub": sub, "exp": unix_now() + 600, "subscribe": ["user:{sub}", "user:{sub}:*"] }))
     };
     let cases: &[(&str, &str, u16)] = &[
         ("ada:x", "user:ada", 403),
@@ -1341,14 +1306,14 @@ async fn a_sub_that_looks_like_another_channel_reaches_only_its_own() {
 async fn a_sub_ending_in_a_star_is_not_a_wildcard() {
     let s = memory(jwt).await;
     for sub in ["*", "b*"] {
-        let t = hs256(json!({ "sub": sub, "exp": now() + 600,
+        let t = hs256(json!({ "sub": sub, "exp": unix_now() + 600,
                               "subscribe": ["inbox:{sub}"], "publish": ["inbox:{sub}"] }));
         let bearer = format!("Bearer {t}");
         for path in ["/realtime?channel=inbox:bob", "/history?channel=inbox:bob"] {
             let (status, body) = get_with(&s.url(path), &[("authorization", bearer.as_bytes())]).await;
             assert_error(status, &body, 403, "forbidden", &["inbox:bob"]);
         }
-        let (status, body) = post_emit(
+        let (status, body) = post_emit_raw(
             &s,
             Some(&bearer),
             "application/json",
@@ -1380,7 +1345,7 @@ async fn a_token_with_an_exp_out_of_range_is_answered_not_a_500() {
             assert_eq!(body["error"], "unauthenticated");
         }
     }
-    let (status, body) = post_emit(
+    let (status, body) = post_emit_raw(
         &s,
         Some(&bearer),
         "application/json",
@@ -1506,7 +1471,7 @@ async fn fire_bad_inputs(s: &TestServer) {
         ),
     ];
     for (text, auth, want, code) in emits {
-        let (status, resp) = post_emit(s, auth.as_deref(), "application/json", text).await;
+        let (status, resp) = post_emit_raw(s, auth.as_deref(), "application/json", text).await;
         assert_eq!((status, resp["error"].as_str()), (want, Some(code)), "{resp}");
     }
 
@@ -1651,13 +1616,7 @@ async fn after_every_bad_input_the_accepted_events_are_intact(b: Backend) {
     drop(replay);
     wait_for_subscribers(&s, 1).await;
 
-    if let Some(server) = b.redis_server() {
-        let mut conn = server.client().get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = ::redis::cmd("KEYS")
-            .arg("*")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+    if let Some(keys) = redis_keys(&b).await {
         let keys: BTreeSet<String> = keys.into_iter().filter(|k| !k.contains('#')).collect();
         assert_eq!(
             keys,

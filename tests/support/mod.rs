@@ -5,11 +5,29 @@ use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tidings::{Config, MemoryStore, RedisOptions, RedisStore, Registry, Retention, Store, TailMode, Tidings};
 
 pub const EMIT_KEY: &str = "test-emit-key";
+
+/// The HS256 secret of the JWT tests.
+pub const JWT_SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+
+/// Seconds since the Unix epoch, for `exp` claims.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A token with `claims`, signed HS256 with [`JWT_SECRET`].
+pub fn hs256(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
 
 /// The demo schema of this repository.
 pub fn schema_path() -> PathBuf {
@@ -176,6 +194,18 @@ impl Backend {
     }
 }
 
+/// The keys in Redis (None on the memory backend), to check that a refusal wrote nothing.
+pub async fn redis_keys(b: &Backend) -> Option<std::collections::BTreeSet<String>> {
+    let server = b.redis_server()?;
+    let mut conn = server.client().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    Some(keys.into_iter().collect())
+}
+
 /// A tidings server on 127.0.0.1:<random>, shut down on drop.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -263,6 +293,64 @@ impl Drop for TestServer {
             task.abort();
         }
     }
+}
+
+/// The hyper path: `tidings::router` under `axum::serve`, on the memory store with the demo
+/// schema and [`EMIT_KEY`]; `tweak` adjusts the config. Returns the base URL.
+pub async fn hyper_server(tweak: impl FnOnce(Config) -> Config) -> String {
+    let config = tweak(Config::default().schema(schema_path()).emit_key(EMIT_KEY));
+    let registry = Registry::load(&config.schema).unwrap();
+    let rt = Tidings::new(registry, Arc::new(MemoryStore::default()), config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, tidings::router(rt)).await.unwrap();
+    });
+    format!("http://{addr}")
+}
+
+/// GET with extra headers; the status, the response headers and the JSON body (Null for a
+/// stream, which is not read).
+pub async fn get_json(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let mut req = reqwest::Client::new().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let h = r.headers().clone();
+    let is_json = h
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap().starts_with("application/json"));
+    let body = if is_json {
+        r.json().await.unwrap()
+    } else {
+        serde_json::Value::Null
+    };
+    (status, h, body)
+}
+
+/// POST /emit with a raw body, a content type and an optional raw Authorization header; the
+/// status and the JSON body (Null when it is not JSON).
+pub async fn post_emit_raw(
+    s: &TestServer,
+    auth: Option<&str>,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .post(s.url("/emit"))
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(auth) = auth {
+        req = req.header("authorization", auth);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
 
 /// A chat.message payload.
