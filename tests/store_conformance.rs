@@ -876,6 +876,58 @@ mod redis_only {
         }
     }
 
+    /// Appends from many tasks leave in pipelines: every reply still belongs to its own append,
+    /// and a command that fails fails alone (here XADD on a key that is not a stream).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_appends_get_their_own_ids_and_fail_one_by_one() {
+        let server = RedisServer::start();
+        let store = Arc::new(connect(&server, "t:").await);
+        let mut conn = raw(&server).await;
+        let _: () = ::redis::cmd("SET")
+            .arg("t:not-a-stream")
+            .arg("x")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let (good, bad) = (ch("good"), ch("not-a-stream"));
+        let tasks: Vec<_> = (0..2000)
+            .map(|i| {
+                let store = store.clone();
+                let channel = if i % 5 == 0 { bad.clone() } else { good.clone() };
+                tokio::spawn(async move {
+                    let data = data_of(i);
+                    (
+                        i,
+                        data.clone(),
+                        store.append(&channel, "chat.message", &data).await,
+                    )
+                })
+            })
+            .collect();
+        let mut appended = Vec::new();
+        for t in tasks {
+            let (i, data, result) = t.await.unwrap();
+            if i % 5 == 0 {
+                let e = result.expect_err("XADD on a string key fails");
+                assert!(e.to_string().contains("WRONGTYPE"), "{e}");
+            } else {
+                appended.push((result.unwrap(), data));
+            }
+        }
+        assert_eq!(appended.len(), 1600);
+        appended.sort();
+        let expected: Vec<Entry> = appended
+            .iter()
+            .map(|(id, d)| entry(*id, "chat.message", d))
+            .collect();
+        let held = store.history(&good, Range::Latest, 1000).await.unwrap();
+        assert_eq!(
+            held,
+            expected[600..],
+            "the newest 1000, each under the id its append returned"
+        );
+    }
+
     #[tokio::test]
     async fn entry_missing_fields_is_malformed_naming_the_channel() {
         let server = RedisServer::start();
