@@ -697,12 +697,9 @@ pub(crate) async fn open_stream<S: Sink>(
             let left = at.duration_since(SystemTime::now()).unwrap_or_default();
             tokio::time::Instant::now().checked_add(left)
         }),
+        permit,
     };
-    let stream = crate::sse::run(rt.store().clone(), req, sub, settings, sink);
-    Ok(async move {
-        stream.await;
-        drop(permit);
-    })
+    Ok(crate::sse::run(rt.store().clone(), req, sub, settings, sink))
 }
 
 async fn history(

@@ -388,6 +388,25 @@ impl AsyncWrite for Rewind {
 mod tests {
     use super::*;
 
+    /// Every connection's task is one allocation the size of this future, held for as long as
+    /// the stream is open: it is most of an idle stream's memory. It once doubled (to 6.6 KB in a
+    /// release build) when a wrapping `async` block awaited the stream's future by value.
+    #[tokio::test]
+    async fn a_connections_future_stays_small() {
+        let store = std::sync::Arc::new(crate::MemoryStore::default());
+        let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/events.json");
+        let config = crate::Config::default().schema(schema);
+        let rt = Tidings::new(crate::Registry::load(&config.schema).unwrap(), store, config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let service = TowerToHyperService::new(router(rt.clone()));
+        let size = std::mem::size_of_val(&connection(server, rt, service));
+        // 3.9 KB in a release build, a little more in a debug one.
+        assert!(size <= 5 * 1024, "the connection future is {size} bytes");
+        drop(client);
+    }
+
     #[test]
     fn recognises_stream_requests_only() {
         let r = sse_request(b"GET /realtime?channel=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: a=1-0\r\n\r\n")

@@ -58,6 +58,11 @@ pub(crate) struct StreamSettings {
     pub closing: tokio::sync::watch::Receiver<bool>,
     /// When the client's credential expires: the stream ends then with `tidings.expired`.
     pub deadline: Option<tokio::time::Instant>,
+    /// Counts the stream against the connection limits until it ends. Held here, in the
+    /// stream's own future, rather than by a wrapping `async` block: awaiting a moved future
+    /// inside another keeps both copies, which doubled the memory of every idle stream.
+    #[allow(dead_code, reason = "held, never read: dropping it ends the count")]
+    pub permit: crate::limits::ConnectionPermit,
 }
 
 /// Where a connection's bytes go: hyper's response body, or a socket written directly.
@@ -390,6 +395,13 @@ async fn replay<S: Sink>(
 }
 
 #[cfg(test)]
+fn test_permit() -> crate::limits::ConnectionPermit {
+    crate::limits::Connections::new(&crate::Limits::default())
+        .acquire(None)
+        .unwrap()
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::hub::Hub;
@@ -423,6 +435,7 @@ mod tests {
             retry: Duration::from_millis(1500),
             closing,
             deadline: None,
+            permit: test_permit(),
         };
         let req = StreamRequest {
             channels: vec![ch("a"), ch("b")],
@@ -465,6 +478,7 @@ mod tests {
             retry: Duration::from_secs(2),
             closing,
             deadline: None,
+            permit: test_permit(),
         };
         let req = StreamRequest {
             channels: vec![ch("a")],
@@ -511,6 +525,7 @@ mod tests {
             retry: Duration::from_secs(2),
             closing,
             deadline: Some(tokio::time::Instant::now() + Duration::from_millis(300)),
+            permit: test_permit(),
         };
         let req = StreamRequest {
             channels: vec![a.clone()],
@@ -562,6 +577,7 @@ mod shutdown_tests {
             retry: Duration::from_secs(2),
             closing,
             deadline: None,
+            permit: test_permit(),
         };
         let req = StreamRequest {
             channels: vec![a],
