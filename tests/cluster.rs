@@ -237,6 +237,14 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// SIGKILLs node `i`: no goodbye, no failover handshake.
+    fn kill(&mut self, i: usize) {
+        let _ = self.nodes[i].kill();
+        let _ = self.nodes[i].wait();
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for child in &mut self.nodes {
@@ -641,6 +649,89 @@ async fn subscriptions_follow_a_failover() {
         assert_eq!(held(&store, c).await.len(), 3, "{c}");
     }
     println!("failover: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// A master dies without warning (SIGKILL) and the cluster promotes its replica by itself (after
+/// `cluster-node-timeout`, 3 s here). Appends to the dead master's slots fail meanwhile (an error,
+/// never a silent drop) and then succeed on the new master; the node subscribes to it, live tails
+/// are prompt again on every master, and what was replicated before the crash is all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unplanned_master_crash_is_survived() {
+    let mut cluster = Cluster::start_with(true);
+    let store = std::sync::Arc::new(open(&cluster.seeds(), "t:", Retention::default()).await);
+    wait_pubsub(
+        &cluster,
+        &[1, 1, 1, 0],
+        Duration::from_secs(2),
+        "before the crash",
+    )
+    .await;
+    let one_per_node: Vec<Channel> = channels_per_node(&cluster, "t:", "crash", 1).concat();
+    let mut positions = Vec::new();
+    for c in &one_per_node {
+        let id = store.append(c, "chat.message", "{}").await.unwrap();
+        positions.push((c.clone(), id));
+    }
+    notified_on_every_master(&store, &one_per_node, &mut positions, " before the crash").await;
+    // Replication is asynchronous: what a crash may lose is Redis' business. Make sure the
+    // replica has everything, so that the test can say exactly what must survive.
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query(&mut cluster.conn(0))
+        .unwrap();
+    assert_eq!(acked, 1, "the replica did not acknowledge the writes");
+
+    cluster.kill(0);
+    let crashed = Instant::now();
+    let c0 = &one_per_node[0];
+    let mut failures = Vec::new();
+    let id = loop {
+        match store.append(c0, "chat.message", "{}").await {
+            Ok(id) => break id,
+            Err(e) => {
+                assert!(
+                    crashed.elapsed() < Duration::from_secs(30),
+                    "no master for the dead node's slots 30 s after the crash; last error: {e}"
+                );
+                failures.push(e.to_string());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    println!(
+        "appends to the dead master's slots failed {} times, then succeeded {:.1} s after the crash",
+        failures.len(),
+        crashed.elapsed().as_secs_f64()
+    );
+    assert!(cluster.info(3, "replication").contains("role:master"));
+    positions[0].1 = id;
+    // The node finds the promoted replica and subscribes to it within about a second.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let subscriptions: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut cluster.conn(3))
+            .unwrap();
+        if subscriptions.lines().any(|l| !l.trim().is_empty()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no subscription on the promoted replica"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    notified_on_every_master(&store, &one_per_node, &mut positions, " after the crash").await;
+    // Before the crash: two entries per channel, replicated; after: one more on the dead
+    // master's channel, and one per channel from the last check.
+    for (node, (c, last)) in positions.iter().enumerate() {
+        assert_eq!(store.last_id(c).await.unwrap(), *last, "{c}");
+        let want = if node == 0 { 4 } else { 3 };
+        assert_eq!(held(&store, c).await.len(), want, "{c}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
