@@ -394,11 +394,22 @@ async fn replay<S: Sink>(
     Ok(())
 }
 
+/// Settings for the unit tests: retry 2 s (unless changed), no deadline unless given.
 #[cfg(test)]
-fn test_permit() -> crate::limits::ConnectionPermit {
-    crate::limits::Connections::new(&crate::Limits::default())
-        .acquire(None)
-        .unwrap()
+fn test_settings(
+    heartbeat: Duration,
+    closing: tokio::sync::watch::Receiver<bool>,
+    deadline: Option<tokio::time::Instant>,
+) -> StreamSettings {
+    StreamSettings {
+        heartbeat,
+        retry: Duration::from_secs(2),
+        closing,
+        deadline,
+        permit: crate::limits::Connections::new(&crate::Limits::default())
+            .acquire(None)
+            .unwrap(),
+    }
 }
 
 #[cfg(test)]
@@ -430,13 +441,8 @@ mod tests {
         let sub = hub.subscribe(&[ch("a"), ch("b")]).await.unwrap();
         let (tx, mut rx) = mpsc::channel(16);
         let (_closing, closing) = tokio::sync::watch::channel(false);
-        let settings = StreamSettings {
-            heartbeat: Duration::from_secs(15),
-            retry: Duration::from_millis(1500),
-            closing,
-            deadline: None,
-            permit: test_permit(),
-        };
+        let mut settings = test_settings(Duration::from_secs(15), closing, None);
+        settings.retry = Duration::from_millis(1500);
         let req = StreamRequest {
             channels: vec![ch("a"), ch("b")],
             events: None,
@@ -473,13 +479,7 @@ mod tests {
         let sub = hub.subscribe(&[ch("a")]).await.unwrap();
         let (tx, mut rx) = mpsc::channel(1);
         let (_closing, closing) = tokio::sync::watch::channel(false);
-        let settings = StreamSettings {
-            heartbeat: Duration::from_secs(15),
-            retry: Duration::from_secs(2),
-            closing,
-            deadline: None,
-            permit: test_permit(),
-        };
+        let settings = test_settings(Duration::from_secs(15), closing, None);
         let req = StreamRequest {
             channels: vec![ch("a")],
             events: None,
@@ -520,13 +520,11 @@ mod tests {
         let sub = hub.subscribe(std::slice::from_ref(&a)).await.unwrap();
         let (tx, mut rx) = mpsc::channel(1);
         let (_closing, closing) = tokio::sync::watch::channel(false);
-        let settings = StreamSettings {
-            heartbeat: Duration::from_secs(15),
-            retry: Duration::from_secs(2),
+        let settings = test_settings(
+            Duration::from_secs(15),
             closing,
-            deadline: Some(tokio::time::Instant::now() + Duration::from_millis(300)),
-            permit: test_permit(),
-        };
+            Some(tokio::time::Instant::now() + Duration::from_millis(300)),
+        );
         let req = StreamRequest {
             channels: vec![a.clone()],
             events: None,
@@ -572,13 +570,7 @@ mod shutdown_tests {
         let sub = hub.subscribe(std::slice::from_ref(&a)).await.unwrap();
         let (tx, mut rx) = mpsc::channel(4);
         let (closing_tx, closing) = tokio::sync::watch::channel(false);
-        let settings = StreamSettings {
-            heartbeat: Duration::from_secs(3600),
-            retry: Duration::from_secs(2),
-            closing,
-            deadline: None,
-            permit: test_permit(),
-        };
+        let settings = test_settings(Duration::from_secs(3600), closing, None);
         let req = StreamRequest {
             channels: vec![a],
             events: None,
