@@ -543,17 +543,20 @@ async fn store_behaviours_hold_across_slots_and_masters() {
 }
 
 /// The pub/sub connections each node serves.
+/// Pub/sub clients connected to node `i`.
+fn pubsub_count(cluster: &Cluster, i: usize) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut cluster.conn(i))
+        .unwrap();
+    list.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
 fn pubsub_counts(cluster: &Cluster) -> Vec<usize> {
     (0..cluster.ports.len())
-        .map(|i| {
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .arg("TYPE")
-                .arg("pubsub")
-                .query(&mut cluster.conn(i))
-                .unwrap();
-            list.lines().filter(|l| !l.trim().is_empty()).count()
-        })
+        .map(|i| pubsub_count(cluster, i))
         .collect()
 }
 
@@ -708,16 +711,7 @@ async fn an_unplanned_master_crash_is_survived() {
     positions[0].1 = id;
     // The node finds the promoted replica and subscribes to it within about a second.
     let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let subscriptions: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query(&mut cluster.conn(3))
-            .unwrap();
-        if subscriptions.lines().any(|l| !l.trim().is_empty()) {
-            break;
-        }
+    while pubsub_count(&cluster, 3) == 0 {
         assert!(
             Instant::now() < deadline,
             "no subscription on the promoted replica"
