@@ -87,7 +87,12 @@ export interface ClientOptions {
   token?: string | TokenFunction;
   /** Send cookies cross-origin. */
   withCredentials?: boolean;
-  /** Reconnect delays. */
+  /**
+   * Reconnect delays. When the server refuses a stream with a `Retry-After` header (503
+   * `node_full`, 429 `too_many_connections`), the next attempt waits at least that long, even if
+   * the subscriptions change meanwhile; see {@link TidingsError.retryAfter} (fetch transport only:
+   * an EventSource cannot see the header).
+   */
   backoff?: Partial<Backoff>;
   /** Give up after this many failed attempts in a row (default: never). */
   maxAttempts?: number;
@@ -147,6 +152,9 @@ interface Sub {
   onReset: ((info: ResetInfo) => void) | undefined;
 }
 
+// The longest delay setTimeout takes (about 24.8 days); a longer one would fire at once.
+const MAX_TIMER_MS = 2_147_483_647;
+
 const CONTROL_EVENTS = ["tidings.ready", "tidings.reset", "tidings.lagged", "tidings.expired"] as const;
 
 /** The delay before reconnect attempt `attempt` (0-based). */
@@ -185,6 +193,9 @@ export function createClient(options: ClientOptions): Client {
   let closed = false;
   // What the next token request is for; back to "connect" once a stream is ready.
   let tokenReason: TokenReason = "connect";
+  // No connection before this time (ms since the epoch): set by a refusal with `Retry-After`, so
+  // neither the backoff nor a change of subscriptions reconnects earlier than the server asked.
+  let notBefore = 0;
 
   const setStatus = (next: Status, error?: TidingsError) => {
     lastError = next === "error" ? error : undefined;
@@ -247,7 +258,23 @@ export function createClient(options: ClientOptions): Client {
     }
     dropConnection();
     attempt = 0;
+    const wait = notBefore - Date.now();
+    if (wait > 0) {
+      connKey = want.key;
+      if (status !== "error") setStatus("connecting");
+      retryIn(wait);
+      return;
+    }
     void connect(want.channels, want.events, want.key);
+  };
+
+  // Connects after `delay` ms, to whatever is wanted then.
+  const retryIn = (delay: number) => {
+    retryTimer = setTimeout(() => {
+      retryTimer = undefined;
+      const want = wanted();
+      if (want.channels.length > 0) void connect(want.channels, want.events, want.key);
+    }, delay);
   };
 
   const scheduleSync = () => {
@@ -329,18 +356,18 @@ export function createClient(options: ClientOptions): Client {
       // Nothing can change the credential: asking again with it would be refused again.
       else if (!error.permanent) error = asPermanent(error);
     }
+    if (error.retryAfter !== undefined) {
+      notBefore = Date.now() + Math.min(error.retryAfter * 1000, MAX_TIMER_MS);
+    }
     setStatus("error", error);
     // A request the server refuses as malformed (say, a bad channel name) is refused again on
     // every retry: wait for the subscriptions to change instead of retrying forever.
     if (error.permanent) return;
     if (options.maxAttempts !== undefined && attempt + 1 >= options.maxAttempts) return;
-    const delay = backoffDelay(backoff, attempt, random);
+    // The server's Retry-After, when it sent one, is a floor under the backoff delay.
+    const delay = Math.max(backoffDelay(backoff, attempt, random), notBefore - Date.now());
     attempt += 1;
-    retryTimer = setTimeout(() => {
-      retryTimer = undefined;
-      const want = wanted();
-      if (want.channels.length > 0) void connect(want.channels, want.events, want.key);
-    }, delay);
+    retryIn(delay);
   };
 
   const mergeCursor = (id: string | undefined, except?: string) => {
@@ -357,6 +384,7 @@ export function createClient(options: ClientOptions): Client {
       case "tidings.ready":
         mergeCursor(frame.id);
         attempt = 0;
+        notBefore = 0;
         tokenReason = "connect";
         setStatus("connected");
         return;
@@ -483,6 +511,7 @@ function asPermanent(error: TidingsError): TidingsError {
   return new TidingsError(error.message, {
     ...(error.status === undefined ? {} : { status: error.status }),
     ...(error.code === undefined ? {} : { code: error.code }),
+    ...(error.retryAfter === undefined ? {} : { retryAfter: error.retryAfter }),
     ...(error.cause === undefined ? {} : { cause: error.cause }),
     permanent: true,
   });

@@ -16,7 +16,7 @@ export type {
   TokenFunction,
   TokenReason,
 } from "./client.js";
-export { TidingsError } from "./errors.js";
+export { TidingsError, parseRetryAfter } from "./errors.js";
 export { compareIds, formatCursor, parseCursor } from "./cursor.js";
 export { eventSourceTransport, fetchTransport } from "./transport.js";
 export type { Connection, ConnectOptions, EventSourceConstructor, EventSourceLike, Frame, Transport, TransportHandlers } from "./transport.js";

@@ -63,6 +63,11 @@ export type EventSourceConstructor = new (url: string, init?: { withCredentials?
  * without a `status` there (and is retried with backoff); implementations that report the HTTP
  * status on the error event (`code`, as the `eventsource` package for Node does) give the
  * error its status.
+ *
+ * Nor can it read a `Retry-After` header: a stream refused because the node is full (503
+ * `node_full`) or the identity holds too many streams (429 `too_many_connections`) gives an error
+ * without `retryAfter`, and the client retries with its plain backoff. Use the fetch transport to
+ * honour the server's `Retry-After`.
  */
 export function eventSourceTransport(EventSourceImpl: EventSourceConstructor): Transport {
   return (url, options, handlers) => {
@@ -99,7 +104,9 @@ export function eventSourceTransport(EventSourceImpl: EventSourceConstructor): T
 
 /**
  * fetch with a streaming body, parsed by eventsource-parser: sends headers (`Authorization`),
- * and reports the server's HTTP error (status and JSON body) when the stream is refused.
+ * and reports the server's HTTP error when the stream is refused: its status, the `code` of its
+ * JSON body, and its `Retry-After` header as `retryAfter` (seconds), which the client waits out
+ * before reconnecting.
  */
 export function fetchTransport(fetchImpl: typeof fetch): Transport {
   return (url, options, handlers) => {

@@ -102,6 +102,10 @@ export interface ServerOptions {
   jwtSecret?: string;
   /** `--private-channel` patterns, such as `user:{sub}`. */
   privateChannels?: readonly string[];
+  /** Streams the node holds at once (`--max-connections`); beyond, 503 `node_full`. */
+  maxConnections?: number;
+  /** Streams one JWT `sub` holds (`--max-connections-per-identity`); beyond, 429. */
+  maxConnectionsPerIdentity?: number;
 }
 
 /** A running tidings server. */
@@ -138,6 +142,10 @@ async function startOn(port: number, options: ServerOptions): Promise<Server> {
   if (options.redis) args.push("--redis", options.redis);
   if (options.jwtSecret) args.push("--jwt-secret", options.jwtSecret);
   for (const pattern of options.privateChannels ?? []) args.push("--private-channel", pattern);
+  if (options.maxConnections !== undefined) args.push("--max-connections", String(options.maxConnections));
+  if (options.maxConnectionsPerIdentity !== undefined) {
+    args.push("--max-connections-per-identity", String(options.maxConnectionsPerIdentity));
+  }
   const proc = spawnTracked(`tidings-${port}`, inject("tidingsBin"), args, cleanEnv({ TIDINGS_EMIT_KEY: EMIT_KEY }));
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 15_000;
