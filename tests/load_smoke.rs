@@ -125,21 +125,9 @@ async fn run_load(node: &Binary, redis: Option<&RedisServer>) -> (ExitStatus, Va
     (status, result, stderr)
 }
 
-/// Every client of the test Redis but this test's own probes (each probe names itself first,
-/// and is closed before this returns).
+/// Every client of the test Redis but this test's own probes.
 fn node_connections(redis: &RedisServer) -> u64 {
-    let mut conn = redis.client().get_connection().expect("probe connection");
-    redis::cmd("CLIENT")
-        .arg("SETNAME")
-        .arg(PROBE)
-        .query::<()>(&mut conn)
-        .unwrap();
-    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
-    let mine = format!("name={PROBE}");
-    list.lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter(|l| !l.split(' ').any(|field| field == mine))
-        .count() as u64
+    support::other_clients(redis, PROBE).len() as u64
 }
 
 fn check(result: &Value, status: ExitStatus, stderr: &str) {

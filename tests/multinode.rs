@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 use serde_json::Value;
-use support::{msg, Binary, Frame, RedisServer, Spawn, SseReader, EMIT_KEY};
-use tidings::{Channel, Cursor, StreamId};
+use support::{msg, Binary, Ev, Frame, RedisServer, Spawn, SseReader, EMIT_KEY};
+use tidings::StreamId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The tests of this file run one at a time: the latency test must not share two cores with
@@ -78,30 +78,11 @@ impl Emitter {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Ev {
-    channel: String,
-    id: StreamId,
-    text: String,
-}
-
 /// The event of a chat.message frame, checking that the frame's `id:` cursor has the event's
 /// id for its channel.
 fn ev(frame: &Frame) -> Ev {
     assert_eq!(frame.event.as_deref(), Some("chat.message"), "{frame:?}");
-    let data = frame.json();
-    let e = Ev {
-        channel: data["channel"].as_str().unwrap().to_string(),
-        id: data["id"].as_str().unwrap().parse().unwrap(),
-        text: data["data"]["text"].as_str().unwrap().to_string(),
-    };
-    let cursor = Cursor::parse(frame.id.as_deref().unwrap()).unwrap();
-    assert_eq!(
-        cursor.get(&Channel::new(&e.channel).unwrap()),
-        Some(e.id),
-        "{frame:?}"
-    );
-    e
+    support::ev(frame)
 }
 
 /// `events` per channel, in emit order, for the channels in `channels`.

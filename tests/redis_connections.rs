@@ -43,21 +43,9 @@ async fn wait_health(node: &Node, field: &str, want: u64, within: Duration) -> b
     }
 }
 
-/// Every client of the test Redis but this test's own probes (each probe names itself first).
+/// Every client of the test Redis but this test's own probes.
 fn node_connections(redis: &RedisServer) -> Vec<String> {
-    let mut conn = redis.client().get_connection().expect("probe connection");
-    redis::cmd("CLIENT")
-        .arg("SETNAME")
-        .arg(PROBE)
-        .query::<()>(&mut conn)
-        .unwrap();
-    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
-    let mine = format!("name={PROBE}");
-    list.lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter(|l| !l.split(' ').any(|field| field == mine))
-        .map(str::to_owned)
-        .collect()
+    support::other_clients(redis, PROBE)
 }
 
 /// The fields of a `CLIENT LIST` line worth printing.

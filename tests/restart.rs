@@ -7,7 +7,7 @@ mod support;
 use std::collections::{BTreeMap, HashSet};
 
 use serde_json::Value;
-use support::{msg, Binary, Frame, RedisServer, Spawn, SseReader, EMIT_KEY};
+use support::{ev, msg, Binary, Ev, RedisServer, Spawn, SseReader, EMIT_KEY};
 use tidings::{Channel, Cursor, StreamId};
 
 const ROOMS: [&str; 3] = ["room:a", "room:b", "room:c"];
@@ -22,13 +22,6 @@ async fn start(redis: &RedisServer) -> Node {
         .log("tidings=debug,warn")
         .start()
         .await
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Ev {
-    channel: String,
-    id: StreamId,
-    text: String,
 }
 
 /// Emits through one node's HTTP API and keeps a log of what was stored.
@@ -74,18 +67,6 @@ impl Log {
         }
         out
     }
-}
-
-fn ev(frame: &Frame) -> Ev {
-    let data = frame.json();
-    let e = Ev {
-        channel: data["channel"].as_str().unwrap().to_string(),
-        id: data["id"].as_str().unwrap().parse().unwrap(),
-        text: data["data"]["text"].as_str().unwrap().to_string(),
-    };
-    let cursor = Cursor::parse(frame.id.as_deref().unwrap()).unwrap();
-    assert_eq!(cursor.get(&Channel::new(&e.channel).unwrap()), Some(e.id));
-    e
 }
 
 /// Reads a resumed stream up to `tidings.ready`: the replayed events, per channel, checked for

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{msg, Backend, Frame, SseReader, TestServer};
+use support::{ev, msg, Backend, Ev, Frame, SseReader, TestServer};
 use tidings::events::ChatMessage;
 use tidings::{Channel, Config, Cursor, Retention, StreamId, Tidings};
 
@@ -34,31 +34,6 @@ async fn start_with(b: &Backend, retention: Retention, tweak: impl FnOnce(Config
 
 async fn start(b: &Backend) -> TestServer {
     start_with(b, Retention::default(), |c| c).await
-}
-
-/// One delivered or emitted event: channel, id, text.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Ev {
-    channel: String,
-    id: StreamId,
-    text: String,
-}
-
-fn ev(frame: &Frame) -> Ev {
-    let data = frame.json();
-    let ev = Ev {
-        channel: data["channel"].as_str().unwrap().to_string(),
-        id: data["id"].as_str().unwrap().parse().unwrap(),
-        text: data["data"]["text"].as_str().unwrap_or_default().to_string(),
-    };
-    // The frame's id is the cursor, and it holds this event's id for its channel.
-    let cursor = Cursor::parse(frame.id.as_deref().unwrap()).unwrap();
-    assert_eq!(
-        cursor.get(&Channel::new(&ev.channel).unwrap()),
-        Some(ev.id),
-        "{frame:?}"
-    );
-    ev
 }
 
 fn is_event(f: &Frame) -> bool {

@@ -670,3 +670,47 @@ impl Drop for Binary {
         }
     }
 }
+
+/// One delivered or emitted event: channel, id, text (empty for payloads without one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ev {
+    pub channel: String,
+    pub id: tidings::StreamId,
+    pub text: String,
+}
+
+/// The event of an SSE frame, checking that the frame's `id:` cursor holds the event's id for
+/// its channel.
+pub fn ev(frame: &Frame) -> Ev {
+    let data = frame.json();
+    let ev = Ev {
+        channel: data["channel"].as_str().unwrap().to_string(),
+        id: data["id"].as_str().unwrap().parse().unwrap(),
+        text: data["data"]["text"].as_str().unwrap_or_default().to_string(),
+    };
+    let cursor = tidings::Cursor::parse(frame.id.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        cursor.get(&tidings::Channel::new(&ev.channel).unwrap()),
+        Some(ev.id),
+        "{frame:?}"
+    );
+    ev
+}
+
+/// The clients of `redis` other than this test's own probes (each probe names itself `probe`
+/// first, and is closed before this returns): one `CLIENT LIST` line each.
+pub fn other_clients(redis: &RedisServer, probe: &str) -> Vec<String> {
+    let mut conn = redis.client().get_connection().expect("probe connection");
+    redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(probe)
+        .query::<()>(&mut conn)
+        .unwrap();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
+    let mine = format!("name={probe}");
+    list.lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.split(' ').any(|field| field == mine))
+        .map(str::to_owned)
+        .collect()
+}
