@@ -575,6 +575,26 @@ async fn wait_pubsub(cluster: &Cluster, want: &[usize], within: Duration, what: 
     }
 }
 
+/// On a cluster with a replica: a store whose node holds one subscription per master (none on the
+/// replica), one channel per master (named `base:…`) with one entry each, then checked live on
+/// every master. Returns the store, the channels and their positions.
+async fn live_on_every_master(
+    cluster: &Cluster,
+    base: &str,
+    when: &str,
+) -> (std::sync::Arc<RedisStore>, Vec<Channel>, Vec<(Channel, StreamId)>) {
+    let store = std::sync::Arc::new(open(&cluster.seeds(), "t:", Retention::default()).await);
+    wait_pubsub(cluster, &[1, 1, 1, 0], Duration::from_secs(2), when).await;
+    let one_per_node: Vec<Channel> = channels_per_node(cluster, "t:", base, 1).concat();
+    let mut positions = Vec::new();
+    for c in &one_per_node {
+        let id = store.append(c, "chat.message", "{}").await.unwrap();
+        positions.push((c.clone(), id));
+    }
+    notified_on_every_master(&store, &one_per_node, &mut positions, when).await;
+    (store, one_per_node, positions)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_follow_a_failover() {
     let started = Instant::now();
@@ -583,22 +603,8 @@ async fn subscriptions_follow_a_failover() {
         "cluster with a replica up in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let store = std::sync::Arc::new(open(&cluster.seeds(), "t:", Retention::default()).await);
-    // Masters 0, 1, 2 hold one subscription each; the replica (3) none.
-    wait_pubsub(
-        &cluster,
-        &[1, 1, 1, 0],
-        Duration::from_secs(2),
-        "before the failover",
-    )
-    .await;
-    let one_per_node: Vec<Channel> = channels_per_node(&cluster, "t:", "fo", 1).concat();
-    let mut positions = Vec::new();
-    for c in &one_per_node {
-        let id = store.append(c, "chat.message", "{}").await.unwrap();
-        positions.push((c.clone(), id));
-    }
-    notified_on_every_master(&store, &one_per_node, &mut positions, " before the failover").await;
+    let (store, one_per_node, mut positions) =
+        live_on_every_master(&cluster, "fo", " before the failover").await;
 
     // The replica takes over node 0's slots. It never had notifications enabled (CONFIG SET is
     // not replicated): the node must find it, enable them there, subscribe, and drop the
@@ -661,21 +667,8 @@ async fn subscriptions_follow_a_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unplanned_master_crash_is_survived() {
     let mut cluster = Cluster::start_with(true);
-    let store = std::sync::Arc::new(open(&cluster.seeds(), "t:", Retention::default()).await);
-    wait_pubsub(
-        &cluster,
-        &[1, 1, 1, 0],
-        Duration::from_secs(2),
-        "before the crash",
-    )
-    .await;
-    let one_per_node: Vec<Channel> = channels_per_node(&cluster, "t:", "crash", 1).concat();
-    let mut positions = Vec::new();
-    for c in &one_per_node {
-        let id = store.append(c, "chat.message", "{}").await.unwrap();
-        positions.push((c.clone(), id));
-    }
-    notified_on_every_master(&store, &one_per_node, &mut positions, " before the crash").await;
+    let (store, one_per_node, mut positions) =
+        live_on_every_master(&cluster, "crash", " before the crash").await;
     // Replication is asynchronous: what a crash may lose is Redis' business. Make sure the
     // replica has everything, so that the test can say exactly what must survive.
     let acked: i64 = redis::cmd("WAIT")
