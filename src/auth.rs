@@ -270,7 +270,6 @@ pub struct JwtAuthorizer {
     key: DecodingKey,
     validation: Validation,
     cookie: String,
-    required: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for JwtAuthorizer {
@@ -304,35 +303,25 @@ impl JwtAuthorizer {
             key,
             validation,
             cookie: DEFAULT_TOKEN_COOKIE.into(),
-            required: vec!["exp"],
         }
-    }
-
-    fn require(&mut self, claim: &'static str) {
-        if !self.required.contains(&claim) {
-            self.required.push(claim);
-        }
-        self.validation.set_required_spec_claims(&self.required);
     }
 
     /// Accepts only tokens whose `aud` claim names `audience` (repeat for more than one
     /// accepted audience). Without this, `aud` is not checked.
     pub fn audience(mut self, audience: impl Into<String>) -> Self {
-        let mut accepted: Vec<String> = self.validation.aud.take().into_iter().flatten().collect();
-        accepted.push(audience.into());
-        self.validation.set_audience(&accepted);
-        self.validation.validate_aud = true;
-        self.require("aud");
+        let v = &mut self.validation;
+        v.aud.get_or_insert_with(Default::default).insert(audience.into());
+        v.validate_aud = true;
+        v.required_spec_claims.insert("aud".into());
         self
     }
 
     /// Accepts only tokens whose `iss` claim is `issuer` (repeat for more than one accepted
     /// issuer). Without this, `iss` is not checked.
     pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
-        let mut accepted: Vec<String> = self.validation.iss.take().into_iter().flatten().collect();
-        accepted.push(issuer.into());
-        self.validation.set_issuer(&accepted);
-        self.require("iss");
+        let v = &mut self.validation;
+        v.iss.get_or_insert_with(Default::default).insert(issuer.into());
+        v.required_spec_claims.insert("iss".into());
         self
     }
 
