@@ -534,7 +534,7 @@ async fn realtime(
         raw.as_deref(),
         headers.get("last-event-id").map(|v| v.as_bytes()),
     )?;
-    let identity = authorize_stream(&rt, &AuthRequest::new(headers, raw), &req).await?;
+    let identity = authorize_read(&rt.inner.config, &AuthRequest::new(headers, raw), &req.channels).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let stream = open_stream(&rt, req, identity, tx).await.map_err(|(e, _)| e)?;
     tokio::spawn(stream);
@@ -563,30 +563,27 @@ pub(crate) fn prepare_stream(
 
     let mut channels: Vec<Channel> = Vec::new();
     let mut seen: HashSet<Channel> = HashSet::new();
-    let too_many = |n: usize| {
-        ApiError::limit(
-            StatusCode::BAD_REQUEST,
-            "too_many_channels",
-            format!(
-                "{n} channels requested; at most {} per connection (max_channels)",
-                limits.max_channels
-            ),
-            limits.max_channels,
-        )
-    };
     for (_, value) in query.iter().filter(|(k, _)| k == "channel") {
         for name in value.split(',') {
             let channel = rt.parse_channel(name).map_err(ApiError::channel)?;
             if seen.insert(channel.clone()) {
                 channels.push(channel);
                 if channels.len() > limits.max_channels {
-                    // Refused as soon as it is known, without reading the rest.
-                    let requested = query
+                    // Refused as soon as it is known, without checking the rest.
+                    let requested: usize = query
                         .iter()
                         .filter(|(k, _)| k == "channel")
                         .map(|(_, v)| v.split(',').count())
                         .sum();
-                    return Err(too_many(requested));
+                    return Err(ApiError::limit(
+                        StatusCode::BAD_REQUEST,
+                        "too_many_channels",
+                        format!(
+                            "{requested} channels requested; at most {} per connection (max_channels)",
+                            limits.max_channels
+                        ),
+                        limits.max_channels,
+                    ));
                 }
             }
         }
@@ -650,15 +647,6 @@ pub(crate) fn prepare_stream(
         events,
         cursor,
     })
-}
-
-/// Runs the authorizer and the private-channel rule for a checked SSE request; returns who it is.
-pub(crate) async fn authorize_stream(
-    rt: &Tidings,
-    auth: &AuthRequest,
-    req: &StreamRequest,
-) -> Result<Identity, ApiError> {
-    Ok(authorize_read(&rt.inner.config, auth, &req.channels).await?)
 }
 
 /// Subscribes a checked SSE request and returns the task that streams it into `sink`; on error

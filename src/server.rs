@@ -26,8 +26,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-use crate::auth::AuthRequest;
-use crate::http::{authorize_stream, cors_allowed, open_stream, prepare_stream, router, ApiError};
+use crate::auth::{authorize_read, AuthRequest};
+use crate::http::{cors_allowed, open_stream, prepare_stream, router, ApiError};
 use crate::realtime::Tidings;
 use crate::sse::{Gone, Sink};
 
@@ -222,9 +222,9 @@ async fn stream_sse(stream: TcpStream, rt: Tidings, request: SseRequest) {
     };
     // The authorizer runs before anything is subscribed or written.
     let auth = AuthRequest::new(request.headers, request.query);
-    let identity = match authorize_stream(&rt, &auth, &req).await {
+    let identity = match authorize_read(&rt.inner.config, &auth, &req.channels).await {
         Ok(identity) => identity,
-        Err(e) => return write_error(&mut write, e, &cors).await,
+        Err(e) => return write_error(&mut write, e.into(), &cors).await,
     };
     drop(auth);
     let sink = SocketSink {
