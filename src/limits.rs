@@ -4,10 +4,12 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use governor::{Quota, RateLimiter};
+use governor::clock::{Clock, DefaultClock};
+use governor::{NotUntil, Quota, RateLimiter};
 
 use crate::config::Limits;
 
@@ -101,6 +103,20 @@ type Keyed = governor::DefaultKeyedRateLimiter<String>;
 pub(crate) struct EmitRate {
     per_publisher: Option<(NonZeroU32, Keyed)>,
     emit_key: Option<(NonZeroU32, governor::DefaultDirectRateLimiter)>,
+    /// Publishers the keyed limiter may hold before it forgets the idle ones again.
+    sweep_at: AtomicUsize,
+}
+
+/// The fewest publishers kept before a sweep.
+const SWEEP_AT_LEAST: usize = 4096;
+
+type Instant = <DefaultClock as Clock>::Instant;
+
+fn limited(n: NonZeroU32, not_until: NotUntil<Instant>, clock: &DefaultClock) -> RateLimited {
+    RateLimited {
+        per_second: n.get(),
+        retry_after: not_until.wait_time_from(clock.now()),
+    }
 }
 
 /// An emit refused for its rate: 429.
@@ -121,6 +137,7 @@ impl EmitRate {
             emit_key: limits
                 .emit_key_emits_per_second
                 .map(|n| (n, RateLimiter::direct(Quota::per_second(n)))),
+            sweep_at: AtomicUsize::new(SWEEP_AT_LEAST),
         }
     }
 
@@ -129,10 +146,9 @@ impl EmitRate {
         let Some((n, limiter)) = &self.emit_key else {
             return Ok(());
         };
-        limiter.check().map_err(|not_until| RateLimited {
-            per_second: n.get(),
-            retry_after: not_until.wait_time_from(governor::clock::Clock::now(limiter.clock())),
-        })
+        limiter
+            .check()
+            .map_err(|not_until| limited(*n, not_until, limiter.clock()))
     }
 
     /// Takes one emit for `publisher` (the `sub` of its identity; `""` for an anonymous one).
@@ -140,17 +156,17 @@ impl EmitRate {
         let Some((n, limiter)) = &self.per_publisher else {
             return Ok(());
         };
-        let key = publisher.to_string();
-        let result = limiter.check_key(&key);
-        // Buckets that have refilled hold no information; forget them so the map stays as small
-        // as the set of publishers active in the last second.
-        if limiter.len() > 4096 {
+        let result = limiter.check_key(&publisher.to_string());
+        // Buckets that have refilled hold no information: forget them once the map has grown to
+        // twice what the last sweep left (at least SWEEP_AT_LEAST), so sweeping stays amortised
+        // O(1) per emit however many publishers are active.
+        if limiter.len() > self.sweep_at.load(Ordering::Relaxed) {
             limiter.retain_recent();
+            let left = limiter.len();
+            self.sweep_at
+                .store((left * 2).max(SWEEP_AT_LEAST), Ordering::Relaxed);
         }
-        result.map_err(|not_until| RateLimited {
-            per_second: n.get(),
-            retry_after: not_until.wait_time_from(governor::clock::Clock::now(limiter.clock())),
-        })
+        result.map_err(|not_until| limited(*n, not_until, limiter.clock()))
     }
 }
 
@@ -210,6 +226,29 @@ mod tests {
         for _ in 0..100 {
             rate.check_emit_key().unwrap();
         }
+    }
+
+    #[test]
+    fn idle_publishers_are_forgotten_in_amortised_sweeps() {
+        let rate = EmitRate::new(&Limits {
+            emits_per_second: NonZeroU32::new(1000),
+            ..Limits::default()
+        });
+        let held = |rate: &EmitRate| rate.per_publisher.as_ref().unwrap().1.len();
+        // 15,000 one-off publishers, in rounds far enough apart for earlier buckets to refill.
+        for round in 0..3 {
+            for i in 0..5000 {
+                rate.check(&format!("p{round}-{i}")).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(held(&rate) <= 10_000, "{} publishers held", held(&rate));
+        // The next sweep waits for the map to double what the last one left.
+        let sweep_at = rate.sweep_at.load(Ordering::Relaxed);
+        assert!(
+            sweep_at >= SWEEP_AT_LEAST && sweep_at >= held(&rate),
+            "{sweep_at}"
+        );
     }
 
     #[test]
