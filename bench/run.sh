@@ -44,7 +44,7 @@ log "$FD_NOTE"
 
 # --- build --------------------------------------------------------------------------------------
 log "building release binaries"
-cargo build --release -p tidings --bin tidings -p tidings-load --bin tidings-load >&2
+cargo build --release -p tidings-cli --bin tidings -p tidings-load --bin tidings-load >&2
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 BIN=$TARGET_DIR/release

@@ -16,10 +16,10 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use futures_util::FutureExt;
 use serde_json::{json, Value};
-use tidings::events::ChatMessage;
 use tidings::{Channel, Config, Entry, Envelope, MemoryStore, Registry, Store, StreamId, Tidings};
+use tidings_test_events::ChatMessage;
 
-const SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/events.json");
+const SCHEMA: &str = tidings_test_events::SCHEMA_PATH;
 
 fn payload() -> Value {
     json!({ "text": "hello, room", "user": "ada", "mentions": ["grace", "linus"] })

@@ -25,7 +25,7 @@
 //!
 //! # The parts
 //! - [`schema`]: loading the schema file and validating payloads ([`Registry`]).
-//! - [`events`]: the types generated from this repository's demo schema.
+//! - `events` (feature `demo` only): the types generated from this repository's demo schema.
 //! - [`store`]: the [`Store`] trait, [`RedisStore`] and [`MemoryStore`].
 //! - [`Tidings`] and [`ChannelHandle`]: the handle an application emits through.
 //! - [`router`] and [`serve`]: the HTTP and SSE endpoints.
@@ -79,9 +79,10 @@ pub use store::{
     Entry, MemoryStore, Range, RedisOptions, RedisStore, Retention, Store, StoreError, TailMode,
 };
 
+#[cfg(feature = "demo")]
 pub mod events {
     //! Types generated from this repository's demo schema (`schema/events.json`) by
-    //! `tidings-codegen`, exactly as an application's own `build.rs` generates its own.
-    #![allow(missing_docs, clippy::all)]
+    //! `tidings-codegen`, exactly as an application's own `build.rs` generates its own. Only
+    //! with the `demo` feature, for the examples.
     include!(concat!(env!("OUT_DIR"), "/events.rs"));
 }

@@ -394,7 +394,7 @@ mod tests {
     #[tokio::test]
     async fn a_connections_future_stays_small() {
         let store = std::sync::Arc::new(crate::MemoryStore::default());
-        let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/events.json");
+        let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/events/events.json");
         let config = crate::Config::default().schema(schema);
         let rt = Tidings::new(crate::Registry::load(&config.schema).unwrap(), store, config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -134,7 +134,7 @@ async fn without_app_dir_app_is_an_unknown_route() {
 fn the_binary_refuses_an_app_dir_without_index_html() {
     let empty = tempfile::tempdir().unwrap();
     for dir in [empty.path().to_path_buf(), empty.path().join("missing")] {
-        let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        let out = Command::new(support::tidings_bin())
             .arg("--bind")
             .arg("127.0.0.1:0")
             .arg("--schema")

@@ -11,9 +11,9 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 use support::{assert_error, msg, post_emit_raw, redis_keys, Backend, SseReader, TestServer, EMIT_KEY};
-use tidings::events::{Availability, ChatMessage, Event, PresenceStatus};
 use tidings::schema::ValidateError;
 use tidings::{ChannelError, Config, EmitError, Emittable, Range, Retention, StreamId};
+use tidings_test_events::{Availability, ChatMessage, Event, PresenceStatus};
 
 on_both_backends!(
     valid_emits_of_every_demo_event,

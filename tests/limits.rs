@@ -229,7 +229,7 @@ async fn the_channel_name_length_is_configurable_everywhere() {
     }
     let _ok = SseReader::open(&s.url(&format!("/realtime?channel={ok}")), None).await;
     // The same limit for emits from Rust.
-    let event = tidings::events::ChatMessage {
+    let event = tidings_test_events::ChatMessage {
         text: "hi".parse().unwrap(),
         user: "ada".parse().unwrap(),
         reply_to: None,
@@ -270,7 +270,7 @@ async fn limits_that_cannot_work_together_are_refused_at_start() {
         assert!(err.to_string().contains(mention), "{err}");
     }
     // The binary says so and exits non-zero.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+    let out = std::process::Command::new(support::tidings_bin())
         .args([
             "serve",
             "--bind",

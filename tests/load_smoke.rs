@@ -41,7 +41,7 @@ impl Drop for Killed {
 fn load_binary() -> PathBuf {
     static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
-    let server = Path::new(env!("CARGO_BIN_EXE_tidings"));
+    let server = support::tidings_bin();
     let profile_dir = server.parent().expect("the binary is in a profile directory");
     let exe = profile_dir.join(format!("tidings-load{}", std::env::consts::EXE_SUFFIX));
     if exe.is_file() {

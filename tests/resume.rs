@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::{ev, msg, Backend, Ev, Frame, SseReader, TestServer};
-use tidings::events::ChatMessage;
 use tidings::{Channel, Config, Cursor, Retention, StreamId, Tidings};
+use tidings_test_events::ChatMessage;
 
 on_both_backends!(
     a_dropped_client_gets_exactly_what_it_missed,

@@ -11,8 +11,8 @@ use eventsource_stream::Eventsource;
 use futures_util::{FutureExt as _, Stream, StreamExt};
 use serde_json::{json, Value};
 use support::{assert_error, msg, Backend, SseReader, TestServer};
-use tidings::events::{Availability, ChatMessage, ChatTyping, Event, NotificationAlert, PresenceStatus};
 use tidings::{Config, Cursor, Retention, StreamId};
+use tidings_test_events::{Availability, ChatMessage, ChatTyping, Event, NotificationAlert, PresenceStatus};
 
 on_both_backends!(
     fresh_connection_and_event_frames_are_byte_exact,

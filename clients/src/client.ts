@@ -1,8 +1,6 @@
 // The framework-free core: one shared SSE connection for every channel the app watches.
 import { compareIds, formatCursor, parseCursor } from "./cursor.js";
 import { TidingsError } from "./errors.js";
-import { EVENT_NAMES } from "./generated/events.js";
-import type { Envelope, EventName } from "./generated/events.js";
 import {
   eventSourceTransport,
   fetchTransport,
@@ -11,6 +9,7 @@ import {
   type Frame,
   type Transport,
 } from "./transport.js";
+import type { Envelope, EventMap, EventName } from "./types.js";
 
 /** Connection state, as the UI shows it. */
 export type Status = "connecting" | "connected" | "disconnected" | "error";
@@ -100,21 +99,41 @@ export interface ClientOptions {
   EventSource?: EventSourceConstructor;
   /** A fetch implementation. */
   fetch?: typeof fetch;
-  /** Event names to listen for; defaults to every event of the generated schema. */
+  /**
+   * Every event name of the app's schema. The generated `createClient` passes them; without them,
+   * the client listens for the events its subscriptions name. That matters to the EventSource
+   * transport only, which receives just the events it listens for by name: there, subscribing
+   * without `events` to a client created without `eventNames` throws a {@link TidingsError}.
+   * The fetch transport sees every frame and needs no names.
+   */
   eventNames?: readonly string[];
   /** Random numbers in [0, 1) for jitter (tests pass a fixed one). */
   random?: () => number;
 }
 
-/** What to subscribe to. */
-export interface SubscribeOptions<E extends EventName = EventName> {
+/**
+ * What to subscribe to: `M` is the app's {@link EventMap}, `E` the events wanted (all of `M` by
+ * default), which types the envelopes `onData` receives.
+ */
+export interface SubscribeOptions<M extends EventMap = EventMap, E extends EventName<M> = EventName<M>> {
   channels: readonly string[];
-  /** Only these events; default all. */
+  /**
+   * Only these events; default all. Required on the EventSource transport when the client was
+   * created without `eventNames` (see {@link ClientOptions.eventNames}).
+   */
   events?: readonly E[];
   /** Called once per event, in order per channel, never twice for the same (channel, id). */
-  onData: (envelope: Envelope<E>) => void;
+  onData: (envelope: Envelope<M, E>) => void;
   /** History after the cursor of `channel` was trimmed: reload that channel's state. */
   onReset?: (info: ResetInfo) => void;
+  /**
+   * Called once, when the server has confirmed a connection that covers this subscription (all
+   * its channels, and its events): every event emitted from then on reaches `onData`. Emit after
+   * it to be sure an event is seen. When the subscription joins a connection that is ready and
+   * covers it already, it is called soon after `subscribe` returns (a microtask). Not called
+   * again after a reconnect, nor ever after the subscription ends.
+   */
+  onReady?: () => void;
 }
 
 /** Options of {@link Client.history}. */
@@ -127,20 +146,25 @@ export interface HistoryOptions {
   before?: string;
 }
 
-/** A tidings client. */
-export interface Client {
+/** A tidings client; `M` is the app's {@link EventMap}, which types what it delivers. */
+export interface Client<M extends EventMap = EventMap> {
   /** The connection's state now. */
   readonly status: Status;
   /** The last error, when `status` is `error`. */
   readonly error: TidingsError | undefined;
-  /** Subscribes; returns the function that unsubscribes. */
-  subscribe<E extends EventName = EventName>(options: SubscribeOptions<E>): () => void;
+  /**
+   * Subscribes; returns the function that unsubscribes.
+   *
+   * @throws TidingsError when the client is closed, or when the subscription names no `events`
+   * on the EventSource transport of a client created without `eventNames`.
+   */
+  subscribe<E extends EventName<M> = EventName<M>>(options: SubscribeOptions<M, E>): () => void;
   /** Calls `listener` on every status change; returns the function that stops it. */
   onStatus(listener: (status: Status, error: TidingsError | undefined) => void): () => void;
   /** The cursor over every channel seen: where a reconnect resumes. */
   cursor(): string;
   /** Reads stored events of one channel, oldest first. */
-  history(channel: string, options?: HistoryOptions): Promise<Envelope[]>;
+  history(channel: string, options?: HistoryOptions): Promise<Envelope<M>[]>;
   /** Closes the connection for good. */
   close(): void;
 }
@@ -148,8 +172,26 @@ export interface Client {
 interface Sub {
   channels: ReadonlySet<string>;
   events: ReadonlySet<string> | undefined;
-  onData: (envelope: Envelope) => void;
+  onData: (envelope: Envelope<EventMap>) => void;
   onReset: ((info: ResetInfo) => void) | undefined;
+  onReady: (() => void) | undefined;
+  /** Whether `onReady` was called: it is called once, whatever reconnects follow. */
+  ready: boolean;
+}
+
+/** What one connection was opened for: its channels, and its events filter (none: all events). */
+interface Scope {
+  channels: ReadonlySet<string>;
+  events: ReadonlySet<string> | undefined;
+}
+
+// Whether events of `sub` reach a connection opened for `scope`.
+function covers(scope: Scope, sub: Sub): boolean {
+  for (const c of sub.channels) if (!scope.channels.has(c)) return false;
+  if (scope.events === undefined) return true;
+  if (sub.events === undefined) return false;
+  for (const e of sub.events) if (!scope.events.has(e)) return false;
+  return true;
 }
 
 // The longest delay setTimeout takes (about 24.8 days); a longer one would fire at once.
@@ -165,15 +207,27 @@ export function backoffDelay(backoff: Backoff, attempt: number, random: () => nu
 }
 
 /**
- * Creates a client. Nothing connects until something subscribes; all subscriptions share one
- * connection, which is re-opened with the current cursor when the set of channels changes, so no
- * event is lost or repeated across the switch.
+ * Creates a client for the events of `M`. Nothing connects until something subscribes; all
+ * subscriptions share one connection, which is re-opened with the current cursor when the set of
+ * channels (or of filtered events) changes, so no event is lost or repeated across the switch.
+ *
+ * An app normally calls the `createClient` its generated code exports, which fills in `M` and
+ * `eventNames` from the schema. Called directly, pass both (or see {@link ClientOptions.eventNames}):
+ *
+ * @example
+ * type Orders = { "order.created": { id: number } };
+ * const client = createClient<Orders>({ url: "/rt", eventNames: ["order.created"] });
+ * client.subscribe({
+ *   channels: ["shop:1"],
+ *   events: ["order.created"],
+ *   onData: (e) => console.log(e.data.id), // e.data: { id: number }
+ *   onReady: () => console.log("live"),
+ * });
  */
-export function createClient(options: ClientOptions): Client {
+export function createClient<M extends EventMap = EventMap>(options: ClientOptions): Client<M> {
   const base = options.url.replace(/\/+$/, "");
   const backoff: Backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
   const random = options.random ?? Math.random;
-  const eventNames = [...(options.eventNames ?? EVENT_NAMES), ...CONTROL_EVENTS];
   const fetchImpl = options.fetch ?? globalThis.fetch?.bind(globalThis);
   const transport = pickTransport(options, fetchImpl);
 
@@ -184,6 +238,8 @@ export function createClient(options: ClientOptions): Client {
   let lastError: TidingsError | undefined;
   let conn: Connection | undefined;
   let connKey = "";
+  // What `conn` covers, once the server confirmed it (`tidings.ready`).
+  let readyScope: Scope | undefined;
   let attempt = 0;
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
   // Set while a connect awaits its headers, so a sync in that window neither opens a second
@@ -232,9 +288,28 @@ export function createClient(options: ClientOptions): Client {
     return { channels: list, events: ev, key: `${list.join(",")}|${ev?.join(",") ?? "*"}` };
   };
 
+  // Every event name the connection listens for: the schema's, the subscriptions' (in case the
+  // app's `eventNames` missed one) and the control events.
+  const listenFor = (events: readonly string[] | undefined): string[] => [
+    ...new Set([...(options.eventNames ?? []), ...(events ?? []), ...CONTROL_EVENTS]),
+  ];
+
+  // Calls `onReady` of the subscriptions the ready connection covers, once each.
+  const announceReady = () => {
+    const scope = readyScope;
+    if (scope === undefined) return;
+    for (const sub of [...subs]) {
+      // An earlier `onReady` may have unsubscribed this one, or closed the client.
+      if (sub.ready || !subs.has(sub) || !covers(scope, sub)) continue;
+      sub.ready = true;
+      sub.onReady?.();
+    }
+  };
+
   const dropConnection = () => {
     conn?.close();
     conn = undefined;
+    readyScope = undefined;
     pending = undefined;
     connKey = "";
     if (retryTimer !== undefined) clearTimeout(retryTimer);
@@ -250,7 +325,11 @@ export function createClient(options: ClientOptions): Client {
       setStatus("disconnected");
       return;
     }
-    if (want.key === connKey && (conn !== undefined || retryTimer !== undefined || pending !== undefined)) return;
+    if (want.key === connKey && (conn !== undefined || retryTimer !== undefined || pending !== undefined)) {
+      // The connection stays: a subscription that joined it may be covered already.
+      announceReady();
+      return;
+    }
     // A channel nobody watches any more is forgotten: subscribing to it again starts live, rather
     // than replaying what happened while nobody was looking.
     for (const channel of [...positions.keys()]) {
@@ -313,6 +392,11 @@ export function createClient(options: ClientOptions): Client {
     if (pending !== token || connKey !== key || closed) return; // dropped or replaced meanwhile
     pending = undefined;
     if (bearer !== undefined) hdrs = withBearer(hdrs, bearer);
+    const scope: Scope = {
+      channels: new Set(channels),
+      // An empty filter is not sent: the server then sends every event.
+      events: events && events.length > 0 ? new Set(events) : undefined,
+    };
     let opened: Connection | undefined;
     // An error reported before transport() returns (a refused URL, say) is handled after it.
     let early: TidingsError | undefined;
@@ -321,7 +405,7 @@ export function createClient(options: ClientOptions): Client {
       opened = transport(
         url,
         {
-          eventNames,
+          eventNames: listenFor(events),
           headers: hdrs,
           withCredentials: options.withCredentials ?? false,
           ...(bearer === undefined ? {} : { token: bearer }),
@@ -329,7 +413,7 @@ export function createClient(options: ClientOptions): Client {
         {
           onOpen: () => {},
           onFrame: (frame) => {
-            if (mine()) onFrame(frame);
+            if (mine()) onFrame(frame, scope);
           },
           onError: (error) => {
             if (opened === undefined) early ??= error;
@@ -349,6 +433,7 @@ export function createClient(options: ClientOptions): Client {
 
   const failed = (key: string, refused: TidingsError) => {
     conn = undefined;
+    readyScope = undefined;
     if (closed || key !== connKey) return;
     let error = refused;
     if (error.status === 401) {
@@ -379,14 +464,18 @@ export function createClient(options: ClientOptions): Client {
     }
   };
 
-  const onFrame = (frame: Frame) => {
+  const onFrame = (frame: Frame, scope: Scope) => {
     switch (frame.event) {
       case "tidings.ready":
         mergeCursor(frame.id);
         attempt = 0;
         notBefore = 0;
         tokenReason = "connect";
+        readyScope = scope;
         setStatus("connected");
+        // A status listener may have changed the subscriptions; `announceReady` reads them now
+        // (and a listener that closed the client cleared the scope).
+        announceReady();
         return;
       case "tidings.reset": {
         const info = parseJson(frame.data) as { channel?: unknown; oldest?: unknown } | undefined;
@@ -416,7 +505,7 @@ export function createClient(options: ClientOptions): Client {
         scheduleSync();
         return;
       default: {
-        const envelope = parseJson(frame.data) as Envelope | undefined;
+        const envelope = parseJson(frame.data) as Envelope<EventMap> | undefined;
         if (!envelope || typeof envelope.channel !== "string" || typeof envelope.id !== "string") return;
         const seen = positions.get(envelope.channel);
         if (seen !== undefined && compareIds(envelope.id, seen) <= 0) {
@@ -441,13 +530,25 @@ export function createClient(options: ClientOptions): Client {
     get error() {
       return lastError;
     },
-    subscribe<E extends EventName = EventName>(o: SubscribeOptions<E>) {
+    subscribe<E extends EventName<M> = EventName<M>>(o: SubscribeOptions<M, E>) {
       if (closed) throw new TidingsError("the client is closed");
+      if (o.events === undefined && options.eventNames === undefined && transport.namedEventsOnly) {
+        // It would connect, and never see an event: EventSource dispatches only the names it
+        // listens for, and this client knows none but the subscriptions'.
+        throw new TidingsError(
+          "this subscription names no `events`, and the client has no `eventNames` for an EventSource " +
+            "to listen for: pass `eventNames` to createClient (the generated createClient does), " +
+            "name the subscription's `events`, or use transport: \"fetch\"",
+        );
+      }
       const sub: Sub = {
         channels: new Set(o.channels),
         events: o.events ? new Set<string>(o.events) : undefined,
-        onData: o.onData as (envelope: Envelope) => void,
+        // The envelope's event is checked against `events` before `onData` is called.
+        onData: o.onData as (envelope: Envelope<EventMap>) => void,
         onReset: o.onReset,
+        onReady: o.onReady,
+        ready: false,
       };
       subs.add(sub);
       scheduleSync();
@@ -484,7 +585,7 @@ export function createClient(options: ClientOptions): Client {
         response = await read("unauthenticated");
       }
       if (!response.ok) throw await TidingsError.fromResponse(response);
-      const body = (await response.json()) as { entries?: Envelope[] };
+      const body = (await response.json()) as { entries?: Envelope<M>[] };
       return body.entries ?? [];
     },
     close() {

@@ -1,14 +1,14 @@
 // The inbox pattern without a framework: a channel's recent history, kept current by the live
 // stream. `react.ts` and `svelte.ts` wrap it; anything else can call it directly.
 import type { Client, ResetInfo } from "./client.js";
-import { compareIds, parseCursor } from "./cursor.js";
-import type { Envelope, EventName } from "./generated/events.js";
+import { compareIds } from "./cursor.js";
+import type { Envelope, EventMap, EventName } from "./types.js";
 
 /** Where a feed stands: loading history, showing it, or failed to load it (live events still arrive). */
 export type FeedStatus = "loading" | "ready" | "error";
 
 /** Options of {@link createHistoryFeed}. */
-export interface HistoryFeedOptions<E extends EventName = EventName> {
+export interface HistoryFeedOptions<M extends EventMap = EventMap, E extends EventName<M> = EventName<M>> {
   /** Keep the newest this many entries (default 100, the server's default page). */
   limit?: number;
   /** Only these events; default all. History is filtered after it is fetched, so fewer than `limit` may remain. */
@@ -17,10 +17,10 @@ export interface HistoryFeedOptions<E extends EventName = EventName> {
   onReset?: (info: ResetInfo) => void;
 }
 
-/** A channel's newest entries, oldest first, with live events merged in. */
-export interface HistoryFeed<E extends EventName = EventName> {
+/** A channel's newest entries (events `E` of `M`), oldest first, with live events merged in. */
+export interface HistoryFeed<M extends EventMap = EventMap, E extends EventName<M> = EventName<M>> {
   /** The entries now, oldest first; a new array after every change, the same one otherwise. */
-  entries(): readonly Envelope<E>[];
+  entries(): readonly Envelope<M, E>[];
   readonly status: FeedStatus;
   /** Why the last load failed, when `status` is `"error"`. */
   readonly error: unknown;
@@ -37,37 +37,41 @@ export const DEFAULT_FEED_LIMIT = 100;
  * Watches `channel`: its newest `limit` entries from `client.history`, then every live event,
  * without losing or repeating one.
  *
- * It subscribes first and waits until the connection covers the channel (the server then sends
- * everything after that point live), then fetches history; live events that arrive before the
- * fetch answers are kept, and merged with it by stream id. A `tidings.reset` (events were missed)
- * reloads from history. `onChange` is called after every change of `entries()` or `status`.
+ * It subscribes first and waits until the subscription is ready (`onReady`: the server then
+ * sends everything after that point live), then fetches history; live events that arrive before
+ * the fetch answers are kept, and merged with it by stream id. A `tidings.reset` (events were
+ * missed) reloads from history. `onChange` is called after every change of `entries()` or
+ * `status`. The entries are typed by the client's event map and `events`.
+ *
+ * It subscribes at once, so it throws where `client.subscribe` would: without `events`, on the
+ * EventSource transport of a client created without `eventNames`.
  *
  * @example
  * const feed = createHistoryFeed(client, "room:1", { limit: 50, events: ["chat.message"] }, (f) =>
- *   render(f.entries()),
+ *   render(f.entries()), // Envelope<"chat.message">[] for a client of the generated createClient
  * );
  */
-export function createHistoryFeed<E extends EventName = EventName>(
-  client: Client,
+export function createHistoryFeed<M extends EventMap = EventMap, E extends EventName<M> = EventName<M>>(
+  client: Client<M>,
   channel: string,
-  options: HistoryFeedOptions<E>,
-  onChange: (feed: HistoryFeed<E>) => void,
-): HistoryFeed<E> {
+  options: HistoryFeedOptions<M, E>,
+  onChange: (feed: HistoryFeed<M, E>) => void,
+): HistoryFeed<M, E> {
   const limit = Math.max(1, Math.floor(options.limit ?? DEFAULT_FEED_LIMIT));
   const wanted: ReadonlySet<string> | undefined = options.events ? new Set(options.events) : undefined;
 
-  let list: readonly Envelope<E>[] = [];
+  let list: readonly Envelope<M, E>[] = [];
   let status: FeedStatus = "loading";
   let error: unknown;
   // Live events received before or while a load is in flight: the fetched page replaces the
   // list, and may or may not hold them.
-  let pending: Envelope<E>[] = [];
+  let pending: Envelope<M, E>[] = [];
   let collecting = true;
   let generation = 0;
   let started = false;
   let closed = false;
 
-  const feed: HistoryFeed<E> = {
+  const feed: HistoryFeed<M, E> = {
     entries: () => list,
     get status() {
       return status;
@@ -92,7 +96,7 @@ export function createHistoryFeed<E extends EventName = EventName>(
       status = "loading";
       changed();
     }
-    let page: Envelope[];
+    let page: Envelope<M>[];
     try {
       page = await client.history(channel, { limit });
     } catch (cause) {
@@ -105,9 +109,9 @@ export function createHistoryFeed<E extends EventName = EventName>(
       return;
     }
     if (closed || mine !== generation) return;
-    // Checked by `events` (all of them when it is absent), so these are `Envelope<E>`.
-    const fetched = page.filter((e) => !wanted || wanted.has(e.event)) as Envelope<E>[];
-    list = mergeEntries<Envelope<E>>(fetched, pending, limit);
+    // Checked by `events` (all of them when it is absent), so these are `Envelope<M, E>`.
+    const fetched = page.filter((e) => !wanted || wanted.has(e.event)) as Envelope<M, E>[];
+    list = mergeEntries<Envelope<M, E>>(fetched, pending, limit);
     collecting = false;
     pending = [];
     status = "ready";
@@ -115,6 +119,10 @@ export function createHistoryFeed<E extends EventName = EventName>(
     changed();
   };
 
+  // The server starts a channel without a cursor live from the moment it connects: fetching
+  // history earlier would miss what is emitted between the fetch and that moment. Once the
+  // subscription is ready, everything after the page arrives live. `onReady` comes once, so
+  // history is fetched once (`reload` and resets fetch again).
   const unsubscribe = client.subscribe<E>({
     channels: [channel],
     ...(options.events ? { events: options.events } : {}),
@@ -131,29 +139,14 @@ export function createHistoryFeed<E extends EventName = EventName>(
       options.onReset?.(info);
       void load();
     },
+    onReady: () => {
+      if (!started && !closed) void load();
+    },
   });
-
-  // The server starts a channel without a cursor live from the moment it connects: fetching
-  // history earlier would miss what is emitted between the fetch and that moment. Once the
-  // connection's cursor names the channel, everything after the page arrives live.
-  let stopWaiting: (() => void) | undefined;
-  const covered = () => client.status === "connected" && parseCursor(client.cursor()).has(channel);
-  const startWhenCovered = () => {
-    if (started || closed || !covered()) return;
-    stopWaiting?.();
-    stopWaiting = undefined;
-    void load();
-  };
-  stopWaiting = client.onStatus(() => startWhenCovered());
-  // An already-open connection may cover the channel, but only after this subscription's
-  // re-sync (a microtask) has kept or replaced it.
-  queueMicrotask(startWhenCovered);
 
   function close() {
     if (closed) return;
     closed = true;
-    stopWaiting?.();
-    stopWaiting = undefined;
     unsubscribe();
   }
 

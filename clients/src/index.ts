@@ -1,9 +1,9 @@
 // @tidings/client: typed realtime events over Server-Sent Events.
 //
-// `generated/events.ts` is written by tidings-codegen from `schema/events.json`; regenerate it
-// with `TIDINGS_BLESS=1 cargo test --test codegen` from the repository root.
-export * from "./generated/events.js";
-export * from "./types.js";
+// The package knows no schema: everything is generic over the app's `EventMap`. tidings-codegen
+// writes, into the app, a folder that binds it to the app's schema (`createClient`, the event
+// types, and React hooks or Svelte functions per event).
+export type { Envelope, EventMap, EventName, Payload } from "./types.js";
 export { createClient, backoffDelay, DEFAULT_BACKOFF } from "./client.js";
 export type {
   Backoff,

@@ -1,6 +1,8 @@
 // React bindings: one client per <RealtimeProvider>, hooks that subscribe through it.
 //
-// No JSX here, so the package needs no JSX compiler settings. Works with React 18 and 19.
+// Everything is generic over the app's `EventMap`; `createRealtimeHooks` binds the hooks to one,
+// and the app's generated `react.ts` calls it (and adds a hook per event). No JSX here, so the
+// package needs no JSX compiler settings. Works with React 18 and 19.
 import {
   createContext,
   createElement,
@@ -15,24 +17,30 @@ import {
   type ReactNode,
 } from "react";
 import { createClient, type Client, type ClientOptions, type ResetInfo, type Status } from "./client.js";
-import type { Envelope, EventName } from "./generated/events.js";
 import { createHistoryFeed, type FeedStatus, type HistoryFeed } from "./history.js";
+import type { Envelope, EventMap, EventName } from "./types.js";
 
 export type { Client, ClientOptions, ResetInfo, Status } from "./client.js";
-export type { Envelope, EventName } from "./generated/events.js";
 export type { FeedStatus } from "./history.js";
-export * from "./generated/react.js";
+export type { Envelope, EventMap, EventName } from "./types.js";
 
-const RealtimeContext = createContext<Client | null>(null);
+// One context for every event map: the hooks of `createRealtimeHooks` and the generic ones find
+// the same provider. What it holds is typed by the provider, not by the context.
+const RealtimeContext = createContext<Client<EventMap> | null>(null);
 RealtimeContext.displayName = "RealtimeContext";
+
+// The provided client, typed as the caller's event map.
+function useProvided<M extends EventMap>(): Client<M> | null {
+  return useContext(RealtimeContext) as Client<M> | null;
+}
 
 // Keeps refs to the latest props before any effect runs; React 18 warns about layout effects
 // during server rendering, where nothing subscribes anyway.
 const useLatestEffect = typeof window === "undefined" ? useEffect : useLayoutEffect;
 
 /** Props of {@link RealtimeProvider}: a ready `client`, or the options to create one. */
-export type RealtimeProviderProps =
-  | { client: Client; children?: ReactNode }
+export type RealtimeProviderProps<M extends EventMap = EventMap> =
+  | { client: Client<M>; children?: ReactNode }
   | (ClientOptions & { client?: undefined; children?: ReactNode });
 
 /**
@@ -46,11 +54,15 @@ export type RealtimeProviderProps =
  * that time), even when `token` is a string; a 403 is not. A `client` passed in is used as is
  * and never closed.
  *
+ * This one knows no schema: give it `eventNames` (see {@link ClientOptions.eventNames}), or use
+ * the `RealtimeProvider` of the app's generated `react.ts` ({@link createRealtimeHooks}), which
+ * fills them in.
+ *
  * @example
  * <RealtimeProvider url="/rt"><App /></RealtimeProvider>
  * <RealtimeProvider url="/rt" transport="fetch" token={() => auth.freshToken()}><App /></RealtimeProvider>
  */
-export function RealtimeProvider(props: RealtimeProviderProps): ReactNode {
+export function RealtimeProvider<M extends EventMap = EventMap>(props: RealtimeProviderProps<M>): ReactNode {
   const given = props.client;
   const latest = useRef(props);
   useLatestEffect(() => {
@@ -63,7 +75,7 @@ export function RealtimeProvider(props: RealtimeProviderProps): ReactNode {
   const owned = useMemo(() => {
     if (props.client !== undefined) return undefined;
     const { children: _children, client: _client, ...options } = props;
-    const client = createClient({
+    const client = createClient<M>({
       ...options,
       headers: async () => {
         const current = latest.current;
@@ -94,23 +106,25 @@ export function RealtimeProvider(props: RealtimeProviderProps): ReactNode {
   }, [owned]);
 
   const client = given ?? owned?.client;
-  return createElement(RealtimeContext.Provider, { value: client ?? null }, props.children);
+  return createElement(RealtimeContext.Provider, { value: (client as Client<EventMap> | undefined) ?? null }, props.children);
 }
 
 /**
- * The client of the nearest {@link RealtimeProvider}.
+ * The client of the nearest {@link RealtimeProvider}, typed as `Client<M>` (the provider's
+ * event map is not checked: the bound `useRealtimeClient` of {@link createRealtimeHooks} fills
+ * `M` in).
  *
  * @throws Error when there is none.
  */
-export function useRealtimeClient(): Client {
-  const client = useContext(RealtimeContext);
+export function useRealtimeClient<M extends EventMap = EventMap>(): Client<M> {
+  const client = useProvided<M>();
   if (!client) throw new Error("useRealtimeClient: no <RealtimeProvider> above this component");
   return client;
 }
 
 /** The connection's status, re-rendering on every change. */
-export function useStatus(client?: Client): Status {
-  const fromContext = useContext(RealtimeContext);
+export function useStatus<M extends EventMap = EventMap>(client?: Client<M>): Status {
+  const fromContext = useProvided<M>();
   const c = client ?? fromContext;
   if (!c) throw new Error("useStatus: no <RealtimeProvider> above this component and no client given");
   const subscribe = useCallback((onChange: () => void) => c.onStatus(onChange), [c]);
@@ -118,34 +132,48 @@ export function useStatus(client?: Client): Status {
   return useSyncExternalStore(subscribe, get, () => "disconnected" as const);
 }
 
-/** Options of {@link useRealtime}. */
-export interface UseRealtimeOptions<E extends EventName = EventName> {
+/** Options of {@link useRealtime}: `M` is the app's event map, `E` the events wanted. */
+export interface UseRealtimeOptions<M extends EventMap = EventMap, E extends EventName<M> = EventName<M>> {
   /** Channels to watch. */
   channels: readonly string[];
   /** Only these events; default all. Narrows the envelope `onData` receives. */
   events?: readonly E[];
   /** Called once per event. The latest function is called: it need not be stable. */
-  onData?: (envelope: Envelope<E>) => void;
+  onData?: (envelope: Envelope<M, E>) => void;
   /** History of a channel was trimmed past this client's cursor: reload that channel's state. */
   onReset?: (info: ResetInfo) => void;
+  /**
+   * Called once per subscription, when events emitted from then on will reach `onData` (see
+   * {@link SubscribeOptions.onReady}); again after the hook subscribes anew (other channels,
+   * events, client, or enabled again).
+   */
+  onReady?: () => void;
   /** `false` unsubscribes (default `true`). */
   enabled?: boolean;
   /** Use this client rather than the provider's. */
-  client?: Client;
+  client?: Client<M>;
 }
 
-/** What {@link useRealtime} returns. */
+/** What {@link useRealtime}, {@link useEvent} and the per-event hooks return. */
 export interface RealtimeState {
   /** The connection's status; `"disconnected"` while the subscription is disabled. */
   status: Status;
+  /**
+   * Whether this subscription is ready: its `onReady` has been called, so events emitted from
+   * now on reach it. `false` again while disabled, and after it subscribes with other channels
+   * or events until the new subscription is ready.
+   */
+  ready: boolean;
 }
 
 /**
  * Subscribes to `channels` while the component is mounted. It subscribes again only when
  * `channels`, `events`, `enabled` or the client change (by value, so inline arrays are fine).
+ * `M` comes from `client`, or from the bound hook of {@link createRealtimeHooks} (the app's
+ * generated `useRealtime`, which is the one to use).
  *
  * @example
- * const { status } = useRealtime({
+ * const { status, ready } = useRealtime({
  *   channels: ["room:1"],
  *   events: ["chat.message", "chat.typing"],
  *   onData(envelope) {
@@ -153,8 +181,10 @@ export interface RealtimeState {
  *   },
  * });
  */
-export function useRealtime<E extends EventName = EventName>(options: UseRealtimeOptions<E>): RealtimeState {
-  const fromContext = useContext(RealtimeContext);
+export function useRealtime<M extends EventMap = EventMap, E extends EventName<M> = EventName<M>>(
+  options: UseRealtimeOptions<M, E>,
+): RealtimeState {
+  const fromContext = useProvided<M>();
   const client = options.client ?? fromContext;
   if (!client) throw new Error("useRealtime: no <RealtimeProvider> above this component and no client given");
   const enabled = options.enabled ?? true;
@@ -165,53 +195,76 @@ export function useRealtime<E extends EventName = EventName>(options: UseRealtim
 
   const channelsKey = JSON.stringify(options.channels);
   const eventsKey = options.events ? JSON.stringify(options.events) : "*";
+  const key = `${channelsKey}|${eventsKey}`;
+  // The subscription whose `onReady` came: compared with the current one while rendering, so a
+  // change of channels shows `ready: false` at once, not after the effect.
+  const [readyFor, setReadyFor] = useState<{ client: Client<M>; key: string } | undefined>(undefined);
   useEffect(() => {
     if (!enabled) return;
     const channels = JSON.parse(channelsKey) as string[];
     if (channels.length === 0) return;
     const events = eventsKey === "*" ? undefined : (JSON.parse(eventsKey) as E[]);
-    return client.subscribe<E>({
+    const mine = { client, key: `${channelsKey}|${eventsKey}` };
+    const unsubscribe = client.subscribe<E>({
       channels,
       ...(events ? { events } : {}),
       onData: (envelope) => latest.current.onData?.(envelope),
       onReset: (info) => latest.current.onReset?.(info),
+      onReady: () => {
+        setReadyFor(mine);
+        latest.current.onReady?.();
+      },
     });
+    return () => {
+      unsubscribe();
+      // Disabled and enabled again with the same key: not ready until the new subscription is.
+      setReadyFor((current) => (current === mine ? undefined : current));
+    };
   }, [client, channelsKey, eventsKey, enabled]);
 
   const status = useStatus(client);
-  return { status: enabled ? status : "disconnected" };
+  const ready = enabled && readyFor !== undefined && readyFor.client === client && readyFor.key === key;
+  return { status: enabled ? status : "disconnected", ready };
 }
 
 /** Options of the per-event hooks (`useChatMessage`, …) and {@link useEvent}. */
-export interface EventHookOptions {
+export interface EventHookOptions<M extends EventMap = EventMap> {
   /** `false` unsubscribes (default `true`). */
   enabled?: boolean;
   /** History of a channel was trimmed past this client's cursor. */
   onReset?: (info: ResetInfo) => void;
+  /** The subscription is ready (see {@link UseRealtimeOptions.onReady}). */
+  onReady?: () => void;
   /** Use this client rather than the provider's. */
-  client?: Client;
+  client?: Client<M>;
 }
 
 /**
  * Calls `handler` with the payload of every `event` on `channel` (one name or several). The
- * generated hooks (`useChatMessage(channel, handler)`, …) are this with the event filled in.
+ * generated hooks (`useChatMessage(channel, handler)`, …) are the bound `useEvent` of
+ * {@link createRealtimeHooks} with the event filled in; this generic one takes `M` from
+ * `options.client` (without it, payloads are `unknown`).
+ *
+ * @example
+ * // with the app's generated `useEvent` (or `useChatMessage("room:1", handler)`):
+ * const { ready } = useEvent("room:1", "chat.message", (message) => add(message.text)); // ChatMessage
  */
-export function useEvent<E extends EventName>(
+export function useEvent<M extends EventMap = EventMap, E extends EventName<M> = EventName<M>>(
   channel: string | readonly string[],
   event: E,
-  handler: (data: Envelope<E>["data"], envelope: Envelope<E>) => void,
-  options: EventHookOptions = {},
+  handler: (data: M[E], envelope: Envelope<M, E>) => void,
+  options: EventHookOptions<M> = {},
 ): RealtimeState {
-  return useRealtime<E>({
+  return useRealtime<M, E>({
     channels: typeof channel === "string" ? [channel] : channel,
     events: [event],
-    onData: (envelope) => handler(envelope.data, envelope),
+    onData: (envelope) => handler(envelope.data as M[E], envelope),
     ...options,
   });
 }
 
 /** Options of {@link useHistory}. */
-export interface UseHistoryOptions<E extends EventName = EventName> {
+export interface UseHistoryOptions<M extends EventMap = EventMap, E extends EventName<M> = EventName<M>> {
   /** Keep the newest this many entries (default 100). */
   limit?: number;
   /** Only these events; default all. */
@@ -221,13 +274,13 @@ export interface UseHistoryOptions<E extends EventName = EventName> {
   /** `false` drops the feed (default `true`). */
   enabled?: boolean;
   /** Use this client rather than the provider's. */
-  client?: Client;
+  client?: Client<M>;
 }
 
 /** What {@link useHistory} returns. */
-export interface HistoryState<E extends EventName = EventName> {
+export interface HistoryState<M extends EventMap = EventMap, E extends EventName<M> = EventName<M>> {
   /** Oldest first, at most `limit`. */
-  entries: readonly Envelope<E>[];
+  entries: readonly Envelope<M, E>[];
   status: FeedStatus;
   /** Why loading failed, when `status` is `"error"`. */
   error: unknown;
@@ -239,17 +292,19 @@ const NO_ENTRIES: readonly never[] = [];
 
 /**
  * The inbox pattern: the newest `limit` entries of `channel` from history, kept current by the
- * live stream, reloaded after a reset. See {@link createHistoryFeed}.
+ * live stream, reloaded after a reset. See {@link createHistoryFeed}. Entries are typed by `M`,
+ * from `options.client` or the bound `useHistory` of {@link createRealtimeHooks}.
  *
  * @example
+ * // with the app's generated `useHistory`:
  * const { entries } = useHistory("room:1", { limit: 50, events: ["chat.message"] });
  * entries.map((m) => <li key={m.id}>{m.data.user}: {m.data.text}</li>);
  */
-export function useHistory<E extends EventName = EventName>(
+export function useHistory<M extends EventMap = EventMap, E extends EventName<M> = EventName<M>>(
   channel: string,
-  options: UseHistoryOptions<E> = {},
-): HistoryState<E> {
-  const fromContext = useContext(RealtimeContext);
+  options: UseHistoryOptions<M, E> = {},
+): HistoryState<M, E> {
+  const fromContext = useProvided<M>();
   const client = options.client ?? fromContext;
   if (!client) throw new Error("useHistory: no <RealtimeProvider> above this component and no client given");
   const enabled = options.enabled ?? true;
@@ -257,8 +312,8 @@ export function useHistory<E extends EventName = EventName>(
   useLatestEffect(() => {
     latest.current = options;
   });
-  const feedRef = useRef<HistoryFeed<E> | undefined>(undefined);
-  const [snapshot, setSnapshot] = useState<{ entries: readonly Envelope<E>[]; status: FeedStatus; error: unknown }>(
+  const feedRef = useRef<HistoryFeed<M, E> | undefined>(undefined);
+  const [snapshot, setSnapshot] = useState<{ entries: readonly Envelope<M, E>[]; status: FeedStatus; error: unknown }>(
     { entries: NO_ENTRIES, status: "loading", error: undefined },
   );
 
@@ -270,7 +325,7 @@ export function useHistory<E extends EventName = EventName>(
       setSnapshot({ entries: NO_ENTRIES, status: "loading", error: undefined });
       return;
     }
-    const feed = createHistoryFeed<E>(
+    const feed = createHistoryFeed<M, E>(
       client,
       channel,
       {
@@ -290,4 +345,54 @@ export function useHistory<E extends EventName = EventName>(
 
   const reload = useCallback(() => feedRef.current?.reload() ?? Promise.resolve(), []);
   return { ...snapshot, reload };
+}
+
+/** The hooks of {@link createRealtimeHooks}: the generic ones with `M` filled in. */
+export interface RealtimeHooks<M extends EventMap> {
+  /** {@link RealtimeProvider}; a client it creates listens for the binding's `eventNames`. */
+  RealtimeProvider: (props: RealtimeProviderProps<M>) => ReactNode;
+  /** {@link useRealtime} for the events of `M`. */
+  useRealtime: <E extends EventName<M> = EventName<M>>(options: UseRealtimeOptions<M, E>) => RealtimeState;
+  /** {@link useHistory} for the events of `M`. */
+  useHistory: <E extends EventName<M> = EventName<M>>(
+    channel: string,
+    options?: UseHistoryOptions<M, E>,
+  ) => HistoryState<M, E>;
+  /** {@link useStatus}. */
+  useStatus: (client?: Client<M>) => Status;
+  /** {@link useEvent} for the events of `M`. */
+  useEvent: <E extends EventName<M>>(
+    channel: string | readonly string[],
+    event: E,
+    handler: (data: M[E], envelope: Envelope<M, E>) => void,
+    options?: EventHookOptions<M>,
+  ) => RealtimeState;
+  /** {@link useRealtimeClient}, typed `Client<M>`. */
+  useRealtimeClient: () => Client<M>;
+}
+
+/**
+ * Binds the hooks to an app's events: `M` is its event map, `binding.eventNames` every event
+ * name of its schema. The app's generated `react.ts` calls it and exports the result, with a hook
+ * per event on top; an app without generated code can call it itself.
+ *
+ * @example
+ * type Orders = { "order.created": { id: number } };
+ * export const { RealtimeProvider, useRealtime, useEvent } = createRealtimeHooks<Orders>({
+ *   eventNames: ["order.created"],
+ * });
+ * // in a component:
+ * useEvent("shop:1", "order.created", (order) => show(order.id)); // order: { id: number }
+ */
+export function createRealtimeHooks<M extends EventMap>(binding: { eventNames: readonly string[] }): RealtimeHooks<M> {
+  const eventNames = [...binding.eventNames];
+  return {
+    RealtimeProvider: (props) =>
+      RealtimeProvider<M>(props.client !== undefined || props.eventNames !== undefined ? props : { ...props, eventNames }),
+    useRealtime: (options) => useRealtime(options),
+    useHistory: (channel, options) => useHistory(channel, options),
+    useStatus: (client) => useStatus(client),
+    useEvent: (channel, event, handler, options) => useEvent(channel, event, handler, options),
+    useRealtimeClient: () => useRealtimeClient<M>(),
+  };
 }

@@ -24,7 +24,11 @@ export interface Connection {
 
 /** Options a transport receives for one connection. */
 export interface ConnectOptions {
-  /** Event names to listen for (EventSource only dispatches named events to named listeners). */
+  /**
+   * Event names to listen for, the control events (`tidings.ready`, …) included. A transport that
+   * sees every frame (fetch) may ignore it; EventSource only dispatches named events to listeners
+   * registered per name.
+   */
   eventNames: readonly string[];
   /** Headers to send; they include `Authorization: Bearer <token>` when a token is given. */
   headers: Record<string, string>;
@@ -38,7 +42,16 @@ export interface ConnectOptions {
 }
 
 /** Opens one SSE connection. */
-export type Transport = (url: string, options: ConnectOptions, handlers: TransportHandlers) => Connection;
+export interface Transport {
+  (url: string, options: ConnectOptions, handlers: TransportHandlers): Connection;
+  /**
+   * True when the transport only receives the events named in {@link ConnectOptions.eventNames}
+   * (as {@link eventSourceTransport}): a client without `eventNames` then refuses subscriptions
+   * that do not name their `events`, rather than never delivering them. A wrapper around such a
+   * transport should copy it.
+   */
+  readonly namedEventsOnly?: boolean;
+}
 
 /** The minimal EventSource surface used, so Node polyfills and the browser's both fit. */
 export interface EventSourceLike {
@@ -59,6 +72,9 @@ export type EventSourceConstructor = new (url: string, init?: { withCredentials?
  * error and reconnects itself, with backoff and its own cursor, instead of the browser's fixed
  * retry.
  *
+ * It only sees the events it listens for by name (`eventNames`), so it is marked
+ * {@link Transport.namedEventsOnly}.
+ *
  * Browsers do not tell an EventSource why a stream was refused, so a 401 or 403 is an error
  * without a `status` there (and is retried with backoff); implementations that report the HTTP
  * status on the error event (`code`, as the `eventsource` package for Node does) give the
@@ -70,7 +86,7 @@ export type EventSourceConstructor = new (url: string, init?: { withCredentials?
  * honour the server's `Retry-After`.
  */
 export function eventSourceTransport(EventSourceImpl: EventSourceConstructor): Transport {
-  return (url, options, handlers) => {
+  const transport: Transport = (url, options, handlers) => {
     const target = options.token ? withQuery(url, "token", options.token) : url;
     const source = new EventSourceImpl(target, { withCredentials: options.withCredentials });
     let closed = false;
@@ -100,10 +116,12 @@ export function eventSourceTransport(EventSourceImpl: EventSourceConstructor): T
     for (const name of options.eventNames) source.addEventListener(name, forward(name));
     return { close: stop };
   };
+  return Object.assign(transport, { namedEventsOnly: true });
 }
 
 /**
- * fetch with a streaming body, parsed by eventsource-parser: sends headers (`Authorization`),
+ * fetch with a streaming body, parsed by eventsource-parser: it sees every frame, so it needs no
+ * event names, and it sends headers (`Authorization`),
  * and reports the server's HTTP error when the stream is refused: its status, the `code` of its
  * JSON body, and its `Retry-After` header as `retryAfter` (seconds), which the client waits out
  * before reconnecting.

@@ -2,15 +2,8 @@
 // parameter, refresh on tidings.expired and on 401, and 401/403 surfaced as errors.
 import { createHmac } from "node:crypto";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import {
-  TidingsError,
-  createClient,
-  eventSourceTransport,
-  type Client,
-  type EventSourceConstructor,
-  type EventSourceLike,
-  type TokenReason,
-} from "../src/index.js";
+import { TidingsError, eventSourceTransport, type EventSourceConstructor, type EventSourceLike, type TokenReason } from "../src/index.js";
+import { createClient, type Client } from "./generated/index.js";
 import { Collector, KINDS, channelsOf, cursorOf, duplicates, makeClient, uniqueChannel, waitFor } from "./support/client.js";
 import { sleep, startServer, type Server } from "./support/processes.js";
 import { TcpProxy } from "./support/proxy.js";

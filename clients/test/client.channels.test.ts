@@ -1,6 +1,7 @@
 // Changing the channel set while events flow: one reconnect with the current cursor.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { compareIds, parseCursor, type Client } from "../src/index.js";
+import { compareIds, parseCursor } from "../src/index.js";
+import type { Client } from "./generated/index.js";
 import { Collector, KINDS, channelsOf, cursorOf, makeClient, uniqueChannel, waitFor } from "./support/client.js";
 import { startServer, sleep, type Server } from "./support/processes.js";
 

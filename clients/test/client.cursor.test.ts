@@ -1,6 +1,7 @@
 // Cursor handling and de-duplication against a real server behind a proxy that drops connections.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { parseCursor, type Client, type Frame } from "../src/index.js";
+import { parseCursor, type Frame } from "../src/index.js";
+import type { Client } from "./generated/index.js";
 import { Collector, KINDS, cursorOf, duplicates, makeClient, uniqueChannel, waitFor } from "./support/client.js";
 import { startServer, sleep, type Server } from "./support/processes.js";
 import { TcpProxy } from "./support/proxy.js";

@@ -1,8 +1,11 @@
-// client.history(): paging over GET /history, and its errors.
+// client.history(): paging over GET /history, and its errors; createHistoryFeed over a real
+// stream.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { TidingsError, createClient, type Client } from "../src/index.js";
-import { uniqueChannel } from "./support/client.js";
-import { startServer, type Server } from "./support/processes.js";
+import { createHistoryFeed } from "../src/history.js";
+import { TidingsError } from "../src/index.js";
+import { createClient, type Client } from "./generated/index.js";
+import { KINDS, duplicates, makeClient, uniqueChannel, waitFor } from "./support/client.js";
+import { sleep, startServer, type Server } from "./support/processes.js";
 
 let server: Server;
 let client: Client;
@@ -70,5 +73,48 @@ describe("history", () => {
     await expectError(client.history(channel, { limit: 0 }), 400, "invalid_limit");
     await expectError(client.history(channel, { after: "nope" }), 400, "invalid_id");
     await expectError(client.history(channel, { after: ids[0] as string, before: ids[1] as string }), 400, "invalid_query");
+  });
+});
+
+describe.each(KINDS)("createHistoryFeed, %s transport", (kind) => {
+  it("fetches history once, when ready, and misses nothing emitted around it", async () => {
+    const ch = uniqueChannel("feed");
+    const before: string[] = [];
+    for (let i = 0; i < 3; i++) before.push(await server.say(ch, `before ${i}`));
+    const { client: c } = makeClient(kind, server.url);
+    let reads = 0;
+    const read = c.history.bind(c);
+    c.history = (channel, options) => {
+      reads += 1;
+      return read(channel, options);
+    };
+    const feed = createHistoryFeed(c, ch, { limit: 100 }, () => {});
+    // Emit throughout: before the connection is ready, while history loads, and after.
+    let running = true;
+    const emitted = (async () => {
+      const out: string[] = [];
+      for (let i = 0; running && i < 200; i++) {
+        out.push(await server.say(ch, `during ${i}`));
+        await sleep(2);
+      }
+      return out;
+    })();
+    try {
+      await waitFor(() => feed.status === "ready", "the feed loaded", 5000, () => String(feed.error));
+      await sleep(50);
+    } finally {
+      running = false;
+    }
+    const during = await emitted;
+    const all = [...before, ...during];
+    await waitFor(() => feed.entries().length === all.length, "every event in the feed", 5000, () =>
+      `${feed.entries().length} of ${all.length}`,
+    );
+    const got = feed.entries().map((e) => e.id);
+    expect(duplicates(got)).toEqual([]);
+    expect(got).toEqual(all);
+    expect(reads).toBe(1);
+    feed.close();
+    c.close();
   });
 });

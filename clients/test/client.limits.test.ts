@@ -4,15 +4,8 @@
 // the schedule under fake timers.
 import { createHmac } from "node:crypto";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import {
-  TidingsError,
-  createClient,
-  parseRetryAfter,
-  type Client,
-  type ClientOptions,
-  type Transport,
-  type TransportHandlers,
-} from "../src/index.js";
+import { TidingsError, parseRetryAfter, type ClientOptions, type Transport, type TransportHandlers } from "../src/index.js";
+import { createClient, type Client } from "./generated/index.js";
 import { Collector, channelsOf, makeClient, realTransport, uniqueChannel, waitFor, type Kind } from "./support/client.js";
 import { sleep, startServer, type Server } from "./support/processes.js";
 

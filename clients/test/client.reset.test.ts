@@ -1,6 +1,6 @@
 // tidings.reset: history after the client's cursor was trimmed (server keeps 10 per channel).
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import type { Client } from "../src/index.js";
+import type { Client } from "./generated/index.js";
 import { Collector, KINDS, cursorOf, duplicates, makeClient, uniqueChannel, waitFor } from "./support/client.js";
 import { startServer, sleep, type Server } from "./support/processes.js";
 import { TcpProxy } from "./support/proxy.js";

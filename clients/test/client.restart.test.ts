@@ -1,6 +1,7 @@
 // A server restart on Redis: the client resumes from its cursor on the new process.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { parseCursor, type Client } from "../src/index.js";
+import { parseCursor } from "../src/index.js";
+import type { Client } from "./generated/index.js";
 import { Collector, KINDS, cursorOf, duplicates, makeClient, uniqueChannel, waitFor } from "./support/client.js";
 import { startRedis, startServer, sleep, type Redis, type Server } from "./support/processes.js";
 import { TcpProxy } from "./support/proxy.js";

@@ -1,6 +1,7 @@
 // Status transitions, errors from the server, and the headers the fetch transport sends.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { TidingsError, type Client } from "../src/index.js";
+import { TidingsError } from "../src/index.js";
+import type { Client } from "./generated/index.js";
 import { Collector, KINDS, makeClient, uniqueChannel, waitFor } from "./support/client.js";
 import { startServer, sleep, type Server } from "./support/processes.js";
 import { TcpProxy } from "./support/proxy.js";

@@ -2,10 +2,10 @@
 // this is ordering and bookkeeping logic; the real client is tested against a real server.
 import { describe, expect, it, vi } from "vitest";
 import { get, writable } from "svelte/store";
-import type { Client, HistoryOptions, ResetInfo, Status, SubscribeOptions } from "../src/client.js";
-import type { Envelope, EventName } from "../src/generated/events.js";
+import type { HistoryOptions, ResetInfo, Status } from "../src/client.js";
 import { createHistoryFeed, mergeEntries, type HistoryFeed } from "../src/history.js";
 import { createHistoryStore, createRealtimeStore, type RealtimeOptions } from "../src/svelte.js";
+import type { Client, Envelope, EventMap, SubscribeOptions } from "./generated/index.js";
 
 interface PendingHistory {
   channel: string;
@@ -14,9 +14,14 @@ interface PendingHistory {
   reject: (error: unknown) => void;
 }
 
-/** A client whose connection, events and history answers the test drives by hand. */
+/**
+ * A client whose connection, events and history answers the test drives by hand. It calls
+ * `onReady` as the real one does: once per subscription, when a connection covers its channels
+ * (a microtask after `subscribe` when one does already), never after unsubscribing.
+ */
 function fakeClient() {
-  const subs = new Set<SubscribeOptions<EventName>>();
+  const subs = new Set<SubscribeOptions>();
+  const readied = new WeakSet<SubscribeOptions>();
   const listeners = new Set<(status: Status) => void>();
   const covered = new Set<string>();
   const requests: PendingHistory[] = [];
@@ -27,14 +32,24 @@ function fakeClient() {
     for (const l of [...listeners]) l(next);
   };
 
+  const announceReady = () => {
+    if (status !== "connected") return;
+    for (const sub of [...subs]) {
+      if (readied.has(sub) || !subs.has(sub) || !sub.channels.every((c) => covered.has(c))) continue;
+      readied.add(sub);
+      sub.onReady?.();
+    }
+  };
+
   const client: Client = {
     get status() {
       return status;
     },
     error: undefined,
-    subscribe<E extends EventName>(o: SubscribeOptions<E>) {
-      const sub = o as unknown as SubscribeOptions<EventName>;
+    subscribe(o) {
+      const sub = o as unknown as SubscribeOptions;
       subs.add(sub);
+      queueMicrotask(announceReady);
       return () => {
         subs.delete(sub);
       };
@@ -63,6 +78,7 @@ function fakeClient() {
       for (const c of channels) covered.add(c);
       setStatus("connecting");
       setStatus("connected");
+      announceReady();
     },
     setStatus,
     emit(envelope: Envelope) {
@@ -90,7 +106,7 @@ const typing = (id: string): Envelope<"chat.typing"> => ({
   event: "chat.typing",
   data: { user: "ann", active: true },
 });
-const ids = (feed: HistoryFeed<EventName>) => feed.entries().map((e) => e.id);
+const ids = (feed: HistoryFeed<EventMap>) => feed.entries().map((e) => e.id);
 const tick = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
 
 describe("createHistoryFeed", () => {
@@ -261,6 +277,18 @@ describe("createHistoryFeed", () => {
     expect(onChange).not.toHaveBeenCalled();
   });
 
+  it("fetches once when ready, not again on a reconnect", async () => {
+    const fake = fakeClient();
+    createHistoryFeed(fake.client, "room:1", {}, () => {});
+    fake.connect("room:1");
+    fake.requests[0]?.resolve([msg("1-0")]);
+    await tick();
+    fake.setStatus("error");
+    fake.connect("room:1");
+    await tick();
+    expect(fake.requests).toHaveLength(1);
+  });
+
   it("never starts when closed before the connection covers the channel", async () => {
     const fake = fakeClient();
     const feed = createHistoryFeed(fake.client, "room:1", {}, () => {});
@@ -293,7 +321,7 @@ describe("svelte createRealtimeStore", () => {
   it("subscribes again only when channels, events or enabled change", () => {
     const fake = fakeClient();
     const seen: string[] = [];
-    const options = writable<RealtimeOptions<"chat.message">>({
+    const options = writable<RealtimeOptions<EventMap, "chat.message">>({
       channels: ["room:1"],
       events: ["chat.message"],
       onData: (m) => seen.push(`a:${m.data.text}`),
@@ -336,6 +364,38 @@ describe("svelte createRealtimeStore", () => {
     const disabled = createRealtimeStore(fake.client, { channels: ["room:1"], enabled: false });
     expect(get(disabled.status)).toBe("disconnected");
     expect(fake.subs.size).toBe(0);
+  });
+
+  it("is ready once its subscription is, and not again until the new one is after a change", async () => {
+    const fake = fakeClient();
+    const readyCalls: string[] = [];
+    const options = writable<RealtimeOptions<EventMap>>({ channels: ["room:1"], onReady: () => readyCalls.push("room:1") });
+    const store = createRealtimeStore(fake.client, options);
+    expect(get(store.ready)).toBe(false);
+    fake.connect("room:1");
+    expect(get(store.ready)).toBe(true);
+    expect(readyCalls).toEqual(["room:1"]);
+
+    // New callbacks only: still the same, ready subscription.
+    options.set({ channels: ["room:1"], onReady: () => readyCalls.push("again") });
+    expect(get(store.ready)).toBe(true);
+
+    options.set({ channels: ["room:2"], onReady: () => readyCalls.push("room:2") });
+    expect(get(store.ready)).toBe(false);
+    await tick();
+    expect(get(store.ready)).toBe(false); // room:2 is not covered yet
+    fake.connect("room:2");
+    expect(get(store.ready)).toBe(true);
+    expect(readyCalls).toEqual(["room:1", "room:2"]);
+
+    options.update((o) => ({ ...o, enabled: false }));
+    expect(get(store.ready)).toBe(false);
+    options.update((o) => ({ ...o, enabled: true }));
+    expect(get(store.ready)).toBe(false);
+    await tick(); // the connection covers room:2 already: ready after a microtask
+    expect(get(store.ready)).toBe(true);
+    store.destroy();
+    expect(get(store.ready)).toBe(false);
   });
 
   it("createHistoryStore holds the feed's entries", async () => {

@@ -1,12 +1,16 @@
-// Type-level tests for the React and Svelte bindings and the generated hooks, checked by
-// `tsc --noEmit -p .` (nothing here runs: hooks are only called inside functions).
+// Type-level tests for the React and Svelte bindings, through the generated ones (test/generated,
+// bound to the test schema) and generic ones, checked by `tsc --noEmit -p .` (nothing here runs:
+// hooks are only called inside functions).
 //
 // Every `@ts-expect-error` line must be a type error: tsc fails with "Unused '@ts-expect-error'
 // directive" when one compiles.
 import { createElement } from "react";
-import { writable } from "svelte/store";
-import type { ChatMessage, Client, Envelope, NotificationAlert, Status, TokenReason } from "../src/index.js";
-import { createHistoryFeed, type FeedStatus } from "../src/history.js";
+import { writable, type Readable } from "svelte/store";
+import type { Status, TokenReason } from "@tidings/client";
+import { createHistoryFeed, type FeedStatus } from "@tidings/client/history";
+import * as genericReact from "@tidings/client/react";
+import * as genericSvelte from "@tidings/client/svelte";
+import type { ChatMessage, Client, Envelope, EventMap, NotificationAlert } from "./generated/index.js";
 import {
   RealtimeProvider,
   useChatMessage,
@@ -16,8 +20,8 @@ import {
   useRealtime,
   useRealtimeClient,
   useStatus,
-} from "../src/react.js";
-import * as svelte from "../src/svelte.js";
+} from "./generated/react.js";
+import * as svelte from "./generated/svelte.js";
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
 function assertType<T extends true>(): T | undefined {
@@ -64,6 +68,13 @@ export function Hooks() {
   });
   assertType<Equal<typeof status, Status>>();
 
+  // `onReady` takes nothing; `ready` is a boolean.
+  const state = useRealtime({ channels: ["room:1"], onData() {}, onReady: () => {} });
+  assertType<Equal<typeof state, genericReact.RealtimeState>>();
+  assertType<Equal<typeof state.ready, boolean>>();
+  const { ready } = useChatMessage("room:1", () => {}, { onReady: () => console.log("live") });
+  assertType<Equal<typeof ready, boolean>>();
+
   // Without `events`, every event; the switch over `event` narrows `data`.
   useRealtime({
     channels: ["room:1", "alerts"],
@@ -88,6 +99,10 @@ export function Hooks() {
   useNotificationAlert(["alerts", "room:1"], (text: NotificationAlert) => text.trim(), { enabled: false });
   const alertState: { status: Status } = useNotificationAlert("alerts", () => {});
   useEvent("presence.status", "presence.status", (data) => data.status satisfies "online" | "away" | "offline");
+  useEvent(["a", "b"], "chat.typing", (data, envelope) => {
+    assertType<Equal<typeof envelope, Envelope<"chat.typing">>>();
+    return data.active;
+  });
 
   const history = useHistory("room:1", { limit: 50, events: ["chat.message"] });
   assertType<Equal<typeof history.entries, readonly Envelope<"chat.message">[]>>();
@@ -98,6 +113,13 @@ export function Hooks() {
   void history.reload();
 
   return [status, alertState, texts];
+}
+
+// The bound client is typed by the schema.
+export function BoundClient() {
+  const c = useRealtimeClient();
+  assertType<Equal<typeof c, Client>>();
+  return c;
 }
 
 export const feed = createHistoryFeed(client, "room:1", { events: ["notification.alert"] }, (f) => {
@@ -160,23 +182,90 @@ export function Wrong() {
   // @ts-expect-error: `enabled` is a boolean
   useNotificationAlert("alerts", () => {}, { enabled: "no" });
 
+  // @ts-expect-error: `onReady` is called with nothing
+  useNotificationAlert("alerts", () => {}, { onReady: (status: Status) => status });
+
+  // @ts-expect-error: `ready` is a boolean, not a status
+  const notStatus: Status = useRealtime({ channels: ["room:1"] }).ready;
+
   const history = useHistory("room:1", { events: ["chat.message"] });
   // @ts-expect-error: history entries are Envelope<"chat.message">: `data` has no `active`
   history.entries.map((e) => e.data.active);
   // @ts-expect-error: not an event of the schema
   useHistory("room:1", { events: ["chat.nope"] });
+  return notStatus;
+}
+
+// --- React: the generic hooks, and bound to an ad-hoc map -------------------------------------
+
+type Orders = { "order.created": { id: number }; "order.shipped": { id: number; carrier: string } };
+const orders = genericReact.createRealtimeHooks<Orders>({ eventNames: ["order.created", "order.shipped"] });
+declare const ordersClient: genericReact.Client<Orders>;
+
+export function AdHocHooks() {
+  createElement(orders.RealtimeProvider, { url: "/rt" });
+  createElement(orders.RealtimeProvider, { client: ordersClient });
+  orders.useEvent("shop:1", "order.shipped", (data, envelope) => {
+    assertType<Equal<typeof data, { id: number; carrier: string }>>();
+    assertType<Equal<typeof envelope.event, "order.shipped">>();
+    return data.carrier;
+  });
+  const { ready } = orders.useRealtime({
+    channels: ["shop:1"],
+    events: ["order.created"],
+    onData: (e) => e.data.id,
+    onReady: () => {},
+  });
+  assertType<Equal<typeof ready, boolean>>();
+  const history = orders.useHistory("shop:1", { events: ["order.created"] });
+  assertType<Equal<typeof history.entries, readonly genericReact.Envelope<Orders, "order.created">[]>>();
+  const c = orders.useRealtimeClient();
+  assertType<Equal<typeof c, genericReact.Client<Orders>>>();
+  orders.useStatus(c);
+
+  // @ts-expect-error: an event of another schema
+  orders.useEvent("shop:1", "chat.message", () => {});
+  orders.useRealtime({
+    channels: ["shop:1"],
+    // @ts-expect-error: an event of another schema
+    events: ["chat.message"],
+  });
+  orders.useEvent("shop:1", "order.created", (data) => {
+    // @ts-expect-error: order.created has no `carrier`
+    return data.carrier;
+  });
+
+  // The generic hooks take `M` from a given client.
+  genericReact.useRealtime({
+    client: ordersClient,
+    events: ["order.shipped"],
+    channels: ["shop:1"],
+    onData: (e) => e.data.carrier,
+  });
+  genericReact.useEvent("shop:1", "order.created", (data) => data.id, { client: ordersClient });
+  const h = genericReact.useHistory("shop:1", { client: ordersClient });
+  assertType<Equal<(typeof h.entries)[number], genericReact.Envelope<Orders>>>();
+  // Without one, events are untyped.
+  genericReact.useRealtime({
+    channels: ["x"],
+    onData: (e) => {
+      assertType<Equal<typeof e.data, unknown>>();
+    },
+  });
+  return ready;
 }
 
 // --- Svelte ------------------------------------------------------------------------------
 
 export function svelteStores() {
-  const options = writable<svelte.RealtimeOptions<"chat.message">>({
+  const options = writable<genericSvelte.RealtimeOptions<EventMap, "chat.message">>({
     channels: ["room:1"],
     events: ["chat.message"],
     onData: (m) => m.data.text,
   });
   const live = svelte.createRealtimeStore(client, options);
-  assertType<Equal<typeof live.status, import("svelte/store").Readable<Status>>>();
+  assertType<Equal<typeof live.status, Readable<Status>>>();
+  assertType<Equal<typeof live.ready, Readable<boolean>>>();
 
   svelte.createRealtimeStore(client, {
     channels: ["room:1"],
@@ -215,5 +304,37 @@ export function svelteComponent() {
   // @ts-expect-error: `url` is required
   svelte.provideRealtime({ transport: "fetch" });
   const { status } = svelte.useRealtime({ channels: ["room:1"], events: ["chat.message"], onData: (m) => m.data.user });
+  const bound: Client = svelte.getRealtimeClient();
+  svelte.provideRealtime(bound);
+
+  // Per event: the payload type, one channel or several, options; a handle of stores.
+  const handle = svelte.useChatMessage("room:1", (data, envelope) => {
+    assertType<Equal<typeof data, ChatMessage>>();
+    assertType<Equal<typeof envelope, Envelope<"chat.message">>>();
+  });
+  assertType<Equal<typeof handle, genericSvelte.RealtimeHandle>>();
+  assertType<Equal<typeof handle.ready, Readable<boolean>>>();
+  svelte.useNotificationAlert(["alerts", "room:1"], (text) => text.trim(), { enabled: false, onReady: () => {} });
+  svelte.useEvent("room:1", "presence.status", (data) => data.status satisfies "online" | "away" | "offline");
+  const history = svelte.useHistory("room:1", { events: ["chat.typing"] });
+  history.subscribe((value) => {
+    assertType<Equal<typeof value.entries, readonly Envelope<"chat.typing">[]>>();
+  });
+
+  // @ts-expect-error: not an event of the schema
+  svelte.useEvent("room:1", "chat.nope", () => {});
+  // @ts-expect-error: ChatMessage has no `nope`
+  svelte.useChatMessage("room:1", (data) => data.nope);
+  // @ts-expect-error: `onReady` is called with nothing
+  svelte.useChatTyping("room:1", () => {}, { onReady: (x: number) => x });
+
+  // Bound to an ad-hoc map.
+  const shop = genericSvelte.createRealtimeBindings<Orders>({ eventNames: ["order.created", "order.shipped"] });
+  shop.provideRealtime({ url: "/rt" });
+  shop.useEvent("shop:1", "order.shipped", (data) => data.carrier);
+  const store = shop.createRealtimeStore(ordersClient, { channels: ["shop:1"], events: ["order.created"], onData: (e) => e.data.id });
+  assertType<Equal<typeof store.ready, Readable<boolean>>>();
+  // @ts-expect-error: an event of another schema
+  shop.useEvent("shop:1", "chat.message", () => {});
   return status;
 }

@@ -1,20 +1,24 @@
-// Type-level tests for the generated event types, checked by `npm run typecheck`.
+// Type-level tests for the generated event types (test/generated, bound to the test schema) and
+// the generic ones of the package, checked by `npm run typecheck`.
 //
 // Every `@ts-expect-error` line below must be a type error: tsc fails with "Unused
 // '@ts-expect-error' directive" if a change to the generator makes one of them compile.
-import { EVENT_NAMES, isEventName } from "../src/index.js";
+import * as tidings from "@tidings/client";
+import { EVENT_NAMES, createClient } from "./generated/index.js";
 import type {
   Availability,
   ChatMessage,
   ChatTyping,
+  Client,
   Envelope,
   EventMap,
   EventName,
   NotificationAlert,
   Payload,
   PresenceStatus,
+  SubscribeOptions,
   UserName,
-} from "../src/index.js";
+} from "./generated/index.js";
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
 function assertType<T extends true>(): T | undefined {
@@ -37,6 +41,14 @@ assertType<Equal<Availability, "online" | "away" | "offline">>();
 assertType<Equal<Payload<"presence.status">, PresenceStatus>>();
 assertType<Equal<EventMap["notification.alert"], string>>();
 assertType<Equal<Envelope<"chat.typing">["data"], ChatTyping>>();
+// The generated aliases are the package's types bound to the schema.
+assertType<Equal<Envelope, tidings.Envelope<EventMap>>>();
+assertType<Equal<Client, tidings.Client<EventMap>>>();
+assertType<Equal<SubscribeOptions<"chat.message">, tidings.SubscribeOptions<EventMap, "chat.message">>>();
+assertType<Equal<tidings.EventName<EventMap>, EventName>>();
+assertType<Equal<tidings.Payload<EventMap, "chat.typing">, ChatTyping>>();
+// An interface would not fit `Record<string, unknown>`: the generated map is a type alias.
+export const fitsTheIndexSignature: tidings.EventMap = {} as EventMap;
 
 export const one: Envelope<"chat.typing"> = {
   id: "1-0",
@@ -64,7 +76,81 @@ export function describe(envelope: Envelope): string {
 }
 
 export function parseName(name: string): EventName | undefined {
-  return isEventName(name) ? name : undefined;
+  return (EVENT_NAMES as readonly string[]).includes(name) ? (name as EventName) : undefined;
+}
+
+// The generated client: subscriptions and history typed by the schema; `onReady` takes nothing.
+export function generatedClient(): Client {
+  const client = createClient({ url: "/rt" });
+  client.subscribe({
+    channels: ["room:1"],
+    events: ["chat.typing"],
+    onData(envelope) {
+      assertType<Equal<typeof envelope, Envelope<"chat.typing">>>();
+      return envelope.data.active;
+    },
+    onReady() {},
+  });
+  void client.history("room:1").then((entries) => {
+    assertType<Equal<typeof entries, Envelope[]>>();
+  });
+  // Given names win over the schema's.
+  createClient({ url: "/rt", eventNames: ["chat.message"] });
+  return client;
+}
+
+// --- the generic package with an ad-hoc event map ---------------------------------------
+
+type Orders = { "order.created": { id: number }; "order.shipped": { id: number; carrier: string } };
+
+export function adHoc(): tidings.Client<Orders> {
+  const client = tidings.createClient<Orders>({ url: "/rt", eventNames: ["order.created", "order.shipped"] });
+  client.subscribe({
+    channels: ["shop:1"],
+    events: ["order.created"],
+    onData(envelope) {
+      assertType<Equal<typeof envelope, tidings.Envelope<Orders, "order.created">>>();
+      assertType<Equal<typeof envelope.data, { id: number }>>();
+      return envelope.data.id;
+    },
+    onReady: () => undefined,
+  });
+  client.subscribe({
+    channels: ["shop:1"],
+    onData(envelope) {
+      if (envelope.event === "order.shipped") return envelope.data.carrier;
+      // @ts-expect-error: narrowed to order.created, which has no `carrier`
+      return envelope.data.carrier;
+    },
+  });
+  client.subscribe({
+    channels: ["shop:1"],
+    // @ts-expect-error: an event of another schema
+    events: ["chat.message"],
+    onData() {},
+  });
+  client.subscribe({
+    channels: ["shop:1"],
+    onData() {},
+    // @ts-expect-error: `onReady` is called with nothing, and returns nothing of use
+    onReady: (info: string) => info,
+  });
+  assertType<Equal<tidings.EventName<Orders>, "order.created" | "order.shipped">>();
+  assertType<Equal<tidings.Payload<Orders, "order.shipped">["carrier"], string>>();
+  return client;
+}
+
+// Without a map, anything goes, untyped.
+export function untyped(): tidings.Client {
+  const client = tidings.createClient({ url: "/rt", transport: "fetch" });
+  client.subscribe({
+    channels: ["x"],
+    onData(envelope) {
+      assertType<Equal<typeof envelope.event, string>>();
+      assertType<Equal<typeof envelope.data, unknown>>();
+    },
+  });
+  return client;
 }
 
 // --- what must not compile ---------------------------------------------------------------

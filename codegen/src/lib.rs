@@ -8,8 +8,13 @@
 //! - Rust types ([`rust()`], feature `rust`, on by default): one type per payload (via
 //!   [typify](https://docs.rs/typify)), implementing `tidings::Emittable` and
 //!   `tidings::Payload`, plus an `Event` enum over all events;
-//! - TypeScript declarations ([`typescript()`]): one type per payload, `EventMap`, `EventName`,
-//!   `EVENT_NAMES` and a typed `Envelope`.
+//! - TypeScript ([`typescript_files()`]): a folder for the app's own tree with one type per
+//!   payload, `EventMap`, `EventName`, `EVENT_NAMES` and a typed `Envelope` (`events.ts`), a
+//!   `createClient` bound to the schema (`index.ts`), and bound React and Svelte layers with one
+//!   hook per event (`react.ts`, `svelte.ts`), all importing only `@tidings/client`.
+//!
+//! [`Build`] writes both where an app keeps them, from a build script or from the
+//! `tidings codegen` command, touching only files whose contents change.
 //!
 //! [`SchemaFile`] loads and checks a schema (names, references, type-name collisions) with
 //! errors that name the file, the event and the problem; the tidings runtime uses it with
@@ -25,19 +30,24 @@
 //!
 //! [build-dependencies]
 //! tidings-codegen = "0.1"
-//! anyhow = "1"
 //! ```
 //!
 //! ```no_run
 //! // build.rs
 //! # #[cfg(feature = "rust")]
-//! fn main() -> anyhow::Result<()> {
-//!     // Reads `<crate>/schema/events.json`, writes `$OUT_DIR/events.rs`, and asks cargo to
-//!     // rerun when the schema changes. A bad schema fails the build with a message such as
-//!     // `schema/events.json: event "chat.message": $ref "#/$defs/Nope" does not name an
-//!     // entry of $defs (at /namespaces/chat/message/properties/user/$ref)`.
-//!     tidings_codegen::build("schema/events.json", "events.rs")?;
-//!     Ok(())
+//! fn main() {
+//!     // Reads `<crate>/schema/events.json`, writes `$OUT_DIR/events.rs` and the TypeScript
+//!     // folder `web/src/tidings/`, and asks cargo to rerun when the schema changes. A bad
+//!     // schema fails the build with one line such as `schema/events.json: event
+//!     // "chat.message": $ref "#/$defs/Nope" does not name an entry of $defs (at
+//!     // /namespaces/chat/message/properties/user/$ref)`.
+//!     let build = tidings_codegen::Build::new("schema/events.json")
+//!         .rust("events.rs")
+//!         .typescript("web/src/tidings");
+//!     if let Err(e) = build.run() {
+//!         eprintln!("error: {e}");
+//!         std::process::exit(1);
+//!     }
 //! }
 //! # #[cfg(not(feature = "rust"))]
 //! # fn main() {}
@@ -63,7 +73,8 @@
 //!     r#"{ "namespaces": { "notification": { "alert": { "type": "string" } } } }"#,
 //!     "events.json",
 //! )?;
-//! let ts = tidings_codegen::typescript(&schema);
+//! let files = tidings_codegen::typescript_files(&schema);
+//! let ts = &files[0].contents; // events.ts
 //! assert!(ts.contains("export type NotificationAlert = string;"));
 //! assert!(ts.contains(r#"export const EVENT_NAMES = [
 //!   "notification.alert",
@@ -72,78 +83,35 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod build;
 mod schema;
 mod typescript;
 
 #[cfg(feature = "rust")]
 mod rust;
 
+pub use build::{Build, Error, FileState, Report};
 pub use schema::{
     EventDef, RefProblem, SchemaError, SchemaFile, SchemaItem, DEF_NAME_PATTERN, NAME_PATTERN,
     RESERVED_TYPE_NAMES,
 };
-pub use typescript::{typescript, typescript_react};
+pub use typescript::{
+    typescript, typescript_files, typescript_index, typescript_react, typescript_svelte, TsFile,
+    CLIENT_PACKAGE,
+};
 
 #[cfg(feature = "rust")]
 pub use rust::{rust, CodegenError, RustOptions};
 
-/// Why [`build`] failed. Displays as the underlying message (which names the schema file), so
-/// a build script returning it prints one clear line.
-#[cfg(feature = "rust")]
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The schema could not be read or was rejected.
-    #[error(transparent)]
-    Schema(#[from] SchemaError),
-    /// Rust code could not be generated.
-    #[error(transparent)]
-    Codegen(#[from] CodegenError),
-    /// An environment variable that cargo sets for build scripts is missing.
-    #[error("environment variable {0} is not set; call tidings_codegen::build from a build script")]
-    Env(&'static str),
-    /// The output file could not be written.
-    #[error("cannot write {path}: {source}")]
-    Write {
-        /// The output file.
-        path: std::path::PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// Generates Rust types for a schema from a build script: reads `schema_path` (relative to
-/// `CARGO_MANIFEST_DIR`), writes `$OUT_DIR/<out_file_name>`, and prints
-/// `cargo:rerun-if-changed=<schema_path>` (also when the schema is rejected, so fixing it
-/// reruns the script).
-///
-/// The generated code implements the traits of `::tidings`; use [`rust()`] with
-/// [`RustOptions::tidings_crate`] for another path.
+/// `CARGO_MANIFEST_DIR`), writes `$OUT_DIR/<out_file_name>` (only when it changed), and prints
+/// `cargo:rerun-if-changed=<schema_path>`. Short for
+/// `Build::new(schema_path).rust(out_file_name).run()`; [`Build`] also writes TypeScript.
 ///
 /// # Errors
 ///
-/// [`Error::Schema`] when the schema cannot be read or is invalid, [`Error::Codegen`] when
-/// typify cannot handle it, [`Error::Env`] outside a build script, [`Error::Write`] when the
-/// output cannot be written.
+/// As [`Build::run`].
 #[cfg(feature = "rust")]
 pub fn build(schema_path: &str, out_file_name: &str) -> Result<(), Error> {
-    use std::path::PathBuf;
-
-    println!("cargo:rerun-if-changed={schema_path}");
-    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").ok_or(Error::Env("CARGO_MANIFEST_DIR"))?;
-    let out_dir = std::env::var_os("OUT_DIR").ok_or(Error::Env("OUT_DIR"))?;
-
-    let text = std::fs::read_to_string(PathBuf::from(manifest_dir).join(schema_path)).map_err(|source| {
-        SchemaError::Read {
-            origin: schema_path.to_string(),
-            source,
-        }
-    })?;
-    let schema = SchemaFile::parse(&text, schema_path)?;
-    let code = rust(&schema, &RustOptions::default())?;
-
-    let path = PathBuf::from(out_dir).join(out_file_name);
-    std::fs::write(&path, code).map_err(|source| Error::Write { path, source })?;
-    Ok(())
+    Build::new(schema_path).rust(out_file_name).run().map(|_| ())
 }

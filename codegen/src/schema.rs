@@ -35,8 +35,17 @@ pub const NAME_PATTERN: &str = "[a-z][a-z0-9_]*";
 pub const DEF_NAME_PATTERN: &str = "[A-Za-z][A-Za-z0-9_-]*";
 
 /// Type names that the generators emit themselves (Rust `Event`; TypeScript `EventMap`,
-/// `EventName`, `Envelope`); no event or `$defs` entry may take them.
-pub const RESERVED_TYPE_NAMES: &[&str] = &["Event", "EventMap", "EventName", "Envelope"];
+/// `EventName`, `Envelope`, `Payload`, and `Client` and `SubscribeOptions` in `index.ts`); no
+/// event or `$defs` entry may take them.
+pub const RESERVED_TYPE_NAMES: &[&str] = &[
+    "Event",
+    "EventMap",
+    "EventName",
+    "Envelope",
+    "Payload",
+    "Client",
+    "SubscribeOptions",
+];
 
 /// A parsed and checked schema file.
 ///

@@ -1,11 +1,14 @@
-//! Snapshots of the generated Rust, TypeScript and React hooks for the demo schema and a feature fixture.
+//! Snapshots of the generated Rust and TypeScript folder (events, index, React, Svelte) for the
+//! test schema and a feature fixture.
 //!
 //! Review changes with `INSTA_UPDATE=always cargo test -p tidings-codegen --test snapshots`
 //! followed by `git diff codegen/tests/snapshots`.
 
 use std::path::Path;
 
-use tidings_codegen::{rust, typescript, typescript_react, RustOptions, SchemaFile};
+use tidings_codegen::{
+    rust, typescript, typescript_index, typescript_react, typescript_svelte, RustOptions, SchemaFile,
+};
 
 fn load(relative: &str) -> SchemaFile {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
@@ -14,25 +17,36 @@ fn load(relative: &str) -> SchemaFile {
     SchemaFile::parse(&text, relative).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn demo() -> SchemaFile {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schema/events.json");
+/// tidings' own test schema (`tests/events/events.json` at the repository root).
+fn test_schema() -> SchemaFile {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/events/events.json");
     let text = std::fs::read_to_string(path).unwrap();
-    SchemaFile::parse(&text, "schema/events.json").unwrap_or_else(|e| panic!("{e}"))
+    SchemaFile::parse(&text, "tests/events/events.json").unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
-fn demo_typescript() {
-    insta::assert_snapshot!(typescript(&demo()));
+fn test_schema_typescript() {
+    insta::assert_snapshot!(typescript(&test_schema()));
 }
 
 #[test]
-fn demo_typescript_react() {
-    insta::assert_snapshot!(typescript_react(&demo()));
+fn test_schema_typescript_index() {
+    insta::assert_snapshot!(typescript_index(&test_schema()));
 }
 
 #[test]
-fn demo_rust() {
-    insta::assert_snapshot!(rust(&demo(), &RustOptions::default()).unwrap());
+fn test_schema_typescript_react() {
+    insta::assert_snapshot!(typescript_react(&test_schema()));
+}
+
+#[test]
+fn test_schema_typescript_svelte() {
+    insta::assert_snapshot!(typescript_svelte(&test_schema()));
+}
+
+#[test]
+fn test_schema_rust() {
+    insta::assert_snapshot!(rust(&test_schema(), &RustOptions::default()).unwrap());
 }
 
 #[test]

@@ -29,9 +29,56 @@ pub fn hs256(claims: serde_json::Value) -> String {
     .unwrap()
 }
 
-/// The demo schema of this repository.
+/// The test schema (`tests/events/events.json`), whose Rust types are `tidings_test_events`.
 pub fn schema_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/events.json")
+    PathBuf::from(tidings_test_events::SCHEMA_PATH)
+}
+
+/// The `tidings` command, built by `cargo test --workspace` (it lives in `cli/`, another package,
+/// so cargo gives these tests no `CARGO_BIN_EXE_tidings`): `TIDINGS_BIN` when set, else
+/// `tidings` beside the test's own target directory. Panics with what to run when it is missing
+/// or older than the sources it is built from, so a test never runs an old server.
+pub fn tidings_bin() -> PathBuf {
+    if let Some(given) = std::env::var_os("TIDINGS_BIN") {
+        return PathBuf::from(given);
+    }
+    // Tests run as <target>/<profile>/deps/<test>-<hash>.
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("tidings");
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run `cargo build -p tidings-cli` (or `cargo test --workspace`) first",
+                bin.display()
+            )
+        });
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for dir in ["src", "cli/src", "codegen/src"] {
+        if let Some(newer) = newer_file(&root.join(dir), built) {
+            panic!(
+                "{} is older than {}: run `cargo build -p tidings-cli` (or `cargo test --workspace`) first",
+                bin.display(),
+                newer.display()
+            );
+        }
+    }
+    bin
+}
+
+fn newer_file(dir: &Path, than: SystemTime) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let meta = entry.metadata().ok()?;
+        if meta.is_dir() {
+            if let Some(found) = newer_file(&path, than) {
+                return Some(found);
+            }
+        } else if meta.modified().ok()? > than {
+            return Some(path);
+        }
+    }
+    None
 }
 
 fn free_port() -> u16 {
@@ -562,7 +609,7 @@ impl Spawn {
         for _ in 0..5 {
             let port = free_port();
             let logs = tempfile::tempdir().unwrap();
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidings"));
+            let mut cmd = Command::new(tidings_bin());
             cmd.arg("--bind")
                 .arg(format!("127.0.0.1:{port}"))
                 .arg("--schema")

@@ -2,13 +2,10 @@
 // collector of delivered events.
 import { EventSource } from "eventsource";
 import {
-  createClient,
   eventSourceTransport,
   fetchTransport,
-  type Client,
   type ClientOptions,
   type Connection,
-  type Envelope,
   type EventSourceConstructor,
   type Frame,
   type ResetInfo,
@@ -16,6 +13,7 @@ import {
   type TidingsError,
   type Transport,
 } from "../../src/index.js";
+import { createClient, type Client, type Envelope } from "../generated/index.js";
 
 export type Kind = "fetch" | "eventsource";
 export const KINDS: readonly Kind[] = ["fetch", "eventsource"];
@@ -52,11 +50,13 @@ export function channelsOf(url: string): string[] {
 }
 
 /**
- * Wraps a transport: records each connection's URL and frames, and lets a test rewrite the URL
- * of the next connection or tamper with frames.
+ * Wraps a transport: records each connection's URL, listened-for event names and frames, and lets
+ * a test rewrite the URL of the next connection or tamper with frames.
  */
 export class RecordingTransport {
   readonly urls: string[] = [];
+  /** The `eventNames` each connection was opened with (index as in `urls`). */
+  readonly eventNames: (readonly string[])[] = [];
   /** Every frame received, per connection (index as in `urls`). */
   readonly frames: Frame[][] = [];
   closes = 0;
@@ -67,11 +67,12 @@ export class RecordingTransport {
   readonly transport: Transport;
 
   constructor(inner: Transport) {
-    this.transport = (url, options, handlers) => {
+    const transport: Transport = (url, options, handlers) => {
       const rewrite = this.rewriteNext;
       this.rewriteNext = undefined;
       const actual = rewrite ? rewrite(url) : url;
       this.urls.push(actual);
+      this.eventNames.push(options.eventNames);
       const frames: Frame[] = [];
       this.frames.push(frames);
       const conn: Connection = inner(actual, options, {
@@ -90,6 +91,8 @@ export class RecordingTransport {
         },
       };
     };
+    // A wrapper of EventSource still only sees the events it names.
+    this.transport = inner.namedEventsOnly ? Object.assign(transport, { namedEventsOnly: true }) : transport;
   }
 
   get connections(): number {
@@ -101,7 +104,10 @@ export class RecordingTransport {
   }
 }
 
-/** A client of the real server through `url`, with short backoff so tests reconnect fast. */
+/**
+ * A client of the real server through `url` (the generated `createClient`, so it knows the test
+ * schema's event names), with short backoff so tests reconnect fast.
+ */
 export function makeClient(
   kind: Kind,
   url: string,

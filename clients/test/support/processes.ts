@@ -7,11 +7,12 @@ import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { inject } from "vitest";
-import type { Envelope } from "../../src/index.js";
+import type { Envelope } from "../generated/index.js";
 
 export const EMIT_KEY = "vitest-emit-key";
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
-const schemaPath = path.join(repoRoot, "schema", "events.json");
+// The test schema (a copy of the demo's), which test/generated is generated from.
+export const schemaPath = path.join(repoRoot, "tests", "events", "events.json");
 
 const live = new Set<ChildProcess>();
 process.on("exit", () => {

@@ -1,4 +1,5 @@
-//! The `tidings` command: serve the schema's events, or emit and tail from a terminal.
+//! The `tidings` command: serve the schema's events, generate an app's code from its schema, or
+//! emit and tail from a terminal.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -37,6 +38,9 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Generate an app's TypeScript folder and/or Rust types from its schema (files are written
+    /// only when they change; --check writes nothing and fails when they are stale).
+    Codegen(CodegenArgs),
     /// Print events of one or more channels as they arrive (GET /realtime).
     Tail {
         /// Channel names.
@@ -51,6 +55,29 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+}
+
+#[derive(Args)]
+#[command(group = clap::ArgGroup::new("outputs").required(true).multiple(true).args(["typescript", "rust"]))]
+struct CodegenArgs {
+    /// The event schema. Generated files name it as given here.
+    #[arg(long, default_value = "schema/events.json")]
+    schema: PathBuf,
+    /// The TypeScript folder to write: events.ts (types, EventMap, EVENT_NAMES), index.ts (a
+    /// createClient bound to the schema), react.ts and svelte.ts (bound hooks, one per event).
+    #[arg(long, value_name = "DIR")]
+    typescript: Option<PathBuf>,
+    /// A Rust file to write the payload types and the Event enum to (for `mod events;` or
+    /// `include!`), instead of generating them into OUT_DIR from build.rs.
+    #[arg(long, value_name = "FILE")]
+    rust: Option<PathBuf>,
+    /// Path of the tidings crate in the generated Rust (when the dependency is renamed).
+    #[arg(long, default_value = "::tidings", value_name = "PATH")]
+    tidings_crate: String,
+    /// Write nothing; exit with status 1 when a file is missing or differs from what the schema
+    /// generates (for CI).
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Args, Clone)]
@@ -159,6 +186,10 @@ struct Remote {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Codegen(args)) = &cli.command {
+        std::process::exit(codegen(args));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TIDINGS_LOG")
@@ -166,7 +197,6 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(*args).await,
@@ -182,6 +212,7 @@ async fn main() -> Result<()> {
             token,
             remote,
         }) => tail(channels, cursor, token, remote).await,
+        Some(Command::Codegen(_)) => unreachable!("handled above"),
     }
 }
 
@@ -328,6 +359,56 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// `tidings codegen`: the exit status. Every failure is one line on stderr.
+fn codegen(args: &CodegenArgs) -> i32 {
+    let mut build = tidings_codegen::Build::new(&args.schema)
+        .in_dir("")
+        .check(args.check);
+    if let Some(dir) = &args.typescript {
+        build = build.typescript(dir);
+    }
+    if let Some(file) = &args.rust {
+        build = build.rust(file).tidings_crate(&args.tidings_crate);
+    }
+    let report = match build.run() {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let schema = args.schema.display();
+    if args.check {
+        let outdated: Vec<_> = report.outdated().collect();
+        if outdated.is_empty() {
+            println!("{} files are current with {schema}", report.files.len());
+            return 0;
+        }
+        for (path, state) in &report.files {
+            match state {
+                tidings_codegen::FileState::Stale => eprintln!("stale: {}", path.display()),
+                tidings_codegen::FileState::Missing => eprintln!("missing: {}", path.display()),
+                _ => {}
+            }
+        }
+        eprintln!(
+            "error: {} of {} generated files are out of date with {schema}; run the same \
+             `tidings codegen` command without --check and commit the result",
+            outdated.len(),
+            report.files.len()
+        );
+        return 1;
+    }
+    for (path, state) in &report.files {
+        let verb = match state {
+            tidings_codegen::FileState::Written => "wrote",
+            _ => "unchanged",
+        };
+        println!("{verb} {}", path.display());
+    }
+    0
 }
 
 async fn emit(channel: String, event: String, data: String, remote: Remote) -> Result<()> {

@@ -1,7 +1,7 @@
 import { StrictMode } from "react";
 import { createRoot } from "react-dom/client";
-import { RealtimeProvider } from "@tidings/client/react";
-import { App } from "./App";
+import { RealtimeProvider } from "./tidings/react.js";
+import { App } from "./App.js";
 import "./style.css";
 
 const room = new URLSearchParams(location.search).get("room") || "room:1";

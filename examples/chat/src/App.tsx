@@ -1,5 +1,6 @@
 import { useEffect, useRef, useState, type FormEvent } from "react";
-import { useHistory, useNotificationAlert, useStatus, type ResetInfo } from "@tidings/client/react";
+import type { ResetInfo } from "@tidings/client";
+import { useHistory, useNotificationAlert, useStatus } from "./tidings/react.js";
 
 export interface AppProps {
   /** The chat channel, e.g. `room:1`. */
