@@ -154,8 +154,16 @@ pub struct Config {
     pub retention: Retention,
     /// The bearer key `POST /emit` requires; `None` generates a random one at start.
     pub emit_key: Option<String>,
-    /// Interval of SSE heartbeat comments. Default 15 s.
+    /// Interval of heartbeats: a `tidings.ping` event on every stream with nothing else to send,
+    /// announced to clients in `tidings.ready` so they can tell a dead link from a quiet one.
+    /// Default 15 s.
     pub heartbeat: Duration,
+    /// How long one write to a stream may make no progress before the stream is closed and its
+    /// connection slot released: a client that stopped reading, or a peer that vanished without
+    /// closing. On the standalone server it is also the socket's `TCP_USER_TIMEOUT` (Linux): sent
+    /// data that stays unacknowledged that long ends the connection, even while the kernel
+    /// buffer still takes small writes. Default 30 s.
+    pub write_timeout: Duration,
     /// Reconnect delay suggested to browsers in the `retry:` field. Default 2 s.
     pub retry: Duration,
     /// Request limits.
@@ -188,6 +196,7 @@ impl std::fmt::Debug for Config {
             .field("retention", &self.retention)
             .field("emit_key", &self.emit_key.as_ref().map(|_| "<set>"))
             .field("heartbeat", &self.heartbeat)
+            .field("write_timeout", &self.write_timeout)
             .field("retry", &self.retry)
             .field("limits", &self.limits)
             .field("app_dir", &self.app_dir)
@@ -209,6 +218,7 @@ impl Default for Config {
             retention: Retention::default(),
             emit_key: None,
             heartbeat: Duration::from_secs(15),
+            write_timeout: Duration::from_secs(30),
             retry: Duration::from_secs(2),
             limits: Limits::default(),
             app_dir: None,
@@ -253,6 +263,12 @@ impl Config {
     /// Sets [`Config::emit_key`].
     pub fn emit_key(mut self, key: impl Into<String>) -> Self {
         self.emit_key = Some(key.into());
+        self
+    }
+
+    /// Sets [`Config::write_timeout`].
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
         self
     }
 

@@ -678,6 +678,7 @@ pub(crate) async fn open_stream<S: Sink>(
     };
     let settings = StreamSettings {
         heartbeat: rt.inner.config.heartbeat,
+        write_timeout: rt.inner.config.write_timeout,
         retry: rt.inner.config.retry,
         closing: rt.inner.closing.subscribe(),
         // A deadline too far off for the clock to hold is no deadline.

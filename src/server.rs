@@ -62,6 +62,11 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        // Data the peer never acknowledges (it vanished: a NAT dropped the flow, a laptop slept)
+        // ends the connection after the write timeout, even while the kernel buffer still takes
+        // the small heartbeat writes that would otherwise never block.
+        #[cfg(target_os = "linux")]
+        let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(rt.config().write_timeout));
         let guard = Open::enter(&open);
         let (rt, service) = (rt.clone(), service.clone());
         tokio::spawn(async move {

@@ -9,15 +9,16 @@
 //! event: chat.message
 //! data: {"id":"1700000000000-0","channel":"room:1","event":"chat.message","data":{…}}
 //!
-//! id: room:1=…,room:2=…                 after history is replayed: the cursor so far
-//! event: tidings.ready
-//! data: {"cursor":"…","channels":["room:1","room:2"]}
+//! id: room:1=…,room:2=…                 after history is replayed: the cursor so far, and
+//! event: tidings.ready                  the heartbeat interval (a client that hears nothing
+//! data: {"cursor":"…","channels":["room:1","room:2"],"heartbeat_ms":15000}   for longer knows)
 //!
 //! id: …                                 history after the client's cursor was trimmed
 //! event: tidings.reset
 //! data: {"channel":"room:1","oldest":"1700000000005-0","cursor":"…"}
 //!
-//! : heartbeat                           every heartbeat interval
+//! event: tidings.ping                  every heartbeat interval without other frames: an event,
+//! data: {}                              so a browser's EventSource shows it to the page
 //!
 //! id: …                                 the client fell behind and is disconnected
 //! event: tidings.lagged
@@ -43,6 +44,8 @@ use crate::store::{Entry, Store, StoreError};
 const REPLAY_PAGE: usize = 500;
 /// Frames are gathered into chunks of about this size before they are written.
 const CHUNK: usize = 32 * 1024;
+/// The heartbeat frame.
+const PING: &str = "event: tidings.ping\ndata: {}\n\n";
 
 /// What one SSE connection asked for, already checked.
 pub(crate) struct StreamRequest {
@@ -53,6 +56,8 @@ pub(crate) struct StreamRequest {
 
 pub(crate) struct StreamSettings {
     pub heartbeat: Duration,
+    /// A write that makes no progress for this long ends the stream (the client is gone).
+    pub write_timeout: Duration,
     pub retry: Duration,
     /// Becomes true when the server shuts down.
     pub closing: tokio::sync::watch::Receiver<bool>,
@@ -91,6 +96,9 @@ impl Sink for mpsc::Sender<Bytes> {
 struct Writer<S> {
     out: S,
     buf: String,
+    /// A chunk that cannot be written within this is a client that stopped reading, or a peer
+    /// that is gone without a word: treated as gone, so the stream ends and frees its slot.
+    write_timeout: Duration,
 }
 
 impl<S: Sink> Writer<S> {
@@ -100,7 +108,13 @@ impl<S: Sink> Writer<S> {
         }
         // Taking the buffer leaves no allocation behind: an idle connection holds none.
         let chunk = Bytes::from(std::mem::take(&mut self.buf));
-        self.out.send(chunk).await
+        match tokio::time::timeout(self.write_timeout, self.out.send(chunk)).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                tracing::debug!(timeout = ?self.write_timeout, "a write made no progress; closing the stream");
+                Err(Gone)
+            }
+        }
     }
 
     async fn maybe_flush(&mut self) -> Result<(), Gone> {
@@ -155,6 +169,7 @@ pub(crate) async fn run<S: Sink>(
     let mut w = Writer {
         out,
         buf: String::new(),
+        write_timeout: settings.write_timeout,
     };
     let _ = write!(w.buf, "retry: {}\n\n", settings.retry.as_millis());
     let mut cursor = Cursor::default();
@@ -196,9 +211,10 @@ pub(crate) async fn run<S: Sink>(
     w.frame(&cursor, "tidings.ready", |b| {
         let _ = write!(
             b,
-            r#"{{"cursor":{},"channels":[{}]}}"#,
+            r#"{{"cursor":{},"channels":[{}],"heartbeat_ms":{}}}"#,
             json_str(&text),
-            channels.join(",")
+            channels.join(","),
+            settings.heartbeat.as_millis()
         );
     });
     if w.flush().await.is_err() {
@@ -246,12 +262,20 @@ pub(crate) async fn run<S: Sink>(
                         Err(_) => break,
                     }
                 }
-                if w.flush().await.is_err() {
-                    return;
+                if !w.buf.is_empty() {
+                    if w.flush().await.is_err() {
+                        return;
+                    }
+                    // The client just heard from us: the next heartbeat is due an interval
+                    // from now, so a busy stream sends none.
+                    heartbeat.reset();
                 }
             }
             _ = heartbeat.tick() => {
-                w.buf.push_str(": heartbeat\n\n");
+                // An event, not a comment: EventSource hides comments from the page, which then
+                // could not tell a dead link (a NAT that dropped the flow, a sleeping laptop)
+                // from a quiet channel. Clients that do not know it ignore it.
+                w.buf.push_str(PING);
                 if w.flush().await.is_err() {
                     return;
                 }
@@ -403,6 +427,7 @@ fn test_settings(
 ) -> StreamSettings {
     StreamSettings {
         heartbeat,
+        write_timeout: Duration::from_secs(30),
         retry: Duration::from_secs(2),
         closing,
         deadline,
@@ -452,8 +477,10 @@ mod tests {
         let start = collect_until(&mut rx, "tidings.ready").await;
         assert_eq!(
             start,
-            "retry: 1500\n\nid: a=0-0,b=0-0\nevent: tidings.ready\ndata: {\"cursor\":\"a=0-0,b=0-0\",\"channels\":[\"a\",\"b\"]}\n\n"
+            "retry: 1500\n\nid: a=0-0,b=0-0\nevent: tidings.ready\ndata: {\"cursor\":\"a=0-0,b=0-0\",\"channels\":[\"a\",\"b\"],\"heartbeat_ms\":15000}\n\n"
         );
+        // 10 s into the first heartbeat interval, an event: the interval starts again after it.
+        tokio::time::sleep(Duration::from_secs(10)).await;
         let id = store
             .append(&ch("b"), "chat.typing", r#"{"user":"ada","active":true}"#)
             .await
@@ -463,13 +490,72 @@ mod tests {
             frame,
             format!("id: a=0-0,b={id}\nevent: chat.typing\ndata: {{\"id\":\"{id}\",\"channel\":\"b\",\"event\":\"chat.typing\",\"data\":{{\"user\":\"ada\",\"active\":true}}}}\n\n")
         );
+        // So the heartbeat comes 15 s after the event, not 5 s: a busy stream sends none.
         let before = tokio::time::Instant::now();
-        assert_eq!(collect_until(&mut rx, "heartbeat").await, ": heartbeat\n\n");
+        assert_eq!(
+            collect_until(&mut rx, "tidings.ping").await,
+            "event: tidings.ping\ndata: {}\n\n"
+        );
         let waited = before.elapsed();
         assert!(
             waited >= Duration::from_secs(14) && waited <= Duration::from_secs(16),
             "heartbeat after {waited:?}"
         );
+        let before = tokio::time::Instant::now();
+        collect_until(&mut rx, "tidings.ping").await;
+        let waited = before.elapsed();
+        assert!(
+            waited >= Duration::from_secs(14) && waited <= Duration::from_secs(16),
+            "second heartbeat after {waited:?}"
+        );
+    }
+
+    /// A sink whose writes never complete: a client that stopped reading with its buffers full.
+    struct Stuck {
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Sink for Stuck {
+        async fn send(&mut self, _chunk: Bytes) -> Result<(), Gone> {
+            self.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::pending().await
+        }
+        async fn closed(&mut self) {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_without_progress_ends_the_stream_after_the_write_timeout() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let hub = Hub::start(store.clone(), 8);
+        let sub = hub.subscribe(&[ch("a")]).await.unwrap();
+        let (_closing, closing) = tokio::sync::watch::channel(false);
+        let mut settings = test_settings(Duration::from_secs(15), closing, None);
+        settings.write_timeout = Duration::from_secs(7);
+        let req = StreamRequest {
+            channels: vec![ch("a")],
+            events: None,
+            cursor: None,
+        };
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let out = Stuck {
+            writes: writes.clone(),
+        };
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(run(store.clone(), req, sub, settings, out));
+        // The first write (retry + ready) never completes: the stream ends 7 s later, and with
+        // it the task that holds the connection permit.
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the stream ended")
+            .unwrap();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(7) && took < Duration::from_secs(8),
+            "ended after {took:?}"
+        );
+        assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -79,7 +79,7 @@ async fn get_error(url: &str, last_event_id: Option<&[u8]>) -> (u16, String, Val
 }
 
 /// Checks the framing of everything a stream sent: blocks end with a blank line; a block is the
-/// `retry:` line, a `: heartbeat` comment, or exactly `id:`, `event:`, `data:` with one-line
+/// `retry:` line, the `tidings.ping` heartbeat, or exactly `id:`, `event:`, `data:` with one-line
 /// values (data being one JSON document), so no value can smuggle in a line of its own.
 fn assert_well_formed(raw: &str) {
     assert!(!raw.contains('\r'), "carriage return in {raw:?}");
@@ -96,7 +96,7 @@ fn assert_well_formed(raw: &str) {
                     "{retry:?}"
                 );
             }
-            [": heartbeat"] => {}
+            ["event: tidings.ping", "data: {}"] => {}
             [id, event, data] => {
                 let id = id
                     .strip_prefix("id: ")
@@ -123,7 +123,7 @@ fn assert_well_formed(raw: &str) {
 fn ready_frame(cursor: &str, channels: &[&str]) -> String {
     let channels: Vec<String> = channels.iter().map(|c| format!("\"{c}\"")).collect();
     format!(
-        "id: {cursor}\nevent: tidings.ready\ndata: {{\"cursor\":\"{cursor}\",\"channels\":[{}]}}\n\n",
+        "id: {cursor}\nevent: tidings.ready\ndata: {{\"cursor\":\"{cursor}\",\"channels\":[{}],\"heartbeat_ms\":15000}}\n\n",
         channels.join(",")
     )
 }
@@ -527,8 +527,10 @@ async fn heartbeats_arrive_and_every_field_is_one_line(b: Backend) {
     s.emit_ok("room:1", "notification.alert", json!("line\nbreak"))
         .await;
     assert_eq!(sse.next().await.unwrap().json()["data"], "line\nbreak");
-    let beats = sse.raw.matches(": heartbeat\n\n").count();
+    // Heartbeats are events EventSource shows the page, each on its own; the reader skips them.
+    let beats = sse.raw.matches("event: tidings.ping\ndata: {}\n\n").count();
     assert!(beats >= 2, "expected heartbeats in {:?}", sse.raw);
+    assert_eq!(sse.pings, beats);
     assert_well_formed(&sse.raw);
 }
 

@@ -106,9 +106,15 @@ struct ServeArgs {
     /// Bearer key for POST /emit; generated and printed when not given.
     #[arg(long, env = "TIDINGS_EMIT_KEY", hide_env_values = true)]
     emit_key: Option<String>,
-    /// Seconds between SSE heartbeats.
+    /// Seconds between heartbeats (a `tidings.ping` event on a stream with nothing else to
+    /// send; clients reconnect when they hear nothing for 2.5 times this).
     #[arg(long, env = "TIDINGS_HEARTBEAT", default_value_t = 15)]
     heartbeat: u64,
+    /// Seconds a write to a stream may make no progress (a client that stopped reading, a
+    /// vanished peer) before the stream is closed and its slot freed; also the sockets'
+    /// TCP_USER_TIMEOUT.
+    #[arg(long, env = "TIDINGS_WRITE_TIMEOUT", default_value_t = 30)]
+    write_timeout: u64,
     /// Channels one connection may watch.
     #[arg(long, env = "TIDINGS_MAX_CHANNELS", default_value_t = 100)]
     max_channels: usize,
@@ -245,6 +251,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .schema(&args.schema)
         .retention(retention)
         .heartbeat(Duration::from_secs(args.heartbeat.max(1)))
+        .write_timeout(Duration::from_secs(args.write_timeout.max(1)))
         .key_prefix(args.key_prefix)
         .redis_tail(args.redis_tail)
         .limits(limits);
@@ -473,6 +480,9 @@ async fn tail(
             if let Some(name) = line.strip_prefix("event: ") {
                 event = name.to_string();
             } else if let Some(data) = line.strip_prefix("data: ") {
+                if event == "tidings.ping" {
+                    continue; // the heartbeat: nothing to show
+                }
                 println!("{event}\t{data}");
                 last.clone_from(&event);
             } else if line.is_empty() {

@@ -8,6 +8,7 @@ import {
   type EventSourceConstructor,
   type Frame,
   type Transport,
+  watchNetwork,
 } from "./transport.js";
 import type { Envelope, EventMap, EventName } from "./types.js";
 
@@ -150,7 +151,11 @@ export interface HistoryOptions {
 export interface Client<M extends EventMap = EventMap> {
   /** The connection's state now. */
   readonly status: Status;
-  /** The last error, when `status` is `error`. */
+  /**
+   * The last error, when `status` is `error`; while `connecting` after the client itself dropped
+   * a connection, the reason: `code` `"heartbeat_timeout"` (nothing, not even a heartbeat, for
+   * {@link STALL_FACTOR} announced intervals) or `"online"` (the browser's network came back).
+   */
   readonly error: TidingsError | undefined;
   /**
    * Subscribes; returns the function that unsubscribes.
@@ -197,7 +202,13 @@ function covers(scope: Scope, sub: Sub): boolean {
 // The longest delay setTimeout takes (about 24.8 days); a longer one would fire at once.
 const MAX_TIMER_MS = 2_147_483_647;
 
-const CONTROL_EVENTS = ["tidings.ready", "tidings.reset", "tidings.lagged", "tidings.expired"] as const;
+const CONTROL_EVENTS = ["tidings.ready", "tidings.reset", "tidings.lagged", "tidings.expired", "tidings.ping"] as const;
+
+/**
+ * A connection that delivers nothing, not even a heartbeat, for this many heartbeat intervals
+ * (announced in `tidings.ready`) is taken for dead and replaced.
+ */
+export const STALL_FACTOR = 2.5;
 
 /** The delay before reconnect attempt `attempt` (0-based). */
 export function backoffDelay(backoff: Backoff, attempt: number, random: () => number): number {
@@ -253,9 +264,17 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
   // neither the backoff nor a change of subscriptions reconnects earlier than the server asked.
   let notBefore = 0;
 
+  // The heartbeat interval the server announced in its last `tidings.ready`, and when the
+  // current connection last delivered anything (a frame or a heartbeat).
+  let heartbeatMs: number | undefined;
+  let lastFrameAt = 0;
+  let watchdog: ReturnType<typeof setTimeout> | undefined;
+
+  // `error` goes with "error" and, as the reason for reconnecting, with "connecting"; a
+  // "connecting" without a reason keeps the one it has.
   const setStatus = (next: Status, error?: TidingsError) => {
-    lastError = next === "error" ? error : undefined;
-    if (next === status && next !== "error") return;
+    if (next === status && next !== "error" && error === undefined) return;
+    lastError = next === "error" || next === "connecting" ? error : undefined;
     status = next;
     for (const listener of [...statusListeners]) listener(status, lastError);
   };
@@ -306,7 +325,41 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
     }
   };
 
+  const stopWatchdog = () => {
+    if (watchdog !== undefined) clearTimeout(watchdog);
+    watchdog = undefined;
+  };
+
+  // Fires when the connection has been silent for STALL_FACTOR heartbeats. Re-armed lazily (a
+  // frame only stamps `lastFrameAt`), so a busy stream costs no timer per frame.
+  const armWatchdog = () => {
+    stopWatchdog();
+    if (heartbeatMs === undefined || conn === undefined) return;
+    const limit = heartbeatMs * STALL_FACTOR;
+    const left = lastFrameAt + limit - Date.now();
+    if (left > 0) {
+      watchdog = setTimeout(armWatchdog, Math.min(left, MAX_TIMER_MS));
+      return;
+    }
+    reconnectNow(
+      new TidingsError(
+        `nothing from the server for ${(limit / 1000).toFixed(1)} s (heartbeat every ${(heartbeatMs / 1000).toFixed(1)} s): reconnecting`,
+        { code: "heartbeat_timeout" },
+      ),
+    );
+  };
+
+  // Replaces the connection at once, resuming from the cursor: nothing lost or repeated.
+  const reconnectNow = (reason: TidingsError) => {
+    if (closed || subs.size === 0) return;
+    dropConnection();
+    attempt = 0;
+    setStatus("connecting", reason);
+    scheduleSync();
+  };
+
   const dropConnection = () => {
+    stopWatchdog();
     conn?.close();
     conn = undefined;
     readyScope = undefined;
@@ -413,7 +466,9 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
         {
           onOpen: () => {},
           onFrame: (frame) => {
-            if (mine()) onFrame(frame, scope);
+            if (!mine()) return;
+            lastFrameAt = Date.now();
+            onFrame(frame, scope);
           },
           onError: (error) => {
             if (opened === undefined) early ??= error;
@@ -466,7 +521,12 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
 
   const onFrame = (frame: Frame, scope: Scope) => {
     switch (frame.event) {
-      case "tidings.ready":
+      case "tidings.ready": {
+        const ready = parseJson(frame.data) as { heartbeat_ms?: unknown } | undefined;
+        // Servers older than the heartbeat event announce nothing: no watchdog then.
+        const beat = ready?.heartbeat_ms;
+        heartbeatMs = typeof beat === "number" && beat > 0 ? beat : undefined;
+        armWatchdog();
         mergeCursor(frame.id);
         attempt = 0;
         notBefore = 0;
@@ -477,6 +537,9 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
         // (and a listener that closed the client cleared the scope).
         announceReady();
         return;
+      }
+      case "tidings.ping":
+        return; // the heartbeat: its arrival (lastFrameAt) is all that counts
       case "tidings.reset": {
         const info = parseJson(frame.data) as { channel?: unknown; oldest?: unknown } | undefined;
         const channel = typeof info?.channel === "string" ? info.channel : undefined;
@@ -522,6 +585,14 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
       }
     }
   };
+
+  // The browser says the network is back (a Wi-Fi switch, a laptop that woke up): the old
+  // connection is likely dead, so replace it now rather than after the watchdog's wait. A hidden
+  // tab that is shown again had its timers throttled, the watchdog's among them: check it now.
+  const stopNetwork = watchNetwork({
+    online: () => reconnectNow(new TidingsError("the network is back: reconnecting", { code: "online" })),
+    visible: () => armWatchdog(),
+  });
 
   return {
     get status() {
@@ -590,6 +661,7 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
     },
     close() {
       closed = true;
+      stopNetwork();
       subs.clear();
       dropConnection();
       setStatus("disconnected");

@@ -4,7 +4,7 @@
 // writes, into the app, a folder that binds it to the app's schema (`createClient`, the event
 // types, and React hooks or Svelte functions per event).
 export type { Envelope, EventMap, EventName, Payload } from "./types.js";
-export { createClient, backoffDelay, DEFAULT_BACKOFF } from "./client.js";
+export { createClient, backoffDelay, DEFAULT_BACKOFF, STALL_FACTOR } from "./client.js";
 export type {
   Backoff,
   Client,
@@ -18,5 +18,14 @@ export type {
 } from "./client.js";
 export { TidingsError, parseRetryAfter } from "./errors.js";
 export { compareIds, formatCursor, parseCursor } from "./cursor.js";
-export { eventSourceTransport, fetchTransport } from "./transport.js";
-export type { Connection, ConnectOptions, EventSourceConstructor, EventSourceLike, Frame, Transport, TransportHandlers } from "./transport.js";
+export { eventSourceTransport, fetchTransport, watchNetwork } from "./transport.js";
+export type {
+  Connection,
+  ConnectOptions,
+  EventSourceConstructor,
+  EventSourceLike,
+  Frame,
+  NetworkHandlers,
+  Transport,
+  TransportHandlers,
+} from "./transport.js";

@@ -193,3 +193,34 @@ function withQuery(url: string, name: string, value: string): string {
   const sep = !head.includes("?") ? "?" : head.endsWith("?") || head.endsWith("&") ? "" : "&";
   return `${head}${sep}${encodeURIComponent(name)}=${encodeURIComponent(value)}${tail}`;
 }
+
+/** What {@link watchNetwork} reports. */
+export interface NetworkHandlers {
+  /** The browser is online again (`online` event). */
+  online(): void;
+  /** A hidden page became visible again (`visibilitychange`). */
+  visible(): void;
+}
+
+/**
+ * Calls `handlers` on the browser's signals that a connection deserves a look: the network came
+ * back, or a hidden page is visible again. Returns the function that stops it. Where there is no
+ * window (Node, workers without `document`), it watches what exists and otherwise does nothing.
+ */
+export function watchNetwork(handlers: NetworkHandlers): () => void {
+  type Target = { addEventListener(type: string, f: () => void): void; removeEventListener(type: string, f: () => void): void };
+  const win = globalThis as Partial<Target> & { document?: Partial<Target> & { visibilityState?: string } };
+  const stops: (() => void)[] = [];
+  const on = (target: Partial<Target> | undefined, type: string, f: () => void) => {
+    if (typeof target?.addEventListener !== "function" || typeof target.removeEventListener !== "function") return;
+    target.addEventListener(type, f);
+    stops.push(() => target.removeEventListener?.(type, f));
+  };
+  on(win, "online", () => handlers.online());
+  on(win.document, "visibilitychange", () => {
+    if (win.document?.visibilityState === "visible") handlers.visible();
+  });
+  return () => {
+    for (const stop of stops.splice(0)) stop();
+  };
+}

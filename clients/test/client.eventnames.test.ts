@@ -20,7 +20,7 @@ afterAll(async () => {
   await server?.stop();
 });
 
-const CONTROL = ["tidings.ready", "tidings.reset", "tidings.lagged", "tidings.expired"];
+const CONTROL = ["tidings.ready", "tidings.reset", "tidings.lagged", "tidings.expired", "tidings.ping"];
 
 /** The generic `createClient`, without `eventNames`. */
 function bare(options: Partial<tidings.ClientOptions> = {}): tidings.Client<EventMap> {

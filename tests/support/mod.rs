@@ -406,10 +406,13 @@ pub fn msg(text: &str) -> serde_json::Value {
 }
 
 /// A raw SSE reader over reqwest: yields parsed frames, keeps the raw bytes for byte-exact tests.
+/// Heartbeats (`tidings.ping`) are counted in `pings` and not yielded, as a client that has
+/// nothing to do with them skips them.
 pub struct SseReader {
     body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     pending: String,
     pub raw: String,
+    pub pings: usize,
 }
 
 /// One SSE frame (comments are skipped).
@@ -441,6 +444,7 @@ impl SseReader {
             body: Box::pin(r.bytes_stream()),
             pending: String::new(),
             raw: String::new(),
+            pings: 0,
         }
     }
 
@@ -477,7 +481,9 @@ impl SseReader {
                         other => panic!("unexpected SSE field {other:?} in {block:?}"),
                     }
                 }
-                if any {
+                if frame.event.as_deref() == Some("tidings.ping") {
+                    self.pings += 1;
+                } else if any {
                     return Some(frame);
                 }
             }

@@ -1,7 +1,9 @@
 // A TCP proxy between the client and the server: the network that drops. `dropAll()` destroys
-// every open connection (what a server crash, a load balancer or a flaky link does), `refuse()`
-// makes new connections fail at once, and the head of the first request on each connection is
-// recorded so tests can look at what the client sent.
+// every open connection (what a server crash, a load balancer or a flaky link does), `freezeAll()`
+// stops forwarding the server's bytes on every open connection without closing either side (a
+// NAT that forgot the flow, a laptop asleep), `refuse()` makes new connections fail at once, and
+// the head of the first request on each connection is recorded so tests can look at what the
+// client sent.
 import net from "node:net";
 
 export interface RequestHead {
@@ -21,6 +23,7 @@ export class TcpProxy {
   readonly requests: RequestHead[] = [];
   private refusing = false;
   private readonly sockets = new Set<net.Socket>();
+  private readonly pairs = new Set<{ client: net.Socket; upstream: net.Socket }>();
   private readonly server: net.Server;
   private port = 0;
 
@@ -65,6 +68,22 @@ export class TcpProxy {
     return Math.ceil(cut / 2);
   }
 
+  /**
+   * Stops forwarding what the server sends on every open connection, and stops reading it (so
+   * the server's writes back up), closing nothing: the half-open link a client cannot see.
+   * Connections opened afterwards work. Returns how many connections it froze.
+   */
+  freezeAll(): number {
+    let frozen = 0;
+    for (const pair of this.pairs) {
+      pair.upstream.unpipe(pair.client);
+      pair.upstream.pause();
+      frozen += 1;
+    }
+    this.pairs.clear();
+    return frozen;
+  }
+
   /** The recorded first requests whose path starts with `prefix`. */
   requestsTo(prefix: string): RequestHead[] {
     return this.requests.filter((r) => r.path.startsWith(prefix));
@@ -85,11 +104,14 @@ export class TcpProxy {
     const upstream = net.connect(this.target, "127.0.0.1");
     this.sockets.add(client);
     this.sockets.add(upstream);
+    const pair = { client, upstream };
+    this.pairs.add(pair);
     const teardown = () => {
       client.destroy();
       upstream.destroy();
       this.sockets.delete(client);
       this.sockets.delete(upstream);
+      this.pairs.delete(pair);
     };
     client.on("error", teardown).on("close", teardown);
     upstream.on("error", teardown).on("close", teardown);
