@@ -480,6 +480,11 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
       return failed(key, cause instanceof TidingsError ? cause : new TidingsError("cannot open the event stream", { cause }));
     }
     conn = opened;
+    // A new connection can be dead from the start (a browser reusing a pooled keep-alive socket
+    // that the network silently dropped): with an interval known from an earlier ready, the
+    // watchdog covers the wait for this one's ready too.
+    lastFrameAt = Date.now();
+    armWatchdog();
     if (early !== undefined) {
       opened.close();
       failed(key, early);

@@ -6,77 +6,24 @@
 //
 // Needs /usr/bin/chromium (scripts/test installs it), redis-server and cargo, or TIDINGS_BIN (a
 // prebuilt server binary, as for the unit suite: then cargo is not run). The app served is
-// clients/demo/dist (built here when missing); TIDINGS_E2E_APP_DIR points at another build.
-// Run from clients/: npx vitest run --config vitest.e2e.config.ts
+// examples/chat/dist (built here with `npm run build -w examples/chat` when missing);
+// TIDINGS_E2E_APP_DIR points at another build. Run from clients/: npm run test:e2e
 import { spawn, type ChildProcess } from "node:child_process";
 import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import http from "node:http";
 import net from "node:net";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
-import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import type { Browser, BrowserContext, Page } from "playwright-core";
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFailed, onTestFinished } from "vitest";
+import { TcpProxy } from "../support/proxy.js";
+import { ROOT, RESULTS, TARGET_DIR, freePort, kill, killAll, launchChromium, request as rawRequest, run, track, until } from "./support.js";
 
-const CLIENTS = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const ROOT = resolve(CLIENTS, "..");
-const APP_DIR = process.env.TIDINGS_E2E_APP_DIR ?? join(CLIENTS, "demo/dist");
-const RESULTS = join(CLIENTS, "test-results");
-// Where cargo puts it: CARGO_TARGET_DIR (relative to the repository) when set.
-const TARGET_DIR = process.env.CARGO_TARGET_DIR ? resolve(ROOT, process.env.CARGO_TARGET_DIR) : join(ROOT, "target");
+const APP_DIR = process.env.TIDINGS_E2E_APP_DIR ?? join(ROOT, "examples/chat/dist");
 const BINARY = process.env.TIDINGS_BIN || join(TARGET_DIR, "debug/tidings");
-const CHROMIUM = process.env.TIDINGS_E2E_CHROMIUM ?? "/usr/bin/chromium";
 const EMIT_KEY = "e2e-emit-key";
 
-// ---------------------------------------------------------------------------------------------
-// Processes: every child is tracked and SIGKILLed at the end, even when a hook or test fails.
-
-const children = new Set<ChildProcess>();
 let scratch = ""; // a temp dir for logs and Redis, made in beforeAll
-
-function track(child: ChildProcess): ChildProcess {
-  children.add(child);
-  child.once("exit", () => children.delete(child));
-  return child;
-}
-
-async function kill(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((done) => child.once("exit", () => done()));
-  child.kill("SIGKILL");
-  await exited;
-}
-
-// Last resort when the worker exits without running afterAll (e.g. a hook timed out).
-process.once("exit", () => {
-  for (const child of children) child.kill("SIGKILL");
-});
-
-/** Runs a command to completion; rejects with its output when it fails. */
-function run(cmd: string, args: string[], cwd: string): Promise<void> {
-  return new Promise((done, fail) => {
-    const child = track(spawn(cmd, args, { cwd, stdio: ["ignore", "pipe", "pipe"] }));
-    let output = "";
-    child.stdout?.on("data", (b: Buffer) => (output += b.toString()));
-    child.stderr?.on("data", (b: Buffer) => (output += b.toString()));
-    child.once("error", fail);
-    child.once("exit", (code) =>
-      code === 0 ? done() : fail(new Error(`${cmd} ${args.join(" ")} failed (${code}):\n${output}`)),
-    );
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
-    const server = net.createServer();
-    server.once("error", fail);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => (typeof address === "object" && address ? done(address.port) : fail(new Error("no port"))));
-    });
-  });
-}
 
 function redisPing(port: number): Promise<boolean> {
   return new Promise((done) => {
@@ -112,48 +59,9 @@ async function startRedis(): Promise<{ child: ChildProcess; url: string }> {
   throw new Error("redis-server did not start");
 }
 
-// ---------------------------------------------------------------------------------------------
-// HTTP: a fresh connection per request (no keep-alive pool), so a request to a killed process
-// fails at once with ECONNREFUSED instead of on a stale pooled socket.
-
-interface Reply {
-  status: number;
-  body: unknown;
-}
-
-function request(base: string, method: string, path: string, body?: unknown): Promise<Reply> {
-  return new Promise((done, fail) => {
-    const payload = body === undefined ? undefined : JSON.stringify(body);
-    const req = http.request(
-      `${base}${path}`,
-      {
-        method,
-        agent: false,
-        timeout: 2_000,
-        headers: {
-          authorization: `Bearer ${EMIT_KEY}`,
-          ...(payload === undefined ? {} : { "content-type": "application/json" }),
-        },
-      },
-      (res) => {
-        let text = "";
-        res.on("data", (b: Buffer) => (text += b.toString()));
-        res.on("end", () => {
-          let parsed: unknown = text;
-          try {
-            parsed = JSON.parse(text);
-          } catch {
-            // not JSON: keep the text
-          }
-          done({ status: res.statusCode ?? 0, body: parsed });
-        });
-        res.on("error", fail);
-      },
-    );
-    req.once("timeout", () => req.destroy(Object.assign(new Error("request timed out"), { code: "ETIMEDOUT" })));
-    req.once("error", fail);
-    req.end(payload);
-  });
+/** A request with the emit key (see `request` of ./support.ts). */
+function request(base: string, method: string, path: string, body?: unknown) {
+  return rawRequest(base, method, path, body, { authorization: `Bearer ${EMIT_KEY}` });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -164,7 +72,8 @@ interface Node {
   log: string;
 }
 
-async function startTidings(redisUrl: string, port: number): Promise<Node> {
+/** tidings on `port`: on Redis at `redisUrl`, or on the embedded store when it is undefined. */
+async function startTidings(redisUrl: string | undefined, port: number, extra: string[] = []): Promise<Node> {
   const base = `http://127.0.0.1:${port}`;
   let lastLog = "";
   // The old process's port may linger for a moment after SIGKILL: retry the same port.
@@ -176,10 +85,11 @@ async function startTidings(redisUrl: string, port: number): Promise<Node> {
       spawn(
         BINARY,
         [
-          "--redis", redisUrl,
+          ...(redisUrl === undefined ? [] : ["--redis", redisUrl]),
           "--app-dir", APP_DIR,
           "--bind", `127.0.0.1:${port}`,
           "--schema", join(ROOT, "schema/events.json"),
+          ...extra,
         ],
         {
           // Nothing of the caller's environment (REDIS_URL, TIDINGS_*) leaks in.
@@ -193,7 +103,7 @@ async function startTidings(redisUrl: string, port: number): Promise<Node> {
       try {
         const r = await request(base, "GET", "/health");
         const body = r.body as { status?: string; store?: string };
-        if (r.status === 200 && body.status === "ok" && body.store === "redis") return { child, log };
+        if (r.status === 200 && body.status === "ok" && body.store === (redisUrl ? "redis" : "memory")) return { child, log };
       } catch {
         // not listening yet
       }
@@ -229,17 +139,6 @@ async function messages(page: Page): Promise<Item[]> {
   );
 }
 
-/** Polls `check` until it returns a value other than undefined. */
-async function until<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(50);
-  }
-}
-
 /** Stream ids `ms-seq` compared as numbers. */
 function idLess(a: string, b: string): boolean {
   const [am = "", as = ""] = a.split("-");
@@ -266,7 +165,7 @@ describe.skipIf(!process.env.TIDINGS_E2E)("the demo app in Chromium", () => {
   beforeAll(async () => {
     scratch = mkdtempSync(join(tmpdir(), "tidings-e2e-"));
     mkdirSync(RESULTS, { recursive: true });
-    if (!existsSync(join(APP_DIR, "index.html"))) await run("npx", ["vite", "build", "demo"], CLIENTS);
+    if (!existsSync(join(APP_DIR, "index.html"))) await run("npm", ["run", "build", "-w", "examples/chat"], ROOT);
     if (process.env.TIDINGS_BIN) {
       if (!existsSync(BINARY)) throw new Error(`TIDINGS_BIN=${BINARY} does not exist`);
     } else {
@@ -276,22 +175,7 @@ describe.skipIf(!process.env.TIDINGS_E2E)("the demo app in Chromium", () => {
     port = await freePort();
     base = `http://127.0.0.1:${port}`;
     node = await startTidings(redis.url, port);
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      // launch() gives Chromium a fresh temporary --user-data-dir of its own and deletes it on close.
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-quic",
-      ],
-      timeout: 30_000,
-    });
+    browser = await launchChromium();
   });
 
   afterEach(async () => {
@@ -304,12 +188,12 @@ describe.skipIf(!process.env.TIDINGS_E2E)("the demo app in Chromium", () => {
 
   afterAll(async () => {
     await Promise.race([browser?.close().catch(() => {}), sleep(10_000)]);
-    await Promise.all([...children].map(kill));
+    await killAll();
     if (scratch) rmSync(scratch, { recursive: true, force: true });
   });
 
   /** A new page on `path`, with page errors and console errors kept for a failure's report. */
-  async function open(path: string, screenshot: string): Promise<Page> {
+  async function open(path: string, screenshot: string, at = base): Promise<Page> {
     if (!browser) throw new Error("the browser did not start");
     context = await browser.newContext({ viewport: { width: 900, height: 900 } });
     const p = await context.newPage();
@@ -324,7 +208,7 @@ describe.skipIf(!process.env.TIDINGS_E2E)("the demo app in Chromium", () => {
     });
     page = p;
     shot = screenshot;
-    const response = await p.goto(`${base}${path}`);
+    const response = await p.goto(`${at}${path}`);
     expect(response?.status(), "the app is served").toBe(200);
     await until("status connected", 15_000, async () => ((await status(p)) === "connected" ? true : undefined));
     return p;
@@ -480,5 +364,63 @@ describe.skipIf(!process.env.TIDINGS_E2E)("the demo app in Chromium", () => {
     }
     expect(((await p.locator(RESETS).textContent()) ?? "").trim()).toBe("0");
     expect(await status(p)).toBe("connected");
+  });
+
+  it("notices a frozen connection within 8 s, reconnects, and shows what was emitted meanwhile once, in order", async () => {
+    // Its own tidings with 2 s heartbeats, reached through a proxy that can freeze every open
+    // connection: no bytes forwarded from the server, nothing closed (a NAT that forgot the flow).
+    const direct = await freePort();
+    const frozenNode = await startTidings(undefined, direct, ["--heartbeat", "2"]);
+    const proxy = await TcpProxy.start(direct);
+    onTestFinished(async () => {
+      await proxy.close();
+      await kill(frozenNode.child);
+    });
+    const room = "room:frozen";
+    const at = `http://127.0.0.1:${direct}`;
+    const say = async (text: string) => {
+      const r = await request(at, "POST", "/emit", { channel: room, event: "chat.message", data: { text, user: "e2e" } });
+      expect(r.status, JSON.stringify(r.body)).toBe(200);
+      return (r.body as { id: string }).id;
+    };
+
+    const p = await open(`/app/?room=${encodeURIComponent(room)}`, "browser-frozen.png", proxy.url);
+    // Every status the page shows, as it changes (polling could miss a short "connecting").
+    await p.evaluate(() => {
+      const el = document.querySelector('[data-testid="status"]');
+      const seen: string[] = [(el?.textContent ?? "").trim()];
+      (window as unknown as { statuses: string[] }).statuses = seen;
+      if (el)
+        new MutationObserver(() => {
+          const now = (el.textContent ?? "").trim();
+          if (seen[seen.length - 1] !== now) seen.push(now);
+        }).observe(el, { childList: true, subtree: true, characterData: true });
+    });
+    const statuses = () => p.evaluate(() => (window as unknown as { statuses: string[] }).statuses);
+
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) ids.push(await say(`before ${i}`));
+    await until("3 messages", 10_000, async () => ((await messages(p)).length === 3 ? true : undefined));
+
+    expect(proxy.freezeAll()).toBeGreaterThan(0);
+    const frozenAt = Date.now();
+    for (let i = 0; i < 5; i++) ids.push(await say(`during ${i}`));
+    await until("the page noticed", 8_000, async () => ((await statuses()).includes("connecting") ? true : undefined));
+    const noticed = Date.now() - frozenAt;
+    await until("8 messages", 10_000, async () => ((await messages(p)).length === 8 ? true : undefined));
+    await until("connected again", 10_000, async () => ((await status(p)) === "connected" ? true : undefined));
+
+    const seen = await statuses();
+    console.info(`frozen-link test: noticed after ${noticed} ms; statuses ${seen.join(" → ")}`);
+    expect(noticed).toBeLessThan(8_000);
+    expect(seen[0]).toBe("connected");
+    expect(seen).toContain("connecting");
+    expect(seen[seen.length - 1]).toBe("connected");
+    const shown = await messages(p);
+    expect(shown.map((m) => m.text)).toEqual([
+      ...[0, 1, 2].map((i) => `e2e: before ${i}`),
+      ...[0, 1, 2, 3, 4].map((i) => `e2e: during ${i}`),
+    ]);
+    expect(shown.map((m) => m.id)).toEqual(ids);
   });
 });
