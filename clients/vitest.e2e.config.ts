@@ -1,6 +1,7 @@
-// The browser end-to-end suite (test/e2e): real tidings processes on a real redis-server, the built
-// demo app in Chromium. Run with `npx vitest run --config vitest.e2e.config.ts` from clients/.
-// One fork, one file at a time: the suite starts and kills processes and owns its ports.
+// The browser end-to-end suites (test/e2e): the built chat demo against real tidings processes on a
+// real redis-server, and the orders example against its own Rust server, in Chromium. Run with
+// `npm run test:e2e` from clients/.
+// One fork, one file at a time: each suite starts and kills processes and owns its ports.
 import { defineConfig } from "vitest/config";
 
 export default defineConfig({
@@ -10,12 +11,12 @@ export default defineConfig({
     pool: "forks",
     maxWorkers: 1,
     fileParallelism: false,
-    // beforeAll may build the demo and the binary (a no-op after `cargo test`, but the shared
-    // target dir can make it wait on cargo's lock).
+    // beforeAll may build an app and a binary (a no-op after `cargo test`, but the shared target
+    // dir can make it wait on cargo's lock); TIDINGS_BIN and ORDERS_BIN skip cargo.
     hookTimeout: 300_000,
     testTimeout: 60_000,
     teardownTimeout: 30_000,
-    // The suite skips itself without this, so a run of the unit config (test/**) does not start it.
+    // The suites skip themselves without this, so a run of the unit config (test/**) does not start them.
     env: { TIDINGS_E2E: "1" },
   },
 });

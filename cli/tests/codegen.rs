@@ -4,8 +4,8 @@
 //!
 //! The TypeScript checks run this repository's `tsc` (`node_modules`, from `npm ci` at the
 //! repository root, which the test command runs first); the Rust app is built by cargo, offline, with
-//! this workspace's `Cargo.lock`, in `target/app-tests` (kept between runs: only the first
-//! compiles tidings' dependencies).
+//! this workspace's `Cargo.lock`, in this workspace's target directory (so it reuses the
+//! dependencies the workspace compiled, where their features agree).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -24,6 +24,13 @@ fn tidings(dir: &Path, args: &[&str]) -> Output {
         .env_remove("TIDINGS_SCHEMA")
         .output()
         .expect("run tidings")
+}
+
+/// This workspace's target directory (tests run as `<target>/<profile>/deps/<test>`): the fresh
+/// Rust app builds there too, so it reuses what the workspace compiled where features agree.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors().nth(3).unwrap().to_path_buf()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -440,7 +447,7 @@ fn a_fresh_rust_app_gets_types_from_its_own_schema_and_wrong_ones_do_not_compile
     let cargo = || {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.current_dir(dir)
-            .env("CARGO_TARGET_DIR", root.join("target/app-tests"))
+            .env("CARGO_TARGET_DIR", target_dir())
             .env_remove("RUSTFLAGS")
             .args(["--offline", "--quiet"]);
         cmd

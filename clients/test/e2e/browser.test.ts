@@ -9,7 +9,7 @@
 // examples/chat/dist (built here with `npm run build -w examples/chat` when missing);
 // TIDINGS_E2E_APP_DIR points at another build. Run from clients/: npm run test:e2e
 import { spawn, type ChildProcess } from "node:child_process";
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -17,10 +17,26 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { Browser, BrowserContext, Page } from "playwright-core";
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFailed, onTestFinished } from "vitest";
 import { TcpProxy } from "../support/proxy.js";
-import { ROOT, RESULTS, TARGET_DIR, freePort, kill, killAll, launchChromium, request as rawRequest, run, track, until } from "./support.js";
+import {
+  ROOT,
+  RESULTS,
+  binaryPath,
+  ensureApp,
+  ensureBinary,
+  freePort,
+  kill,
+  killAll,
+  launchChromium,
+  newPage,
+  report,
+  request as rawRequest,
+  spawnLogged,
+  track,
+  until,
+} from "./support.js";
 
 const APP_DIR = process.env.TIDINGS_E2E_APP_DIR ?? join(ROOT, "examples/chat/dist");
-const BINARY = process.env.TIDINGS_BIN || join(TARGET_DIR, "debug/tidings");
+const BINARY = binaryPath("TIDINGS_BIN", "tidings");
 const EMIT_KEY = "e2e-emit-key";
 
 let scratch = ""; // a temp dir for logs and Redis, made in beforeAll
@@ -79,24 +95,17 @@ async function startTidings(redisUrl: string | undefined, port: number, extra: s
   // The old process's port may linger for a moment after SIGKILL: retry the same port.
   for (let attempt = 0; attempt < 5; attempt++) {
     const log = join(scratch, `tidings-${port}-${Date.now()}-${attempt}.log`);
-    const out = createWriteStream(log);
-    await new Promise((done) => out.once("open", done));
-    const child = track(
-      spawn(
-        BINARY,
-        [
-          ...(redisUrl === undefined ? [] : ["--redis", redisUrl]),
-          "--app-dir", APP_DIR,
-          "--bind", `127.0.0.1:${port}`,
-          "--schema", join(ROOT, "schema/events.json"),
-          ...extra,
-        ],
-        {
-          // Nothing of the caller's environment (REDIS_URL, TIDINGS_*) leaks in.
-          env: { PATH: process.env.PATH ?? "", TIDINGS_EMIT_KEY: EMIT_KEY, TIDINGS_LOG: "tidings=debug,warn" },
-          stdio: ["ignore", out, out],
-        },
-      ),
+    const child = await spawnLogged(
+      BINARY,
+      [
+        ...(redisUrl === undefined ? [] : ["--redis", redisUrl]),
+        "--app-dir", APP_DIR,
+        "--bind", `127.0.0.1:${port}`,
+        "--schema", join(ROOT, "schema/events.json"),
+        ...extra,
+      ],
+      { TIDINGS_EMIT_KEY: EMIT_KEY, TIDINGS_LOG: "tidings=debug,warn" },
+      log,
     );
     const deadline = Date.now() + 15_000;
     while (Date.now() < deadline && child.exitCode === null) {
@@ -165,12 +174,8 @@ describe.skipIf(!process.env.TIDINGS_E2E)("the demo app in Chromium", () => {
   beforeAll(async () => {
     scratch = mkdtempSync(join(tmpdir(), "tidings-e2e-"));
     mkdirSync(RESULTS, { recursive: true });
-    if (!existsSync(join(APP_DIR, "index.html"))) await run("npm", ["run", "build", "-w", "examples/chat"], ROOT);
-    if (process.env.TIDINGS_BIN) {
-      if (!existsSync(BINARY)) throw new Error(`TIDINGS_BIN=${BINARY} does not exist`);
-    } else {
-      await run("cargo", ["build", "--bin", "tidings"], ROOT);
-    }
+    await ensureApp(APP_DIR, "examples/chat");
+    await ensureBinary("TIDINGS_BIN", BINARY, ["--bin", "tidings"]);
     redis = await startRedis();
     port = await freePort();
     base = `http://127.0.0.1:${port}`;
@@ -194,18 +199,10 @@ describe.skipIf(!process.env.TIDINGS_E2E)("the demo app in Chromium", () => {
 
   /** A new page on `path`, with page errors and console errors kept for a failure's report. */
   async function open(path: string, screenshot: string, at = base): Promise<Page> {
-    if (!browser) throw new Error("the browser did not start");
-    context = await browser.newContext({ viewport: { width: 900, height: 900 } });
-    const p = await context.newPage();
-    const problems: string[] = [];
-    p.on("pageerror", (e) => problems.push(`pageerror: ${e.message}`));
-    p.on("console", (m) => {
-      if (m.type() === "error") problems.push(`console: ${m.text()}`);
-    });
-    onTestFailed(() => {
-      console.error(`page problems:\n${problems.join("\n") || "(none)"}`);
-      if (node) console.error(`tidings log (${node.log}):\n${readFileSync(node.log, "utf8").slice(-4000)}`);
-    });
+    const opened = await newPage(browser, { width: 900, height: 900 });
+    context = opened.context;
+    const p = opened.page;
+    onTestFailed(() => report(opened.problems, node && { name: "tidings", log: node.log }));
     page = p;
     shot = screenshot;
     const response = await p.goto(`${at}${path}`);

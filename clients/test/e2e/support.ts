@@ -1,13 +1,15 @@
 // What the browser suites share: where things are, child processes that are always killed,
-// commands run to completion, free ports, polling, HTTP without a keep-alive pool, and Chromium
-// started the way this machine allows.
+// commands run to completion, the binaries and app builds a suite serves, free ports, polling,
+// HTTP without a keep-alive pool, Chromium started the way this machine allows, and pages whose
+// errors are kept for a failure's report.
 import { spawn, type ChildProcess } from "node:child_process";
+import { createWriteStream, existsSync, readFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
-import { chromium, type Browser } from "playwright-core";
+import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 
 export const CLIENTS = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 export const ROOT = resolve(CLIENTS, "..");
@@ -55,6 +57,39 @@ export function run(cmd: string, args: string[], cwd: string): Promise<void> {
       code === 0 ? done() : fail(new Error(`${cmd} ${args.join(" ")} failed (${code}):\n${output}`)),
     );
   });
+}
+
+/**
+ * Starts a server with stdout and stderr in the file `log` (read back when it fails to start or a
+ * test fails). Its environment is PATH and `env` only: nothing of the caller's (REDIS_URL,
+ * TIDINGS_*) leaks in.
+ */
+export async function spawnLogged(cmd: string, args: string[], env: Record<string, string>, log: string): Promise<ChildProcess> {
+  const out = createWriteStream(log);
+  await new Promise((done) => out.once("open", done));
+  return track(spawn(cmd, args, { env: { PATH: process.env.PATH ?? "", ...env }, stdio: ["ignore", out, out] }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a suite serves. A prebuilt binary named by the environment (as for the unit suite) means
+// cargo is not run at all: on a small machine that may be compiling something else.
+
+/** `$env` when set, else `name` as `cargo build` leaves it in the target dir. */
+export function binaryPath(env: string, name: string): string {
+  return process.env[env] || join(TARGET_DIR, "debug", name);
+}
+
+export async function ensureBinary(env: string, binary: string, cargoBuild: string[]): Promise<void> {
+  if (process.env[env]) {
+    if (!existsSync(binary)) throw new Error(`${env}=${binary} does not exist`);
+  } else {
+    await run("cargo", ["build", ...cargoBuild], ROOT);
+  }
+}
+
+/** Builds the npm workspace `workspace` from the root, as the README does, unless `dist` holds a build. */
+export async function ensureApp(dist: string, workspace: string): Promise<void> {
+  if (!existsSync(join(dist, "index.html"))) await run("npm", ["run", "build", "-w", workspace], ROOT);
 }
 
 export function freePort(): Promise<number> {
@@ -147,4 +182,30 @@ export function launchChromium(): Promise<Browser> {
     ],
     timeout: 30_000,
   });
+}
+
+export interface Opened {
+  context: BrowserContext;
+  page: Page;
+  /** Page errors and console errors: a page that throws mostly just shows nothing. */
+  problems: string[];
+}
+
+/** A fresh context (no cookies, cache or pooled sockets of an earlier page) and a page in it. */
+export async function newPage(browser: Browser | undefined, viewport: { width: number; height: number }): Promise<Opened> {
+  if (!browser) throw new Error("the browser did not start");
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  const problems: string[] = [];
+  page.on("pageerror", (e) => problems.push(`pageerror: ${e.message}`));
+  page.on("console", (m) => {
+    if (m.type() === "error") problems.push(`console: ${m.text()}`);
+  });
+  return { context, page, problems };
+}
+
+/** For onTestFailed: what the page complained about, and the end of the server's log. */
+export function report(problems: string[], server: { name: string; log: string } | undefined): void {
+  console.error(`page problems:\n${problems.join("\n") || "(none)"}`);
+  if (server) console.error(`${server.name} log (${server.log}):\n${readFileSync(server.log, "utf8").slice(-4000)}`);
 }

@@ -72,26 +72,27 @@ async fn place(
     Json(order): Json<NewOrder>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let qty = std::num::NonZeroU64::new(order.qty).ok_or_else(|| bad_request("qty must be at least 1"))?;
+    let customer = OrderPlacedCustomer {
+        name: order
+            .customer
+            .parse()
+            .map_err(|e| bad_request(format!("customer: {e}")))?,
+        email: order.email,
+    };
+    let sku: events::Sku = order.sku.parse().map_err(|e| bad_request(format!("sku: {e}")))?;
+    let note = order
+        .note
+        .map(|n| n.parse())
+        .transpose()
+        .map_err(|e| bad_request(format!("note: {e}")))?;
+    // Only a valid order takes a number.
     let id = std::num::NonZeroU64::new(shop.next_id.fetch_add(1, Ordering::Relaxed)).expect("ids start at 1");
     let placed = OrderPlaced {
         id,
-        customer: OrderPlacedCustomer {
-            name: order
-                .customer
-                .parse()
-                .map_err(|e| bad_request(format!("customer: {e}")))?,
-            email: order.email,
-        },
-        lines: vec![Line {
-            sku: order.sku.parse().map_err(|e| bad_request(format!("sku: {e}")))?,
-            qty,
-        }],
+        customer,
+        lines: vec![Line { sku, qty }],
         total_cents: 1250 * order.qty,
-        note: order
-            .note
-            .map(|n| n.parse())
-            .transpose()
-            .map_err(|e| bad_request(format!("note: {e}")))?,
+        note,
     };
     let sku = placed.lines[0].sku.clone();
     let stream_id = shop.rt.channel(ORDERS).emit(placed).await.map_err(|e| {
