@@ -6,7 +6,7 @@
 //
 // Needs /usr/bin/chromium (scripts/test installs it), redis-server and cargo, or TIDINGS_BIN (a
 // prebuilt server binary, as for the unit suite: then cargo is not run). The app served is
-// examples/chat/dist (built here with `npm run build -w examples/chat` when missing);
+// examples/chat/dist (built here with `npm run build -w examples/chat`);
 // TIDINGS_E2E_APP_DIR points at another build. Run from clients/: npm run test:e2e
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -174,7 +174,7 @@ describe.skipIf(!process.env.TIDINGS_E2E)("the demo app in Chromium", () => {
   beforeAll(async () => {
     scratch = mkdtempSync(join(tmpdir(), "tidings-e2e-"));
     mkdirSync(RESULTS, { recursive: true });
-    await ensureApp(APP_DIR, "examples/chat");
+    await ensureApp(APP_DIR, "examples/chat", process.env.TIDINGS_E2E_APP_DIR !== undefined);
     await ensureBinary("TIDINGS_BIN", BINARY, ["--bin", "tidings"]);
     redis = await startRedis();
     port = await freePort();

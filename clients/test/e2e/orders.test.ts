@@ -5,7 +5,7 @@
 //
 // Needs /usr/bin/chromium and cargo, or ORDERS_BIN (a prebuilt `orders` binary of
 // examples/orders: then cargo is not run). The page is examples/orders/web/dist, built here with
-// `npm run build -w examples/orders/web` when missing. The shop runs on the embedded store: what
+// `npm run build -w examples/orders/web`. The shop runs on the embedded store: what
 // is under test is the page and the typed emits, which the store does not change.
 // Run from clients/: npm run test:e2e
 import type { ChildProcess } from "node:child_process";
