@@ -388,22 +388,23 @@ fn codegen(args: &CodegenArgs) -> i32 {
     };
     let schema = args.schema.display();
     if args.check {
-        let outdated: Vec<_> = report.outdated().collect();
-        if outdated.is_empty() {
+        let mut outdated = 0;
+        for (path, state) in &report.files {
+            let what = match state {
+                tidings_codegen::FileState::Stale => "stale",
+                tidings_codegen::FileState::Missing => "missing",
+                _ => continue,
+            };
+            eprintln!("{what}: {}", path.display());
+            outdated += 1;
+        }
+        if outdated == 0 {
             println!("{} files are current with {schema}", report.files.len());
             return 0;
         }
-        for (path, state) in &report.files {
-            match state {
-                tidings_codegen::FileState::Stale => eprintln!("stale: {}", path.display()),
-                tidings_codegen::FileState::Missing => eprintln!("missing: {}", path.display()),
-                _ => {}
-            }
-        }
         eprintln!(
-            "error: {} of {} generated files are out of date with {schema}; run the same \
+            "error: {outdated} of {} generated files are out of date with {schema}; run the same \
              `tidings codegen` command without --check and commit the result",
-            outdated.len(),
             report.files.len()
         );
         return 1;

@@ -207,9 +207,7 @@ export function useEvent<M extends EventMap = EventMap, E extends EventName<M> =
     channels: typeof channel === "string" ? [channel] : channel,
     events: [event],
     onData: (envelope) => handler(envelope.data as M[E], envelope),
-    ...(options.enabled !== undefined ? { enabled: options.enabled } : {}),
-    ...(options.onReset ? { onReset: options.onReset } : {}),
-    ...(options.onReady ? { onReady: options.onReady } : {}),
+    ...options,
   });
 }
 

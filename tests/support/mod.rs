@@ -39,6 +39,12 @@ pub fn schema_path() -> PathBuf {
 /// `tidings` beside the test's own target directory. Panics with what to run when it is missing
 /// or older than the sources it is built from, so a test never runs an old server.
 pub fn tidings_bin() -> PathBuf {
+    // Looked up once per test binary: the freshness check walks the source trees.
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(find_tidings_bin).clone()
+}
+
+fn find_tidings_bin() -> PathBuf {
     if let Some(given) = std::env::var_os("TIDINGS_BIN") {
         return PathBuf::from(given);
     }
