@@ -16,6 +16,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use futures_util::FutureExt;
 use serde_json::{json, Value};
+use tidings::store::AppendOptions;
 use tidings::{Channel, Config, Entry, Envelope, MemoryStore, Registry, Store, StreamId, Tidings};
 use tidings_test_events::ChatMessage;
 
@@ -111,7 +112,12 @@ fn append(c: &mut Criterion) {
     g.bench_function("one channel (trimmed at 1000)", |b| {
         b.iter(|| {
             store
-                .append(black_box(&channels[0]), "chat.message", black_box(&data))
+                .append(
+                    black_box(&channels[0]),
+                    "chat.message",
+                    black_box(&data),
+                    AppendOptions::default(),
+                )
                 .now_or_never()
                 .expect("ready at once")
                 .expect("appends")
@@ -122,7 +128,12 @@ fn append(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % channels.len();
             store
-                .append(black_box(&channels[i]), "chat.message", black_box(&data))
+                .append(
+                    black_box(&channels[i]),
+                    "chat.message",
+                    black_box(&data),
+                    AppendOptions::default(),
+                )
                 .now_or_never()
                 .expect("ready at once")
                 .expect("appends")

@@ -150,6 +150,13 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// How a node finds new entries on Redis. Default [`TailMode::Auto`].
     pub redis_tail: TailMode,
+    /// How long [`Tidings::from_config`](crate::Tidings::from_config) keeps trying to reach a
+    /// Redis that does not answer at start (with backoff, logging each attempt), before it fails.
+    /// Zero tries once. Default 30 s.
+    pub redis_wait: Duration,
+    /// How long an emit's idempotency key is remembered per channel: a retry with the same key
+    /// within it stores nothing and returns the first id. Default 5 minutes.
+    pub idempotency_window: Duration,
     /// History kept per channel.
     pub retention: Retention,
     /// The bearer key `POST /emit` requires; `None` generates a random one at start.
@@ -193,6 +200,8 @@ impl std::fmt::Debug for Config {
             .field("key_prefix", &self.key_prefix)
             .field("redis_timeout", &self.redis_timeout)
             .field("redis_tail", &self.redis_tail)
+            .field("redis_wait", &self.redis_wait)
+            .field("idempotency_window", &self.idempotency_window)
             .field("retention", &self.retention)
             .field("emit_key", &self.emit_key.as_ref().map(|_| "<set>"))
             .field("heartbeat", &self.heartbeat)
@@ -215,6 +224,8 @@ impl Default for Config {
             key_prefix: "tidings:".into(),
             redis_timeout: Duration::from_secs(2),
             redis_tail: TailMode::Auto,
+            redis_wait: Duration::from_secs(30),
+            idempotency_window: crate::store::DEFAULT_IDEMPOTENCY_WINDOW,
             retention: Retention::default(),
             emit_key: None,
             heartbeat: Duration::from_secs(15),
@@ -245,6 +256,18 @@ impl Config {
     /// Sets [`Config::redis_tail`].
     pub fn redis_tail(mut self, mode: TailMode) -> Self {
         self.redis_tail = mode;
+        self
+    }
+
+    /// Sets [`Config::redis_wait`].
+    pub fn redis_wait(mut self, wait: Duration) -> Self {
+        self.redis_wait = wait;
+        self
+    }
+
+    /// Sets [`Config::idempotency_window`] (at least one millisecond).
+    pub fn idempotency_window(mut self, window: Duration) -> Self {
+        self.idempotency_window = window.max(Duration::from_millis(1));
         self
     }
 

@@ -1,6 +1,7 @@
 //! The connection cursor: one position per channel, carried in SSE `id:` lines.
 //!
-//! Format: `channel=ms-seq` pairs joined by `,`, e.g. `room:1=1700000000000-0,room:2=0-0`.
+//! Format: `channel=position` pairs joined by `,`, a position being `ms-seq@epoch` (or `ms-seq`
+//! alone, as tidings wrote before epochs), e.g. `room:1=1700000000000-0@5f3a09c1,room:2=0-0`.
 //! Channel names cannot contain `,` or `=`, so the format needs no escaping, and every character
 //! is printable ASCII, so it travels unchanged in an `id:` line, a `Last-Event-ID` header, and a
 //! query parameter.
@@ -8,17 +9,17 @@
 use std::fmt;
 
 use crate::channel::{Channel, ChannelError};
-use crate::id::{ParseIdError, StreamId};
+use crate::id::{ParsePositionError, Position};
 
 /// The longest cursor accepted, in bytes. Large enough for every cursor the server can write at
-/// the default limit of 100 channels: a 128-byte name, `=`, and an id of two 20-digit numbers is
-/// at most 171 bytes per channel.
+/// the default limit of 100 channels: a 128-byte name, `=`, an id of two 20-digit numbers and
+/// `@` with an 8-digit epoch is at most 180 bytes per channel.
 pub const MAX_CURSOR_LEN: usize = 32 * 1024;
 
 /// Positions in several channels: the last entry seen in each.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cursor {
-    positions: Vec<(Channel, StreamId)>,
+    positions: Vec<(Channel, Position)>,
 }
 
 /// A cursor string that cannot be read.
@@ -29,14 +30,14 @@ pub enum CursorError {
     #[error("cursor is {0} bytes long; at most {MAX_CURSOR_LEN} are allowed")]
     TooLong(usize),
     /// A part without `=`.
-    #[error("cursor part {0:?} is not channel=id; a cursor is channel=ms-seq pairs joined by commas, as sent in the id: of an event")]
+    #[error("cursor part {0:?} is not channel=id; a cursor is channel=ms-seq@epoch pairs joined by commas, as sent in the id: of an event")]
     Malformed(String),
     /// A bad channel name inside the cursor.
     #[error("cursor names an invalid channel: {0}")]
     Channel(#[from] ChannelError),
     /// A bad id inside the cursor.
     #[error("cursor holds an {0}")]
-    Id(#[from] ParseIdError),
+    Id(#[from] ParsePositionError),
     /// The same channel twice.
     #[error("cursor names channel {0:?} twice")]
     Duplicate(String),
@@ -61,7 +62,7 @@ impl Cursor {
                 .split_once('=')
                 .ok_or_else(|| CursorError::Malformed(part.chars().take(64).collect()))?;
             let channel = Channel::with_max_len(name, crate::channel::MAX_CHANNEL_LEN)?;
-            let id: StreamId = id.parse()?;
+            let id: Position = id.parse()?;
             if !seen.insert(channel.clone()) {
                 return Err(CursorError::Duplicate(channel.to_string()));
             }
@@ -71,7 +72,7 @@ impl Cursor {
     }
 
     /// The position stored for `channel`, if any.
-    pub fn get(&self, channel: &Channel) -> Option<StreamId> {
+    pub fn get(&self, channel: &Channel) -> Option<Position> {
         self.positions
             .iter()
             .find(|(c, _)| c == channel)
@@ -79,7 +80,7 @@ impl Cursor {
     }
 
     /// Sets the position for `channel`, adding it when absent.
-    pub fn set(&mut self, channel: &Channel, id: StreamId) {
+    pub fn set(&mut self, channel: &Channel, id: Position) {
         match self.positions.iter_mut().find(|(c, _)| c == channel) {
             Some((_, pos)) => *pos = id,
             None => self.positions.push((channel.clone(), id)),
@@ -87,7 +88,7 @@ impl Cursor {
     }
 
     /// The positions, in insertion order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Channel, StreamId)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Channel, Position)> {
         self.positions.iter().map(|(c, id)| (c, *id))
     }
 
@@ -117,14 +118,15 @@ impl fmt::Display for Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::StreamId;
 
     #[test]
     fn round_trips() {
-        let text = "room:1=1700000000000-0,room:2=0-0";
+        let text = "room:1=1700000000000-0@5f3a09c1,room:2=0-0,room:3=7-1";
         let cursor = Cursor::parse(text).unwrap();
-        assert_eq!(cursor.len(), 2);
+        assert_eq!(cursor.len(), 3);
         assert_eq!(cursor.to_string(), text);
-        assert_eq!(cursor.get(&Channel::new("room:2").unwrap()), Some(StreamId::ZERO));
+        assert_eq!(cursor.get(&Channel::new("room:2").unwrap()), Some(Position::ZERO));
     }
 
     #[test]
@@ -133,7 +135,8 @@ mod tests {
         for i in 0..100 {
             let name = format!("{i:0>width$}", width = crate::channel::MAX_CHANNEL_LEN);
             let channel = Channel::with_max_len(&name, usize::MAX).unwrap();
-            cursor.set(&channel, StreamId::new(u64::MAX, u64::MAX));
+            let epoch = Some("ffffffff".parse().unwrap());
+            cursor.set(&channel, Position::new(StreamId::new(u64::MAX, u64::MAX), epoch));
         }
         let text = cursor.to_string();
         assert!(
@@ -155,6 +158,7 @@ mod tests {
         assert!(matches!(Cursor::parse("a=1-0,"), Err(CursorError::Malformed(_))));
         assert!(matches!(Cursor::parse("a b=1-0"), Err(CursorError::Channel(_))));
         assert!(matches!(Cursor::parse("a=x"), Err(CursorError::Id(_))));
+        assert!(matches!(Cursor::parse("a=1-0@xyz"), Err(CursorError::Id(_))));
         assert!(matches!(
             Cursor::parse("a=1-0,a=2-0"),
             Err(CursorError::Duplicate(_))

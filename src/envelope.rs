@@ -73,15 +73,14 @@ pub(crate) fn write_envelope(out: &mut String, channel: &Channel, entry: &Entry)
 }
 
 /// Returns `data` as JSON on one line: unchanged when it already is, compacted when it spans
-/// lines, and as a JSON string when it is not JSON at all (data written by another tool).
-pub(crate) fn one_line_json(data: &str) -> Cow<'_, str> {
+/// lines; `None` when it is not JSON at all (data written by another tool).
+pub(crate) fn one_line_json(data: &str) -> Option<Cow<'_, str>> {
     if !data.contains(['\n', '\r']) && serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok() {
-        return Cow::Borrowed(data);
+        return Some(Cow::Borrowed(data));
     }
-    match serde_json::from_str::<serde_json::Value>(data) {
-        Ok(v) => Cow::Owned(v.to_string()),
-        Err(_) => Cow::Owned(serde_json::Value::String(data.to_string()).to_string()),
-    }
+    serde_json::from_str::<serde_json::Value>(data)
+        .ok()
+        .map(|v| Cow::Owned(v.to_string()))
 }
 
 #[cfg(test)]
@@ -90,9 +89,9 @@ mod tests {
 
     #[test]
     fn one_line_json_keeps_compact_and_flattens_the_rest() {
-        assert_eq!(one_line_json(r#"{"a":1}"#), r#"{"a":1}"#);
-        assert_eq!(one_line_json("{\n\"a\": 1\n}"), r#"{"a":1}"#);
-        assert_eq!(one_line_json("not json\nat all"), r#""not json\nat all""#);
+        assert_eq!(one_line_json(r#"{"a":1}"#).unwrap(), r#"{"a":1}"#);
+        assert_eq!(one_line_json("{\n\"a\": 1\n}").unwrap(), r#"{"a":1}"#);
+        assert_eq!(one_line_json("not json\nat all"), None);
     }
 
     #[test]

@@ -24,8 +24,8 @@ use crate::auth::{authorize_publish, authorize_read, AuthError, AuthRequest, Ide
 
 use crate::channel::Channel;
 use crate::cursor::Cursor;
-use crate::id::StreamId;
-use crate::realtime::{EmitError, Tidings};
+use crate::id::{Position, StreamId};
+use crate::realtime::{EmitError, EmitOptions, Tidings};
 use crate::schema::ValidateError;
 use crate::sse::{Sink, StreamRequest, StreamSettings};
 use crate::store::{Range, StoreError};
@@ -221,6 +221,9 @@ impl From<EmitError> for ApiError {
                 max,
             ),
             EmitError::Serialize(e) => ApiError::bad_request("invalid_json", e.to_string()),
+            e @ EmitError::IdempotencyKey(_) => {
+                ApiError::bad_request("invalid_idempotency_key", format!("Idempotency-Key: {e}"))
+            }
             EmitError::Store(e) => ApiError::store(e),
         }
     }
@@ -283,6 +286,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
                 header::HeaderName::from_static("last-event-id"),
+                header::HeaderName::from_static("idempotency-key"),
             ])
             .max_age(std::time::Duration::from_secs(600)),
     )
@@ -367,6 +371,7 @@ async fn health(State(rt): State<Tidings>) -> Response {
             "channels_watched": channels,
             "subscribers": subscribers,
             "streams": rt.inner.connections.open(),
+            "skipped_entries": crate::store::skipped_entries(),
         }))
         .into_response(),
         Err(e) => {
@@ -480,6 +485,19 @@ async fn emit(State(rt): State<Tidings>, headers: HeaderMap, body: Body) -> Resu
         )
     })?;
     let channel = rt.parse_channel(&req.channel).map_err(ApiError::channel)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key is not visible ASCII; use 1 to 255 visible ASCII characters, such as order-42-paid",
+                    )
+                })?
+                .to_string(),
+        ),
+    };
     if has_key {
         rt.inner.emit_rate.check_emit_key()?;
     } else {
@@ -487,8 +505,12 @@ async fn emit(State(rt): State<Tidings>, headers: HeaderMap, body: Body) -> Resu
             authorize_publish(&rt.inner.config, &AuthRequest::new(headers, None), &channel).await?;
         rt.inner.emit_rate.check(identity.sub.as_deref().unwrap_or(""))?;
     }
-    let id = rt.emit_json(&channel, &req.event, &req.data).await?;
-    Ok(Json(json!({ "id": id })))
+    let mut opts = EmitOptions::default();
+    if let Some(key) = &key {
+        opts = opts.idempotency_key(key);
+    }
+    let added = rt.emit_json_with(&channel, &req.event, &req.data, opts).await?;
+    Ok(Json(json!({ "id": added.id, "duplicate": added.duplicate })))
 }
 
 /// Query parameters, where `channel` may repeat.
@@ -646,6 +668,7 @@ pub(crate) fn prepare_stream(
         channels,
         events,
         cursor,
+        known: rt.inner.known.clone(),
     })
 }
 
@@ -722,25 +745,50 @@ async fn history(
             }
         },
     };
-    let id = |key: &str| -> Result<Option<StreamId>, ApiError> {
+    let position = |key: &str| -> Result<Option<Position>, ApiError> {
         one(&query, key)?
             .map(|t| {
-                t.parse::<StreamId>()
-                    .map_err(|e| ApiError::bad_request("invalid_id", format!("{key}: {e}")))
+                t.parse::<Position>().map_err(|e| {
+                    ApiError::bad_request(
+                        "invalid_id",
+                        format!("{key}: {e}; give an id (ms-seq) or a position (ms-seq@epoch) as /history or a cursor wrote it"),
+                    )
+                })
             })
             .transpose()
     };
-    let range = match (id("after")?, id("before")?) {
+    let (after, before) = (position("after")?, position("before")?);
+    let handle = rt.channel(channel.as_str());
+    let (entries, epoch, reset) = match (after, before) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
                 "invalid_query",
                 "give after or before, not both",
             ));
         }
-        (Some(a), None) => Range::After(a),
-        (None, Some(b)) => Range::Before(b),
-        (None, None) => Range::Latest,
+        // Paging forward is a resume: it says when history after `after` is gone.
+        (Some(after), None) => {
+            let (entries, replay) = handle.replay(after, limit).await?;
+            let reset = replay.trimmed.map(|t| {
+                json!({
+                    "oldest": t.oldest,
+                    // As a cursor writes it: no epoch at 0-0, where none is needed.
+                    "from": Position::new(t.resume_from, replay.epoch.filter(|_| t.resume_from > StreamId::ZERO)).to_string(),
+                    "reason": t.reason.as_str(),
+                })
+            });
+            (entries, replay.epoch, reset)
+        }
+        (None, before) => {
+            let range = before.map_or(Range::Latest, |b| Range::Before(b.id));
+            let (entries, epoch) = handle.history_page(range, limit).await?;
+            (entries, epoch, None)
+        }
     };
-    let entries = rt.channel(channel.as_str()).history(range, limit).await?;
-    Ok(Json(json!({ "channel": channel, "entries": entries })))
+    Ok(Json(json!({
+        "channel": channel,
+        "epoch": epoch.map(|e| e.to_string()),
+        "entries": entries,
+        "reset": reset,
+    })))
 }

@@ -18,8 +18,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::channel::Channel;
-use crate::id::StreamId;
+use crate::id::{Epoch, Position, StreamId};
 use crate::store::{Entry, Store, StoreError, TailBatch};
+
+/// Says whether an event name can be delivered (the loaded schema knows it).
+pub(crate) type Known = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// How long one tail call blocks when nothing happens.
 const TAIL_WAIT: Duration = Duration::from_secs(5);
@@ -30,6 +33,8 @@ const TAIL_COUNT: usize = 512;
 pub(crate) struct Delivery {
     pub channel: Channel,
     pub entry: Entry,
+    /// The epoch of the channel's history the entry belongs to.
+    pub epoch: Option<Epoch>,
 }
 
 struct Subscriber {
@@ -41,8 +46,8 @@ struct Subscriber {
 }
 
 struct Watched {
-    /// The last entry handed out for this channel.
-    pos: StreamId,
+    /// The last entry handed out for this channel, and the epoch of its history.
+    pos: Position,
     subs: Vec<Arc<Subscriber>>,
 }
 
@@ -54,6 +59,7 @@ struct Inner {
     registry: tokio::sync::Mutex<()>,
     queue: usize,
     next_id: AtomicU64,
+    known: Known,
 }
 
 /// The fan-out of one node.
@@ -74,7 +80,7 @@ pub(crate) struct Subscription {
     /// New entries, in order per channel.
     pub rx: mpsc::Receiver<Arc<Delivery>>,
     /// Each channel's position when the subscription started: every later entry arrives in `rx`.
-    pub start: Vec<(Channel, StreamId)>,
+    pub start: Vec<(Channel, Position)>,
 }
 
 impl Subscription {
@@ -102,14 +108,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    /// Starts the hub's tail task on the current runtime. `queue` bounds each subscriber's queue.
-    pub fn start(store: Arc<dyn Store>, queue: usize) -> Hub {
+    /// Starts the hub's tail task on the current runtime. `queue` bounds each subscriber's queue;
+    /// entries whose event `known` refuses are skipped.
+    pub fn start(store: Arc<dyn Store>, queue: usize, known: Known) -> Hub {
         let inner = Arc::new(Inner {
             store,
             channels: Mutex::new(HashMap::new()),
             registry: tokio::sync::Mutex::new(()),
             queue: queue.max(1),
             next_id: AtomicU64::new(1),
+            known,
         });
         tokio::spawn(tail_loop(Arc::downgrade(&inner)));
         Hub { inner }
@@ -142,7 +150,7 @@ impl Hub {
         };
         let mut fresh = Vec::with_capacity(missing.len());
         for channel in missing {
-            let pos = inner.store.last_id(&channel).await?;
+            let pos = inner.store.position(&channel).await?;
             fresh.push((channel, pos));
         }
         let woke = !fresh.is_empty();
@@ -200,7 +208,7 @@ async fn tail_loop(hub: Weak<Inner>) {
         if let Ok(_guard) = inner.registry.try_lock() {
             lock(&inner.channels).retain(|_, w| !w.subs.is_empty());
         }
-        let positions: Vec<(Channel, StreamId)> = lock(&inner.channels)
+        let positions: Vec<(Channel, Position)> = lock(&inner.channels)
             .iter()
             .map(|(c, w)| (c.clone(), w.pos))
             .collect();
@@ -226,27 +234,50 @@ fn dispatch(inner: &Inner, batches: Vec<TailBatch>) {
         let Some(w) = map.get_mut(&batch.channel) else {
             continue;
         };
-        if batch.gap {
+        // A channel first seen without a stream takes the epoch of the stream created since.
+        let replaced = batch.epoch != w.pos.epoch && w.pos.id > StreamId::ZERO;
+        if batch.gap || replaced {
             // Entries may be missing between our position and this batch: every subscriber of
             // the channel re-reads from its own cursor, which answers exactly.
-            tracing::warn!(channel = %batch.channel, "tail fell behind trimming; subscribers will resume from their cursors");
+            if replaced {
+                tracing::warn!(channel = %batch.channel, "the channel's history was replaced (its stream was deleted, evicted or lost); subscribers will resume from their cursors and get tidings.reset");
+            } else {
+                tracing::warn!(channel = %batch.channel, "tail fell behind trimming; subscribers will resume from their cursors");
+            }
             dropped.append(&mut w.subs);
             if let Some(last) = batch.entries.last() {
-                w.pos = w.pos.max(last.id);
+                w.pos = if replaced {
+                    Position::new(last.id, batch.epoch)
+                } else {
+                    Position::new(w.pos.id.max(last.id), batch.epoch)
+                };
             }
             continue;
         }
+        w.pos.epoch = batch.epoch;
         for entry in batch.entries {
-            if entry.id <= w.pos {
+            if entry.id <= w.pos.id {
                 continue;
             }
-            w.pos = entry.id;
+            w.pos.id = entry.id;
             if w.subs.is_empty() {
+                continue;
+            }
+            if !entry.is_readable() {
+                continue; // the store said why when it read it
+            }
+            if !(inner.known)(&entry.event) {
+                crate::store::skip::note(
+                    batch.channel.as_str(),
+                    &entry.id,
+                    &format!("event {:?} is not in the loaded schema", &*entry.event),
+                );
                 continue;
             }
             let delivery = Arc::new(Delivery {
                 channel: batch.channel.clone(),
                 entry,
+                epoch: batch.epoch,
             });
             w.subs.retain(|s| match s.tx.try_send(delivery.clone()) {
                 Ok(()) => true,
@@ -277,6 +308,15 @@ mod tests {
         Channel::new(name).unwrap()
     }
 
+    fn any() -> Known {
+        Arc::new(|_: &str| true)
+    }
+
+    async fn add(store: &dyn Store, channel: &Channel, data: &str) -> StreamId {
+        let opts = crate::store::AppendOptions::default();
+        store.append(channel, "e", data, opts).await.unwrap().id
+    }
+
     async fn recv(sub: &mut Subscription) -> Option<Arc<Delivery>> {
         tokio::time::timeout(Duration::from_secs(5), sub.rx.recv())
             .await
@@ -286,17 +326,17 @@ mod tests {
     #[tokio::test]
     async fn delivers_to_every_subscriber_of_a_channel_only() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let hub = Hub::start(store.clone(), 16);
+        let hub = Hub::start(store.clone(), 16, any());
         let mut a = hub.subscribe(&[ch("x")]).await.unwrap();
         let mut b = hub.subscribe(&[ch("x"), ch("y")]).await.unwrap();
         let mut c = hub.subscribe(&[ch("y")]).await.unwrap();
-        assert_eq!(a.start, vec![(ch("x"), StreamId::ZERO)]);
-        let id = store.append(&ch("x"), "e", "1").await.unwrap();
+        assert_eq!(a.start, vec![(ch("x"), Position::ZERO)]);
+        let id = add(&*store, &ch("x"), "1").await;
         for sub in [&mut a, &mut b] {
             let d = recv(sub).await.unwrap();
             assert_eq!((d.channel.as_str(), d.entry.id), ("x", id));
         }
-        let id_y = store.append(&ch("y"), "e", "2").await.unwrap();
+        let id_y = add(&*store, &ch("y"), "2").await;
         assert_eq!(recv(&mut c).await.unwrap().entry.id, id_y);
         assert_eq!(recv(&mut b).await.unwrap().entry.id, id_y);
         assert!(a.rx.try_recv().is_err(), "a does not watch y");
@@ -306,23 +346,25 @@ mod tests {
     #[tokio::test]
     async fn start_position_is_the_channel_end_at_registration() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let before = store.append(&ch("x"), "e", "old").await.unwrap();
-        let hub = Hub::start(store.clone(), 16);
+        let before = add(&*store, &ch("x"), "old").await;
+        let hub = Hub::start(store.clone(), 16, any());
         let mut sub = hub.subscribe(&[ch("x")]).await.unwrap();
-        assert_eq!(sub.start, vec![(ch("x"), before)]);
-        let after = store.append(&ch("x"), "e", "new").await.unwrap();
+        assert_eq!(sub.start[0].0, ch("x"));
+        assert_eq!(sub.start[0].1.id, before);
+        assert!(sub.start[0].1.epoch.is_some(), "the memory store names its epoch");
+        let after = add(&*store, &ch("x"), "new").await;
         assert_eq!(recv(&mut sub).await.unwrap().entry.id, after);
     }
 
     #[tokio::test]
     async fn a_full_queue_drops_the_subscriber_everywhere_but_not_others() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let hub = Hub::start(store.clone(), 2);
+        let hub = Hub::start(store.clone(), 2, any());
         let mut slow = hub.subscribe(&[ch("x"), ch("y")]).await.unwrap();
         let mut fast = hub.subscribe(&[ch("x")]).await.unwrap();
         let mut ids = Vec::new();
         for i in 0..5 {
-            ids.push(store.append(&ch("x"), "e", &i.to_string()).await.unwrap());
+            ids.push(add(&*store, &ch("x"), &i.to_string()).await);
             // keep the fast one drained so only the slow one overflows
             assert_eq!(recv(&mut fast).await.unwrap().entry.id, ids[i]);
         }
@@ -334,14 +376,14 @@ mod tests {
         assert!(slow.kicked(), "slow subscriber is marked kicked");
         assert_eq!(got, ids[..2].to_vec(), "exactly the queue's capacity, in order");
         // It was removed from y as well: a later y entry does not reopen anything.
-        store.append(&ch("y"), "e", "z").await.unwrap();
+        add(&*store, &ch("y"), "z").await;
         assert_eq!(hub.stats().1, 1, "only the fast subscriber remains registered");
     }
 
     #[tokio::test]
     async fn dropping_a_subscription_unregisters_it() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let hub = Hub::start(store.clone(), 4);
+        let hub = Hub::start(store.clone(), 4, any());
         let sub = hub.subscribe(&[ch("x"), ch("y")]).await.unwrap();
         assert_eq!(hub.stats(), (2, 1));
         drop(sub);
@@ -351,18 +393,18 @@ mod tests {
         assert_eq!(hub.stats(), (1, 1));
     }
 
-    #[tokio::test]
-    async fn a_tail_gap_kicks_the_channels_subscribers() {
-        let store = Arc::new(MemoryStore::new(Retention::default().max_len(3)));
+    /// A hub with one subscriber on `x` at `pos`, driven by hand through `dispatch`.
+    fn by_hand(pos: Position) -> (Inner, mpsc::Receiver<Arc<Delivery>>, Arc<AtomicBool>) {
+        let known: Known = Arc::new(|event: &str| event != "unknown");
         let inner = Inner {
-            store: store.clone(),
+            store: Arc::new(MemoryStore::new(Retention::default().max_len(3))),
             channels: Mutex::new(HashMap::new()),
             registry: tokio::sync::Mutex::new(()),
             queue: 8,
             next_id: AtomicU64::new(1),
+            known,
         };
-        // Drive dispatch by hand: a batch flagged as a gap must not be delivered.
-        let (tx, mut rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::channel(8);
         let kicked = Arc::new(AtomicBool::new(false));
         let sub = Arc::new(Subscriber {
             id: 1,
@@ -370,31 +412,72 @@ mod tests {
             channels: vec![ch("x")],
             kicked: kicked.clone(),
         });
-        lock(&inner.channels).insert(
-            ch("x"),
-            Watched {
-                pos: StreamId::new(1, 0),
-                subs: vec![sub],
-            },
-        );
-        let entry = Entry {
-            id: StreamId::new(9, 0),
-            event: "e".into(),
+        lock(&inner.channels).insert(ch("x"), Watched { pos, subs: vec![sub] });
+        (inner, rx, kicked)
+    }
+
+    fn entry(ms: u64, event: &str) -> Entry {
+        Entry {
+            id: StreamId::new(ms, 0),
+            event: event.into(),
             data: "1".into(),
-        };
-        dispatch(
-            &inner,
-            vec![TailBatch {
-                channel: ch("x"),
-                entries: vec![entry],
-                gap: true,
-            }],
-        );
-        assert!(kicked.load(Ordering::Acquire));
+        }
+    }
+
+    fn batch(entries: Vec<Entry>, epoch: Option<Epoch>, gap: bool) -> TailBatch {
+        TailBatch {
+            channel: ch("x"),
+            entries,
+            epoch,
+            gap,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tail_gap_or_a_new_epoch_kicks_the_channels_subscribers() {
+        let (e1, e2) = ("00000001".parse().ok(), "00000002".parse().ok());
+        // A gap in the same history, and a history replaced without a gap the store could see.
+        for (epoch, gap) in [(e1, true), (e2, false), (None, false)] {
+            let (inner, mut rx, kicked) = by_hand(Position::new(StreamId::new(1, 0), e1));
+            dispatch(&inner, vec![batch(vec![entry(9, "e")], epoch, gap)]);
+            assert!(kicked.load(Ordering::Acquire), "{epoch:?} {gap}");
+            assert!(
+                rx.recv().await.is_none(),
+                "nothing delivered across a gap; the queue is closed"
+            );
+            let pos = lock(&inner.channels)[&ch("x")].pos;
+            assert_eq!(pos, Position::new(StreamId::new(9, 0), epoch));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_channel_watched_before_its_stream_existed_takes_the_new_epoch() {
+        let e1 = "00000001".parse().ok();
+        let (inner, mut rx, kicked) = by_hand(Position::ZERO);
+        dispatch(&inner, vec![batch(vec![entry(9, "e")], e1, false)]);
+        assert!(!kicked.load(Ordering::Acquire));
+        let d = rx.recv().await.unwrap();
+        assert_eq!((d.entry.id, d.epoch), (StreamId::new(9, 0), e1));
+        assert_eq!(lock(&inner.channels)[&ch("x")].pos.epoch, e1);
+    }
+
+    #[tokio::test]
+    async fn unreadable_and_unknown_entries_are_skipped_and_passed() {
+        let (inner, mut rx, kicked) = by_hand(Position::ZERO);
+        let before = crate::store::skipped_entries();
+        let entries = vec![
+            Entry::unreadable(StreamId::new(2, 0)),
+            entry(3, "unknown"),
+            entry(4, "e"),
+        ];
+        dispatch(&inner, vec![batch(entries, None, false)]);
+        assert!(!kicked.load(Ordering::Acquire));
+        assert_eq!(rx.recv().await.unwrap().entry.id, StreamId::new(4, 0));
+        assert!(rx.try_recv().is_err(), "only the readable, known entry");
+        assert_eq!(lock(&inner.channels)[&ch("x")].pos.id, StreamId::new(4, 0));
         assert!(
-            rx.recv().await.is_none(),
-            "nothing delivered across a gap; the queue is closed"
+            crate::store::skipped_entries() > before,
+            "the unknown event is counted"
         );
-        assert_eq!(lock(&inner.channels)[&ch("x")].pos, StreamId::new(9, 0));
     }
 }

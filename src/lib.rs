@@ -70,13 +70,13 @@ pub use config::{Config, Limits, LimitsError};
 pub use cursor::{Cursor, CursorError, MAX_CURSOR_LEN};
 pub use envelope::Envelope;
 pub use http::{router, ApiError};
-pub use id::{ParseIdError, StreamId};
+pub use id::{Epoch, ParseEpochError, ParseIdError, ParsePositionError, Position, StreamId};
 pub use payload::{Emittable, Payload};
-pub use realtime::{ChannelHandle, EmitError, StartError, Tidings};
+pub use realtime::{ChannelHandle, EmitError, EmitOptions, StartError, Tidings, MAX_IDEMPOTENCY_KEY_LEN};
 pub use schema::Registry;
 pub use server::serve;
 pub use store::{
-    Entry, MemoryStore, Range, RedisOptions, RedisStore, Retention, Store, StoreError, TailMode,
+    Appended, Entry, MemoryStore, Range, RedisOptions, RedisStore, Retention, Store, StoreError, TailMode,
 };
 
 #[cfg(feature = "demo")]

@@ -8,11 +8,13 @@ use crate::channel::{Channel, ChannelError};
 use crate::config::Config;
 use crate::envelope::Envelope;
 use crate::hub::Hub;
-use crate::id::StreamId;
+use crate::id::{Epoch, Position, StreamId};
 use crate::limits::{Connections, EmitRate};
 use crate::payload::Emittable;
 use crate::schema::{Registry, RegistryError, ValidateError};
-use crate::store::{MemoryStore, Range, RedisOptions, RedisStore, Store, StoreError};
+use crate::store::{
+    AppendOptions, Appended, MemoryStore, Range, RedisOptions, RedisStore, Replay, Store, StoreError,
+};
 
 /// A running tidings instance: emit from Rust, or serve it over HTTP with
 /// [`router`](crate::router).
@@ -52,6 +54,8 @@ pub(crate) struct Inner {
     pub connections: Arc<Connections>,
     /// Emits per second per publisher.
     pub emit_rate: EmitRate,
+    /// Which event names can be delivered: those of the loaded schema.
+    pub known: crate::hub::Known,
 }
 
 /// Why [`Tidings::from_config`] could not start.
@@ -61,9 +65,21 @@ pub enum StartError {
     /// The schema file is missing or wrong.
     #[error(transparent)]
     Schema(#[from] RegistryError),
-    /// The store could not be reached.
+    /// The store could not be used.
     #[error("cannot connect to the store: {0}")]
     Store(#[from] StoreError),
+    /// Redis did not answer within [`Config::redis_wait`].
+    #[error("cannot reach Redis at {address} (tried {attempts} times over {waited_secs} s, --redis-wait): {cause}")]
+    RedisUnreachable {
+        /// Where it was tried (no credentials).
+        address: String,
+        /// Connection attempts made.
+        attempts: u32,
+        /// Seconds spent trying.
+        waited_secs: u64,
+        /// The last attempt's error.
+        cause: StoreError,
+    },
     /// The limits cannot work together.
     #[error(transparent)]
     Limits(#[from] crate::config::LimitsError),
@@ -90,6 +106,9 @@ pub enum EmitError {
     /// The payload could not be serialized.
     #[error("payload cannot be serialized: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// The idempotency key is empty, too long or holds characters outside visible ASCII.
+    #[error("idempotency key {0}; use 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters (no spaces), such as order-42-paid")]
+    IdempotencyKey(String),
     /// The store failed; the emit may be retried.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -106,16 +125,14 @@ impl Tidings {
         config.limits.check()?;
         let registry = Registry::load(&config.schema)?;
         let store: Arc<dyn Store> = match &config.redis_url {
-            Some(url) => Arc::new(
-                RedisStore::connect(
-                    RedisOptions::new(url.clone())
-                        .key_prefix(config.key_prefix.clone())
-                        .retention(config.retention.clone())
-                        .timeout(config.redis_timeout)
-                        .tail_mode(config.redis_tail),
-                )
-                .await?,
-            ),
+            Some(url) => {
+                let opts = RedisOptions::new(url.clone())
+                    .key_prefix(config.key_prefix.clone())
+                    .retention(config.retention.clone())
+                    .timeout(config.redis_timeout)
+                    .tail_mode(config.redis_tail);
+                Arc::new(connect_redis(opts, config.redis_wait).await?)
+            }
             None => Arc::new(MemoryStore::new(config.retention.clone())),
         };
         Ok(Tidings::new(registry, store, config))
@@ -137,7 +154,9 @@ impl Tidings {
             .limits
             .subscriber_queue
             .min((config.retention.max_len / 2).max(1));
-        let hub = Hub::start(store.clone(), queue);
+        let names: std::collections::HashSet<Box<str>> = registry.event_names().map(Box::from).collect();
+        let known: crate::hub::Known = Arc::new(move |event: &str| names.contains(event));
+        let hub = Hub::start(store.clone(), queue, known.clone());
         let emit_key = config.emit_key.clone().unwrap_or_else(random_key);
         Tidings {
             inner: Arc::new(Inner {
@@ -148,6 +167,7 @@ impl Tidings {
                 closing: tokio::sync::watch::Sender::new(false),
                 connections: Connections::new(&config.limits),
                 emit_rate: EmitRate::new(&config.limits),
+                known,
                 config,
             }),
         }
@@ -195,6 +215,23 @@ impl Tidings {
         }
     }
 
+    /// True when a stored entry can be handed to a client: readable, and an event the loaded
+    /// schema knows (others are counted and skipped).
+    pub(crate) fn deliverable(&self, channel: &Channel, entry: &crate::store::Entry) -> bool {
+        if !entry.is_readable() {
+            return false;
+        }
+        if self.inner.registry.contains(&entry.event) {
+            return true;
+        }
+        crate::store::skip::note(
+            channel.as_str(),
+            &entry.id,
+            &format!("event {:?} is not in the loaded schema", &*entry.event),
+        );
+        false
+    }
+
     /// Checks a channel name against the configured length limit.
     pub(crate) fn parse_channel(&self, name: &str) -> Result<Channel, ChannelError> {
         Channel::with_max_len(name, self.inner.config.limits.max_channel_len)
@@ -210,6 +247,28 @@ impl Tidings {
         event: &str,
         data: &Value,
     ) -> Result<StreamId, EmitError> {
+        Ok(self
+            .emit_json_with(channel, event, data, EmitOptions::default())
+            .await?
+            .id)
+    }
+
+    /// [`Tidings::emit_json`] with options, such as an idempotency key.
+    ///
+    /// # Errors
+    /// [`EmitError`]; nothing is stored unless this returns `Ok`.
+    pub async fn emit_json_with(
+        &self,
+        channel: &Channel,
+        event: &str,
+        data: &Value,
+        opts: EmitOptions<'_>,
+    ) -> Result<Appended, EmitError> {
+        let mut append = AppendOptions::default().idempotency_window(self.inner.config.idempotency_window);
+        if let Some(key) = opts.idempotency_key {
+            check_idempotency_key(key)?;
+            append = append.idempotency_key(key);
+        }
         self.inner.registry.validate(event, data)?;
         let text = serde_json::to_string(data)?;
         let max = self.inner.config.limits.max_payload_bytes;
@@ -219,7 +278,87 @@ impl Tidings {
                 max,
             });
         }
-        Ok(self.inner.store.append(channel, event, &text).await?)
+        Ok(self.inner.store.append(channel, event, &text, append).await?)
+    }
+}
+
+/// The longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+fn check_idempotency_key(key: &str) -> Result<(), EmitError> {
+    let problem = if key.is_empty() {
+        "is empty".to_string()
+    } else if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        format!("is {} bytes long", key.len())
+    } else if let Some(c) = key.chars().find(|c| !c.is_ascii_graphic()) {
+        format!("contains {c:?}")
+    } else {
+        return Ok(());
+    };
+    Err(EmitError::IdempotencyKey(problem))
+}
+
+/// How to emit: options most emits leave at their defaults.
+///
+/// ```
+/// use tidings::EmitOptions;
+/// let opts = EmitOptions::default().idempotency_key("order-42-paid");
+/// assert_eq!(opts.idempotency_key, Some("order-42-paid"));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EmitOptions<'a> {
+    /// Store the event at most once per channel and key within
+    /// [`Config::idempotency_window`](crate::Config): a retry (after a timeout, say) returns the
+    /// first id and stores nothing. 1 to 255 visible ASCII characters.
+    pub idempotency_key: Option<&'a str>,
+}
+
+impl<'a> EmitOptions<'a> {
+    /// Sets [`EmitOptions::idempotency_key`].
+    pub fn idempotency_key(mut self, key: &'a str) -> Self {
+        self.idempotency_key = Some(key);
+        self
+    }
+}
+
+/// Connects to Redis, retrying with backoff for up to `wait` while it does not answer (a node
+/// started before its Redis, say). Errors that waiting cannot fix (a bad URL, a Redis too old,
+/// a refused password) fail at once.
+async fn connect_redis(opts: RedisOptions, wait: std::time::Duration) -> Result<RedisStore, StartError> {
+    use std::time::Duration;
+    let address = opts.address();
+    let started = tokio::time::Instant::now();
+    let deadline = started + wait;
+    let mut backoff = Duration::from_millis(250);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let cause = match RedisStore::connect(opts.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(e) if !e.is_transient() => return Err(StartError::Store(e)),
+            Err(e) => e,
+        };
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(StartError::RedisUnreachable {
+                address,
+                attempts,
+                waited_secs: now.duration_since(started).as_secs(),
+                cause,
+            });
+        }
+        let pause = backoff.min(deadline - now);
+        tracing::warn!(
+            %address,
+            attempt = attempts,
+            retry_in = ?pause,
+            gives_up_in = ?(deadline - now),
+            error = %cause,
+            "Redis does not answer; retrying"
+        );
+        tokio::time::sleep(pause).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -246,9 +385,32 @@ impl ChannelHandle {
     /// # Errors
     /// [`EmitError`]; nothing is stored unless this returns `Ok`.
     pub async fn emit<E: Emittable>(&self, event: E) -> Result<StreamId, EmitError> {
+        Ok(self.emit_with(event, EmitOptions::default()).await?.id)
+    }
+
+    /// [`ChannelHandle::emit`] with options, such as an idempotency key:
+    ///
+    /// ```no_run
+    /// # async fn demo(rt: tidings::Tidings, event: tidings_test_events::ChatMessage) -> Result<(), tidings::EmitError> {
+    /// use tidings::EmitOptions;
+    /// let first = rt.channel("room:1").emit_with(event.clone(), EmitOptions::default().idempotency_key("m-17")).await?;
+    /// let retry = rt.channel("room:1").emit_with(event, EmitOptions::default().idempotency_key("m-17")).await?;
+    /// assert_eq!((retry.id, retry.duplicate), (first.id, true));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`EmitError`]; nothing is stored unless this returns `Ok`.
+    pub async fn emit_with<E: Emittable>(
+        &self,
+        event: E,
+        opts: EmitOptions<'_>,
+    ) -> Result<Appended, EmitError> {
         let channel = self.channel()?;
         let data = serde_json::to_value(&event)?;
-        self.rt.emit_json(channel, event.event_name(), &data).await
+        self.rt
+            .emit_json_with(channel, event.event_name(), &data, opts)
+            .await
     }
 
     /// Reads stored events, oldest first: the newest `limit` ones, or a page after or before an
@@ -257,9 +419,39 @@ impl ChannelHandle {
     /// # Errors
     /// [`EmitError::Channel`] for a bad name, [`EmitError::Store`] when the store fails.
     pub async fn history(&self, range: Range, limit: usize) -> Result<Vec<Envelope>, EmitError> {
+        Ok(self.history_page(range, limit).await?.0)
+    }
+
+    /// [`ChannelHandle::history`] and the epoch of the page.
+    pub(crate) async fn history_page(
+        &self,
+        range: Range,
+        limit: usize,
+    ) -> Result<(Vec<Envelope>, Option<Epoch>), EmitError> {
         let channel = self.channel()?;
         let limit = limit.min(self.rt.inner.config.limits.max_history);
-        let entries = self.rt.inner.store.history(channel, range, limit).await?;
-        Ok(entries.iter().map(|e| Envelope::from_entry(channel, e)).collect())
+        let page = self.rt.inner.store.history(channel, range, limit).await?;
+        Ok((self.envelopes(channel, &page.entries), page.epoch))
+    }
+
+    /// Entries after `after`, as a resume reads them: with what was lost since `after`.
+    pub(crate) async fn replay(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<(Vec<Envelope>, Replay), EmitError> {
+        let channel = self.channel()?;
+        let limit = limit.min(self.rt.inner.config.limits.max_history);
+        let mut replay = self.rt.inner.store.replay(channel, after, limit).await?;
+        let entries = std::mem::take(&mut replay.entries);
+        Ok((self.envelopes(channel, &entries), replay))
+    }
+
+    fn envelopes(&self, channel: &Channel, entries: &[crate::store::Entry]) -> Vec<Envelope> {
+        entries
+            .iter()
+            .filter(|e| self.rt.deliverable(channel, e))
+            .map(|e| Envelope::from_entry(channel, e))
+            .collect()
     }
 }

@@ -5,7 +5,7 @@
 //! ```text
 //! retry: 2000                           once, first: the reconnect delay hint
 //!
-//! id: room:1=1700000000000-0,room:2=0-0
+//! id: room:1=1700000000000-0@5f3a09c1,room:2=0-0
 //! event: chat.message
 //! data: {"id":"1700000000000-0","channel":"room:1","event":"chat.message","data":{…}}
 //!
@@ -13,9 +13,9 @@
 //! event: tidings.ready                  the heartbeat interval (a client that hears nothing
 //! data: {"cursor":"…","channels":["room:1","room:2"],"heartbeat_ms":15000}   for longer knows)
 //!
-//! id: …                                 history after the client's cursor was trimmed
-//! event: tidings.reset
-//! data: {"channel":"room:1","oldest":"1700000000005-0","cursor":"…"}
+//! id: …                                 history after the client's cursor is gone: trimmed,
+//! event: tidings.reset                  or replaced (another epoch), or the cursor is past the end
+//! data: {"channel":"room:1","oldest":"1700000000005-0","cursor":"…","reason":"trimmed"}
 //!
 //! event: tidings.ping                  every heartbeat interval without other frames: an event,
 //! data: {}                              so a browser's EventSource shows it to the page
@@ -36,9 +36,9 @@ use tokio::sync::mpsc;
 use crate::channel::Channel;
 use crate::cursor::Cursor;
 use crate::envelope::write_envelope;
-use crate::hub::{Delivery, Subscription};
-use crate::id::StreamId;
-use crate::store::{Entry, Store, StoreError};
+use crate::hub::{Delivery, Known, Subscription};
+use crate::id::{Epoch, Position, StreamId};
+use crate::store::{Entry, Store, StoreError, Trimmed};
 
 /// Entries read per channel per replay page.
 const REPLAY_PAGE: usize = 500;
@@ -52,6 +52,8 @@ pub(crate) struct StreamRequest {
     pub channels: Vec<Channel>,
     pub events: Option<HashSet<String>>,
     pub cursor: Option<Cursor>,
+    /// Which event names the loaded schema knows: others are skipped.
+    pub known: Known,
 }
 
 pub(crate) struct StreamSettings {
@@ -144,18 +146,68 @@ fn json_str(s: &str) -> String {
 struct ReplayState {
     channel: Channel,
     buf: VecDeque<Entry>,
-    after: StreamId,
+    /// Where the next page starts.
+    after: Position,
     done: bool,
 }
 
-async fn fill(store: &dyn Store, r: &mut ReplayState) -> Result<(), StoreError> {
+/// Reads the next page of a channel's replay. Returns what was lost when the history moved on
+/// under a long replay (trimmed past the page, or replaced): the caller then sends a reset.
+async fn fill(store: &dyn Store, r: &mut ReplayState) -> Result<Option<Trimmed>, StoreError> {
     let page = store.replay(&r.channel, r.after, REPLAY_PAGE).await?;
     r.done = page.entries.len() < REPLAY_PAGE;
-    if let Some(last) = page.entries.last() {
-        r.after = last.id;
-    }
+    let from = page.trimmed.as_ref().map_or(r.after.id, |t| t.resume_from);
+    r.after = Position::new(page.entries.last().map_or(from, |e| e.id), page.epoch);
     r.buf.extend(page.entries);
-    Ok(())
+    Ok(page.trimmed)
+}
+
+/// Writes the reset frame for `channel`, whose history after the cursor is gone, and moves the
+/// cursor to where reading goes on.
+fn reset<S: Sink>(
+    w: &mut Writer<S>,
+    cursor: &mut Cursor,
+    channel: &Channel,
+    t: &Trimmed,
+    epoch: Option<Epoch>,
+) {
+    cursor.set(channel, at(t.resume_from, epoch));
+    let text = cursor.to_string();
+    let oldest = t
+        .oldest
+        .map_or("null".to_string(), |id| json_str(&id.to_string()));
+    w.frame(cursor, "tidings.reset", |b| {
+        let _ = write!(
+            b,
+            r#"{{"channel":{},"oldest":{},"cursor":{},"reason":"{}"}}"#,
+            json_str(channel.as_str()),
+            oldest,
+            json_str(&text),
+            t.reason.as_str()
+        );
+    });
+}
+
+/// The position at `id` in `epoch`, written without the epoch at `0-0` (where none is needed:
+/// nothing was seen).
+fn at(id: StreamId, epoch: Option<Epoch>) -> Position {
+    Position::new(id, epoch.filter(|_| id > StreamId::ZERO))
+}
+
+/// True when `entry` can go to the client; an entry the schema does not know is counted.
+fn deliverable(known: &Known, channel: &Channel, entry: &Entry) -> bool {
+    if !entry.is_readable() {
+        return false; // the store said why when it read it
+    }
+    if known(&entry.event) {
+        return true;
+    }
+    crate::store::skip::note(
+        channel.as_str(),
+        &entry.id,
+        &format!("event {:?} is not in the loaded schema", &*entry.event),
+    );
+    false
 }
 
 /// Runs one connection until the client goes away, the hub drops it, or the store fails.
@@ -305,12 +357,13 @@ async fn closed(closing: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = closing.wait_for(|closing| *closing).await.map(|_| ());
 }
 
+/// Writes a live entry. The hub hands out only readable entries of known events.
 fn live<S: Sink>(w: &mut Writer<S>, cursor: &mut Cursor, d: &Delivery, wanted: &impl Fn(&str) -> bool) {
-    let pos = cursor.get(&d.channel).unwrap_or(StreamId::ZERO);
-    if d.entry.id <= pos {
+    let pos = cursor.get(&d.channel).unwrap_or(Position::ZERO);
+    if d.entry.id <= pos.id {
         return; // already sent during replay
     }
-    cursor.set(&d.channel, d.entry.id);
+    cursor.set(&d.channel, Position::new(d.entry.id, d.epoch));
     if wanted(&d.entry.event) {
         w.entry(cursor, &d.channel, &d.entry);
     }
@@ -357,36 +410,18 @@ async fn replay<S: Sink>(
     let mut states = Vec::new();
     for channel in &req.channels {
         let Some(after) = given.get(channel) else { continue };
-        let page = store.replay(channel, after, REPLAY_PAGE).await?;
         let mut state = ReplayState {
             channel: channel.clone(),
             buf: VecDeque::new(),
             after,
-            done: page.entries.len() < REPLAY_PAGE,
+            done: false,
         };
-        if let Some(t) = &page.trimmed {
-            state.after = t.resume_from;
-            cursor.set(channel, t.resume_from);
-            let text = cursor.to_string();
-            let oldest = t
-                .oldest
-                .map_or("null".to_string(), |id| json_str(&id.to_string()));
-            w.frame(cursor, "tidings.reset", |b| {
-                let _ = write!(
-                    b,
-                    r#"{{"channel":{},"oldest":{},"cursor":{}}}"#,
-                    json_str(channel.as_str()),
-                    oldest,
-                    json_str(&text)
-                );
-            });
-        } else {
-            cursor.set(channel, after);
+        let trimmed = fill(store, &mut state).await?;
+        match &trimmed {
+            Some(t) => reset(w, cursor, channel, t, state.after.epoch),
+            // The position holds; it now names the channel's epoch.
+            None => cursor.set(channel, at(after.id, state.after.epoch)),
         }
-        if let Some(last) = page.entries.last() {
-            state.after = last.id;
-        }
-        state.buf.extend(page.entries);
         states.push(state);
     }
     loop {
@@ -404,271 +439,22 @@ async fn replay<S: Sink>(
         let Some((_, i)) = next else { break };
         let state = &mut states[i];
         let entry = state.buf.pop_front().expect("head exists");
-        if entry.id > cursor.get(&state.channel).unwrap_or(StreamId::ZERO) {
-            cursor.set(&state.channel, entry.id);
-            if wanted(&entry.event) {
+        let pos = cursor.get(&state.channel).unwrap_or(Position::ZERO);
+        if entry.id > pos.id {
+            // The cursor moves past entries that are not sent too (filtered out, unreadable,
+            // unknown to the schema), so a resume does not read them again.
+            cursor.set(&state.channel, Position::new(entry.id, state.after.epoch));
+            if wanted(&entry.event) && deliverable(&req.known, &state.channel, &entry) {
                 w.entry(cursor, &state.channel, &entry);
             }
         }
         if state.buf.is_empty() && !state.done {
-            fill(store, state).await?;
+            if let Some(t) = fill(store, state).await? {
+                // The history moved on under a long replay: say so before what follows.
+                reset(w, cursor, &state.channel, &t, state.after.epoch);
+            }
         }
         w.maybe_flush().await?;
     }
     Ok(())
-}
-
-/// Settings for the unit tests: retry 2 s (unless changed), no deadline unless given.
-#[cfg(test)]
-fn test_settings(
-    heartbeat: Duration,
-    closing: tokio::sync::watch::Receiver<bool>,
-    deadline: Option<tokio::time::Instant>,
-) -> StreamSettings {
-    StreamSettings {
-        heartbeat,
-        write_timeout: Duration::from_secs(30),
-        retry: Duration::from_secs(2),
-        closing,
-        deadline,
-        permit: crate::limits::Connections::new(&crate::Limits::default())
-            .acquire(None)
-            .unwrap(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hub::Hub;
-    use crate::store::MemoryStore;
-
-    fn ch(name: &str) -> Channel {
-        Channel::new(name).unwrap()
-    }
-
-    async fn collect_until(rx: &mut mpsc::Receiver<Bytes>, needle: &str) -> String {
-        let mut all = String::new();
-        while !all.contains(needle) {
-            let chunk = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-                .await
-                .expect("output within the time limit")
-                .expect("stream still open");
-            all.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-        all
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn exact_bytes_then_heartbeat_after_the_interval() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let hub = Hub::start(store.clone(), 8);
-        let sub = hub.subscribe(&[ch("a"), ch("b")]).await.unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
-        let (_closing, closing) = tokio::sync::watch::channel(false);
-        let mut settings = test_settings(Duration::from_secs(15), closing, None);
-        settings.retry = Duration::from_millis(1500);
-        let req = StreamRequest {
-            channels: vec![ch("a"), ch("b")],
-            events: None,
-            cursor: None,
-        };
-        tokio::spawn(run(store.clone(), req, sub, settings, tx));
-        let start = collect_until(&mut rx, "tidings.ready").await;
-        assert_eq!(
-            start,
-            "retry: 1500\n\nid: a=0-0,b=0-0\nevent: tidings.ready\ndata: {\"cursor\":\"a=0-0,b=0-0\",\"channels\":[\"a\",\"b\"],\"heartbeat_ms\":15000}\n\n"
-        );
-        // 10 s into the first heartbeat interval, an event: the interval starts again after it.
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let id = store
-            .append(&ch("b"), "chat.typing", r#"{"user":"ada","active":true}"#)
-            .await
-            .unwrap();
-        let frame = collect_until(&mut rx, "\n\n").await;
-        assert_eq!(
-            frame,
-            format!("id: a=0-0,b={id}\nevent: chat.typing\ndata: {{\"id\":\"{id}\",\"channel\":\"b\",\"event\":\"chat.typing\",\"data\":{{\"user\":\"ada\",\"active\":true}}}}\n\n")
-        );
-        // So the heartbeat comes 15 s after the event, not 5 s: a busy stream sends none.
-        let before = tokio::time::Instant::now();
-        assert_eq!(
-            collect_until(&mut rx, "tidings.ping").await,
-            "event: tidings.ping\ndata: {}\n\n"
-        );
-        let waited = before.elapsed();
-        assert!(
-            waited >= Duration::from_secs(14) && waited <= Duration::from_secs(16),
-            "heartbeat after {waited:?}"
-        );
-        let before = tokio::time::Instant::now();
-        collect_until(&mut rx, "tidings.ping").await;
-        let waited = before.elapsed();
-        assert!(
-            waited >= Duration::from_secs(14) && waited <= Duration::from_secs(16),
-            "second heartbeat after {waited:?}"
-        );
-    }
-
-    /// A sink whose writes never complete: a client that stopped reading with its buffers full.
-    struct Stuck {
-        writes: Arc<std::sync::atomic::AtomicUsize>,
-    }
-
-    impl Sink for Stuck {
-        async fn send(&mut self, _chunk: Bytes) -> Result<(), Gone> {
-            self.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            std::future::pending().await
-        }
-        async fn closed(&mut self) {
-            std::future::pending().await
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_write_without_progress_ends_the_stream_after_the_write_timeout() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let hub = Hub::start(store.clone(), 8);
-        let sub = hub.subscribe(&[ch("a")]).await.unwrap();
-        let (_closing, closing) = tokio::sync::watch::channel(false);
-        let mut settings = test_settings(Duration::from_secs(15), closing, None);
-        settings.write_timeout = Duration::from_secs(7);
-        let req = StreamRequest {
-            channels: vec![ch("a")],
-            events: None,
-            cursor: None,
-        };
-        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let out = Stuck {
-            writes: writes.clone(),
-        };
-        let started = tokio::time::Instant::now();
-        let task = tokio::spawn(run(store.clone(), req, sub, settings, out));
-        // The first write (retry + ready) never completes: the stream ends 7 s later, and with
-        // it the task that holds the connection permit.
-        tokio::time::timeout(Duration::from_secs(60), task)
-            .await
-            .expect("the stream ended")
-            .unwrap();
-        let took = started.elapsed();
-        assert!(
-            took >= Duration::from_secs(7) && took < Duration::from_secs(8),
-            "ended after {took:?}"
-        );
-        assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn a_kicked_subscriber_gets_a_lagged_frame_with_its_cursor() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let hub = Hub::start(store.clone(), 1);
-        let sub = hub.subscribe(&[ch("a")]).await.unwrap();
-        let (tx, mut rx) = mpsc::channel(1);
-        let (_closing, closing) = tokio::sync::watch::channel(false);
-        let settings = test_settings(Duration::from_secs(15), closing, None);
-        let req = StreamRequest {
-            channels: vec![ch("a")],
-            events: None,
-            cursor: None,
-        };
-        // Fill the subscriber's queue before the connection task reads it.
-        let first = store.append(&ch("a"), "e", "1").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        for i in 2..5 {
-            store.append(&ch("a"), "e", &i.to_string()).await.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        tokio::spawn(run(store.clone(), req, sub, settings, tx));
-        let all = collect_until(&mut rx, "tidings.lagged").await;
-        assert!(
-            all.contains(&format!("id: a={first}\nevent: tidings.lagged\n")),
-            "{all}"
-        );
-        assert_eq!(
-            all.matches("event: e\n").count(),
-            1,
-            "only the queued entry was sent: {all}"
-        );
-        assert!(
-            rx.recv().await.is_none(),
-            "the stream ends after the lagged frame"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_credential_that_expires_mid_replay_stops_it_with_the_cursor_of_what_was_sent() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(crate::Retention::default().max_len(5000)));
-        let a = ch("a");
-        for i in 0..3000 {
-            store.append(&a, "e", &format!("{{\"n\":{i}}}")).await.unwrap();
-        }
-        let hub = Hub::start(store.clone(), 8);
-        let sub = hub.subscribe(std::slice::from_ref(&a)).await.unwrap();
-        let (tx, mut rx) = mpsc::channel(1);
-        let (_closing, closing) = tokio::sync::watch::channel(false);
-        let settings = test_settings(
-            Duration::from_secs(15),
-            closing,
-            Some(tokio::time::Instant::now() + Duration::from_millis(300)),
-        );
-        let req = StreamRequest {
-            channels: vec![a.clone()],
-            events: None,
-            cursor: Some(Cursor::parse("a=0-0").unwrap()),
-        };
-        tokio::spawn(run(store.clone(), req, sub, settings, tx));
-        // A slow reader: the replay cannot finish before the deadline.
-        let mut all = String::from_utf8(rx.recv().await.unwrap().to_vec()).unwrap();
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        while let Some(chunk) = rx.recv().await {
-            all.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-        let sent = all.matches("event: e\n").count();
-        assert!(sent > 0 && sent < 3000, "{sent} entries sent");
-        assert!(!all.contains("tidings.ready"), "the replay did not complete");
-        let tail = all.rsplit("\n\n").nth(1).unwrap();
-        assert!(tail.contains("event: tidings.expired"), "{tail}");
-        // The expired frame resumes right after the last entry sent.
-        let last_sent = all
-            .split("\n\n")
-            .filter(|f| f.contains("event: e\n"))
-            .last()
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap()
-            .to_string();
-        assert!(tail.starts_with(&last_sent), "{last_sent} / {tail}");
-    }
-}
-
-#[cfg(test)]
-mod shutdown_tests {
-    use super::*;
-    use crate::hub::Hub;
-    use crate::store::MemoryStore;
-
-    #[tokio::test]
-    async fn closing_ends_an_idle_stream() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let hub = Hub::start(store.clone(), 4);
-        let a = Channel::new("a").unwrap();
-        let sub = hub.subscribe(std::slice::from_ref(&a)).await.unwrap();
-        let (tx, mut rx) = mpsc::channel(4);
-        let (closing_tx, closing) = tokio::sync::watch::channel(false);
-        let settings = test_settings(Duration::from_secs(3600), closing, None);
-        let req = StreamRequest {
-            channels: vec![a],
-            events: None,
-            cursor: None,
-        };
-        let task = tokio::spawn(run(store, req, sub, settings, tx));
-        assert!(rx.recv().await.is_some(), "start of the stream");
-        closing_tx.send_replace(true);
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("stream task ends")
-            .unwrap();
-        assert!(rx.recv().await.is_none());
-    }
 }

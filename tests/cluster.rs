@@ -21,7 +21,21 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use serde_json::Value;
 use support::{msg, Binary, Spawn, SseReader, EMIT_KEY};
+use tidings::store::{AppendOptions, Position};
 use tidings::{Channel, Range, RedisOptions, RedisStore, Retention, Store, StreamId, TailMode};
+
+/// `id` in the channel's epoch now, as the server writes it in a cursor.
+async fn pos(store: &dyn Store, channel: &Channel, id: StreamId) -> Position {
+    Position::new(id, store.position(channel).await.unwrap().epoch)
+}
+
+/// Positions given by id alone (no epoch).
+fn at(positions: &[(Channel, StreamId)]) -> Vec<(Channel, Position)> {
+    positions
+        .iter()
+        .map(|(c, id)| (c.clone(), Position::from(*id)))
+        .collect()
+}
 
 /// "Promptly": well below every `wait` used when a tail is expected to return early.
 const PROMPT: Duration = Duration::from_secs(3);
@@ -276,9 +290,15 @@ async fn append_n(store: &RedisStore, channel: &Channel, n: usize) -> Vec<Stream
     for i in 0..n {
         ids.push(
             store
-                .append(channel, "chat.message", &format!(r#"{{"n":{i}}}"#))
+                .append(
+                    channel,
+                    "chat.message",
+                    &format!(r#"{{"n":{i}}}"#),
+                    AppendOptions::default(),
+                )
                 .await
-                .unwrap(),
+                .unwrap()
+                .id,
         );
     }
     ids
@@ -289,6 +309,7 @@ async fn held(store: &RedisStore, channel: &Channel) -> Vec<StreamId> {
         .history(channel, Range::Latest, 100_000)
         .await
         .unwrap()
+        .entries
         .iter()
         .map(|e| e.id)
         .collect()
@@ -324,11 +345,15 @@ async fn notified_on_every_master(
             let (store, c) = (store.clone(), c.clone());
             async move {
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                store.append(&c, "chat.message", "{}").await.unwrap()
+                store
+                    .append(&c, "chat.message", "{}", AppendOptions::default())
+                    .await
+                    .unwrap()
+                    .id
             }
         });
         let start = Instant::now();
-        let batches = store.tail(positions, LONG_WAIT, 10).await.unwrap();
+        let batches = store.tail(&at(positions), LONG_WAIT, 10).await.unwrap();
         let id = appender.await.unwrap();
         assert!(
             start.elapsed() < PROMPT,
@@ -360,11 +385,12 @@ async fn store_behaviours_hold_across_slots_and_masters() {
     }
     for (room, ids) in rooms.iter().zip(&appended) {
         assert_eq!(held(&store, room).await, *ids, "{room}");
-        assert_eq!(store.last_id(room).await.unwrap(), ids[2], "{room}");
+        assert_eq!(store.position(room).await.unwrap().id, ids[2], "{room}");
         let after: Vec<StreamId> = store
             .history(room, Range::After(ids[0]), 10)
             .await
             .unwrap()
+            .entries
             .iter()
             .map(|e| e.id)
             .collect();
@@ -397,7 +423,7 @@ async fn store_behaviours_hold_across_slots_and_masters() {
         .map(|(i, (r, ids))| (r.clone(), if i % 2 == 0 { StreamId::ZERO } else { ids[0] }))
         .collect();
     positions.push((ch("never.written"), StreamId::ZERO));
-    let batches = store.tail(&positions, PROMPT, 100).await.unwrap();
+    let batches = store.tail(&at(&positions), PROMPT, 100).await.unwrap();
     assert_eq!(batches.len(), 30, "{batches:?}");
     for batch in &batches {
         let i: usize = batch.channel.as_str()["room:".len()..].parse().unwrap();
@@ -410,6 +436,40 @@ async fn store_behaviours_hold_across_slots_and_masters() {
         assert_eq!(got, want, "{}", batch.channel);
         assert!(!batch.gap, "{}", batch.channel);
     }
+
+    // Epochs and idempotency across slots: every channel has its own epoch, and an idempotent
+    // append (a script over the stream and its record, which share the stream's slot) stores once.
+    let mut epochs = HashSet::new();
+    for room in &rooms {
+        epochs.insert(store.position(room).await.unwrap().epoch.expect("an epoch"));
+    }
+    assert_eq!(epochs.len(), rooms.len());
+    for room in (0..10).map(|i| ch(&format!("idem:{i}"))) {
+        let room = &room;
+        let opts = AppendOptions::default().idempotency_key("order-1");
+        let first = store.append(room, "chat.message", "{}", opts).await.unwrap();
+        let retry = store.append(room, "chat.message", "{}", opts).await.unwrap();
+        assert!(
+            !first.duplicate && retry.duplicate && retry.id == first.id,
+            "{room}"
+        );
+    }
+    // A stream deleted and created again is another history, with greater ids: the epoch says so.
+    let gone = ch("gone");
+    let old = append_n(&store, &gone, 2).await;
+    let before = Position::new(old[1], store.position(&gone).await.unwrap().epoch);
+    let deleted = (0..3).any(|i| {
+        redis::cmd("DEL")
+            .arg("t:gone")
+            .query::<i64>(&mut cluster.conn(i))
+            .is_ok_and(|n| n == 1)
+    });
+    assert!(deleted, "t:gone was deleted on its master");
+    let again = append_n(&store, &gone, 1).await;
+    let r = store.replay(&gone, before, 10).await.unwrap();
+    let t = r.trimmed.expect("a reset");
+    assert_eq!(t.reason, tidings::store::Lost::Replaced);
+    assert_eq!(r.entries.iter().map(|e| e.id).collect::<Vec<_>>(), again);
 
     // Replay and tail across trimming, on channels of different masters, in one tail call.
     let capped = open(&cluster.seeds(), "c:", Retention::default().max_len(10)).await;
@@ -427,7 +487,10 @@ async fn store_behaviours_hold_across_slots_and_masters() {
         assert!(kept.len() < 200, "{c} not trimmed: holds {}", kept.len());
         let oldest = kept[0];
         for cursor in [ids[0], ids[5], StreamId::ZERO] {
-            let r = capped.replay(c, cursor, 1000).await.unwrap();
+            let r = capped
+                .replay(c, pos(&capped, c, cursor).await, 1000)
+                .await
+                .unwrap();
             let t = r
                 .trimmed
                 .as_ref()
@@ -436,7 +499,10 @@ async fn store_behaviours_hold_across_slots_and_masters() {
             assert!(t.resume_from < oldest && t.resume_from >= cursor, "{c}: {t:?}");
             assert_eq!(r.entries.iter().map(|e| e.id).collect::<Vec<_>>(), kept, "{c}");
         }
-        let r = capped.replay(c, kept[3], 1000).await.unwrap();
+        let r = capped
+            .replay(c, pos(&capped, c, kept[3]).await, 1000)
+            .await
+            .unwrap();
         assert_eq!(r.trimmed, None, "{c}");
         assert_eq!(
             r.entries.iter().map(|e| e.id).collect::<Vec<_>>(),
@@ -451,7 +517,7 @@ async fn store_behaviours_hold_across_slots_and_masters() {
         tail_positions.push(((*c).clone(), ids[0]));
         expected.insert((*c).clone(), (ids[1..].to_vec(), false));
     }
-    let batches = capped.tail(&tail_positions, PROMPT, 1000).await.unwrap();
+    let batches = capped.tail(&at(&tail_positions), PROMPT, 1000).await.unwrap();
     let got: BTreeMap<Channel, (Vec<StreamId>, bool)> = batches
         .into_iter()
         .map(|b| (b.channel, (b.entries.iter().map(|e| e.id).collect(), b.gap)))
@@ -463,7 +529,7 @@ async fn store_behaviours_hold_across_slots_and_masters() {
     let one_per_node: Vec<Channel> = channels_per_node(&cluster, "t:", "live", 1).concat();
     let mut live_positions = Vec::new();
     for c in &one_per_node {
-        live_positions.push((c.clone(), store.last_id(c).await.unwrap()));
+        live_positions.push((c.clone(), store.position(c).await.unwrap().id));
     }
     let store = std::sync::Arc::new(store);
     notified_on_every_master(&store, &one_per_node, &mut live_positions, "").await;
@@ -475,7 +541,7 @@ async fn store_behaviours_hold_across_slots_and_masters() {
         }
     });
     let start = Instant::now();
-    assert_eq!(store.tail(&live_positions, LONG_WAIT, 10).await.unwrap(), []);
+    assert_eq!(store.tail(&at(&live_positions), LONG_WAIT, 10).await.unwrap(), []);
     assert!(start.elapsed() < PROMPT, "wake did not end the tail");
     waker.await.unwrap();
 
@@ -490,9 +556,13 @@ async fn store_behaviours_hold_across_slots_and_masters() {
             .unwrap();
     }
     for (node, c) in one_per_node.iter().enumerate() {
-        let id = store.append(c, "chat.message", "{}").await.unwrap();
+        let id = store
+            .append(c, "chat.message", "{}", AppendOptions::default())
+            .await
+            .unwrap()
+            .id;
         let start = Instant::now();
-        let batches = store.tail(&live_positions, LONG_WAIT, 10).await.unwrap();
+        let batches = store.tail(&at(&live_positions), LONG_WAIT, 10).await.unwrap();
         assert!(
             start.elapsed() < PROMPT,
             "node {node} after resubscribe: {:?}",
@@ -513,7 +583,9 @@ async fn store_behaviours_hold_across_slots_and_masters() {
     )
     .await;
     for c in &one_per_node {
-        ttl.append(c, "chat.message", "{}").await.unwrap();
+        ttl.append(c, "chat.message", "{}", AppendOptions::default())
+            .await
+            .unwrap();
         let key = format!("x:{c}");
         let pttl: i64 = redis::cmd("PTTL")
             .arg(&key)
@@ -588,7 +660,11 @@ async fn live_on_every_master(
     let one_per_node: Vec<Channel> = channels_per_node(cluster, "t:", base, 1).concat();
     let mut positions = Vec::new();
     for c in &one_per_node {
-        let id = store.append(c, "chat.message", "{}").await.unwrap();
+        let id = store
+            .append(c, "chat.message", "{}", AppendOptions::default())
+            .await
+            .unwrap()
+            .id;
         positions.push((c.clone(), id));
     }
     notified_on_every_master(&store, &one_per_node, &mut positions, when).await;
@@ -654,7 +730,7 @@ async fn subscriptions_follow_a_failover() {
     // history written before the failover is all there.
     notified_on_every_master(&store, &one_per_node, &mut positions, " after the failover").await;
     for (c, last) in &positions {
-        assert_eq!(store.last_id(c).await.unwrap(), *last, "{c}");
+        assert_eq!(store.position(c).await.unwrap().id, *last, "{c}");
         assert_eq!(held(&store, c).await.len(), 3, "{c}");
     }
     println!("failover: {:.1} s", started.elapsed().as_secs_f64());
@@ -683,8 +759,11 @@ async fn an_unplanned_master_crash_is_survived() {
     let c0 = &one_per_node[0];
     let mut failures = Vec::new();
     let id = loop {
-        match store.append(c0, "chat.message", "{}").await {
-            Ok(id) => break id,
+        match store
+            .append(c0, "chat.message", "{}", AppendOptions::default())
+            .await
+        {
+            Ok(added) => break added.id,
             Err(e) => {
                 assert!(
                     crashed.elapsed() < Duration::from_secs(30),
@@ -715,7 +794,7 @@ async fn an_unplanned_master_crash_is_survived() {
     // Before the crash: two entries per channel, replicated; after: one more on the dead
     // master's channel, and one per channel from the last check.
     for (node, (c, last)) in positions.iter().enumerate() {
-        assert_eq!(store.last_id(c).await.unwrap(), *last, "{c}");
+        assert_eq!(store.position(c).await.unwrap().id, *last, "{c}");
         let want = if node == 0 { 4 } else { 3 };
         assert_eq!(held(&store, c).await.len(), want, "{c}");
     }

@@ -10,7 +10,9 @@ mod support;
 use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
-use support::{assert_error, msg, post_emit_raw, redis_keys, Backend, SseReader, TestServer, EMIT_KEY};
+use support::{
+    assert_error, by_id, msg, post_emit_raw, redis_keys, Backend, SseReader, TestServer, EMIT_KEY,
+};
 use tidings::schema::ValidateError;
 use tidings::{ChannelError, Config, EmitError, Emittable, Range, Retention, StreamId};
 use tidings_test_events::{Availability, ChatMessage, Event, PresenceStatus};
@@ -28,7 +30,92 @@ on_both_backends!(
     health_names_the_store,
     unknown_routes_are_404_json,
     typed_api_emits_validates_and_delivers,
+    an_idempotency_key_stores_an_emit_once,
+    history_after_a_position_from_another_epoch_says_reset,
 );
+
+/// POST /emit with an `Idempotency-Key`; returns (status, body).
+async fn emit_keyed(s: &TestServer, key: &[u8], text: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(s.url("/emit"))
+        .bearer_auth(EMIT_KEY)
+        .header(
+            "Idempotency-Key",
+            reqwest::header::HeaderValue::from_bytes(key).unwrap(),
+        )
+        .json(&json!({ "channel": "room:1", "event": "chat.message", "data": msg(text) }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn an_idempotency_key_stores_an_emit_once(b: Backend) {
+    let s = start(&b, |c| c).await;
+    let (status, first) = emit_keyed(&s, b"order-42-paid", "paid").await;
+    assert_eq!((status, &first["duplicate"]), (200, &json!(false)), "{first}");
+    let (status, retry) = emit_keyed(&s, b"order-42-paid", "paid").await;
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!((&retry["id"], &retry["duplicate"]), (&first["id"], &json!(true)));
+    let (_, other) = emit_keyed(&s, b"order-43-paid", "paid").await;
+    assert_eq!(other["duplicate"], false);
+    let texts: Vec<Value> = history(&s, "room:1")
+        .await
+        .iter()
+        .map(|e| e["data"]["text"].clone())
+        .collect();
+    assert_eq!(texts, [json!("paid"), json!("paid")], "the retry stored nothing");
+    for (bad, why) in [
+        (&b""[..], "is empty"),
+        (&[b'k'; 256][..], "256 bytes"),
+        (b"a key", "' '"),
+        (b"caf\xc3\xa9", "visible ASCII"),
+    ] {
+        let (status, body) = emit_keyed(&s, bad, "x").await;
+        assert_error(status, &body, 400, "invalid_idempotency_key", &[why]);
+    }
+    assert_eq!(
+        history(&s, "room:1").await.len(),
+        2,
+        "a refused key stores nothing"
+    );
+}
+
+async fn history_after_a_position_from_another_epoch_says_reset(b: Backend) {
+    let s = start(&b, |c| c).await;
+    let first = s.emit_ok("room:1", "chat.message", msg("one")).await;
+    let second = s.emit_ok("room:1", "chat.message", msg("two")).await;
+    let (status, page) = get(&s.url("/history?channel=room:1")).await;
+    assert_eq!(status, 200, "{page}");
+    let epoch = page["epoch"].as_str().expect("the channel's epoch").to_string();
+    assert_eq!(page["reset"], Value::Null);
+    let (_, next) = get(&s.url(&format!("/history?channel=room:1&after={first}@{epoch}"))).await;
+    assert_eq!(next["reset"], Value::Null, "{next}");
+    assert_eq!(next["entries"][0]["id"], second);
+    let other = if epoch == "00000000" {
+        "00000001"
+    } else {
+        "00000000"
+    };
+    let (status, stale) = get(&s.url(&format!("/history?channel=room:1&after={second}@{other}"))).await;
+    assert_eq!(status, 200, "{stale}");
+    assert_eq!(stale["reset"]["reason"], "replaced", "{stale}");
+    assert_eq!(stale["reset"]["from"], "0-0");
+    let ids: Vec<&Value> = stale["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["id"])
+        .collect();
+    assert_eq!(
+        ids,
+        [&json!(first), &json!(second)],
+        "the page starts where the history now starts"
+    );
+    let (status, body) = get(&s.url(&format!("/history?channel=room:1&after={second}@nope"))).await;
+    assert_error(status, &body, 400, "invalid_id", &["epoch", "ms-seq@epoch"]);
+}
 
 async fn start(b: &Backend, tweak: impl FnOnce(Config) -> Config) -> TestServer {
     TestServer::start(b.store(Retention::default(), "t:").await, tweak).await
@@ -621,7 +708,7 @@ async fn typed_api_emits_validates_and_delivers(b: Backend) {
     let id = room.emit(message.clone()).await.unwrap();
     let frame = sse.next().await.unwrap();
     assert_eq!(frame.event.as_deref(), Some("chat.message"));
-    assert_eq!(frame.id.as_deref(), Some(format!("room:1={id}").as_str()));
+    assert_eq!(frame.id.as_deref().map(by_id), Some(format!("room:1={id}")));
     let envelope = frame.json();
     assert_eq!(envelope["id"], id.to_string());
     assert_eq!(envelope["channel"], "room:1");

@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use serde_json::{json, Value};
 use support::TestServer;
-use tidings::{Channel, Cursor, MemoryStore, StreamId, DEFAULT_MAX_CHANNEL_LEN, MAX_CURSOR_LEN};
+use tidings::{Channel, Cursor, MemoryStore, Position, StreamId, DEFAULT_MAX_CHANNEL_LEN, MAX_CURSOR_LEN};
 
 /// The documented rule: 1 to 128 bytes from `A-Z a-z 0-9 _ - : .`.
 fn documented(name: &str) -> bool {
@@ -88,12 +88,14 @@ proptest! {
 
     #[test]
     fn cursor_round_trips(
-        positions in prop::collection::vec((channel_name(), stream_id()), 0..40)
+        positions in prop::collection::vec((channel_name(), stream_id(), prop::option::of(any::<u32>())), 0..40)
     ) {
         let mut cursor = Cursor::default();
-        let mut expected: Vec<(Channel, StreamId)> = Vec::new();
-        for (name, id) in &positions {
+        let mut expected: Vec<(Channel, Position)> = Vec::new();
+        for (name, id, epoch) in &positions {
             let channel = Channel::new(name).unwrap();
+            let epoch = epoch.map(|e| format!("{e:08x}").parse().unwrap());
+            let id = &Position::new(*id, epoch);
             cursor.set(&channel, *id);
             match expected.iter_mut().find(|(c, _)| *c == channel) {
                 Some((_, pos)) => *pos = *id,
@@ -107,7 +109,7 @@ proptest! {
         prop_assert!(text.bytes().all(|b| b.is_ascii_graphic()), "not printable ASCII: {text:?}");
         let parsed = Cursor::parse(&text).unwrap();
         prop_assert_eq!(&parsed, &cursor);
-        let got: Vec<(Channel, StreamId)> = parsed.iter().map(|(c, id)| (c.clone(), id)).collect();
+        let got: Vec<(Channel, Position)> = parsed.iter().map(|(c, id)| (c.clone(), id)).collect();
         prop_assert_eq!(got, expected);
     }
 
@@ -286,7 +288,10 @@ fn check_block(
     let fields: Vec<&str> = lines.iter().map(|l| l.split(':').next().unwrap()).collect();
     prop_assert_eq!(fields, vec!["id", "event", "data"], "frame: {:?}", block);
     let cursor = Cursor::parse(lines[0].strip_prefix("id: ").unwrap()).unwrap();
-    prop_assert_eq!(cursor.get(channel), Some(id.parse::<StreamId>().unwrap()));
+    prop_assert_eq!(
+        cursor.get(channel).map(|p| p.id),
+        Some(id.parse::<StreamId>().unwrap())
+    );
     prop_assert_eq!(lines[1].strip_prefix("event: ").unwrap(), event);
     let envelope: Value = serde_json::from_str(lines[2].strip_prefix("data: ").unwrap())
         .map_err(|e| TestCaseError::fail(format!("data is not JSON ({e}): {block:?}")))?;

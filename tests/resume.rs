@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{ev, msg, Backend, Ev, Frame, SseReader, TestServer};
+use support::{by_id, ev, msg, Backend, Ev, Frame, SseReader, TestServer};
 use tidings::{Channel, Config, Cursor, Retention, StreamId, Tidings};
 use tidings_test_events::ChatMessage;
 
@@ -109,7 +109,7 @@ impl Emitter {
             };
             let pos = cursor
                 .get(&Channel::new(&e.channel).unwrap())
-                .unwrap_or(StreamId::ZERO);
+                .map_or(StreamId::ZERO, |p| p.id);
             if e.id > pos {
                 list.push(e.clone());
             }
@@ -267,7 +267,12 @@ async fn ready_cursor_resumes_a_client_that_saw_nothing(b: Backend) {
     assert_eq!(frames.len(), 2, "no replay without a cursor");
     let ready = frames[1].id.clone().unwrap();
     let expected: Vec<String> = em.log.iter().map(|e| format!("{}={}", e.channel, e.id)).collect();
-    assert_eq!(ready, expected.join(","), "ready holds each channel's newest id");
+    assert_eq!(
+        by_id(&ready),
+        expected.join(","),
+        "ready holds each channel's newest id"
+    );
+    assert_eq!(ready.matches('@').count(), 3, "and each channel's epoch: {ready}");
     drop(sse);
 
     for room in ["room:b", "room:b", "room:a", "room:c"] {
@@ -301,8 +306,8 @@ async fn a_cursor_for_some_channels_leaves_the_others_live(b: Backend) {
     );
     let [a2, b2, c2] = [&em.log[3], &em.log[4], &em.log[5]];
     assert_eq!(
-        frames.last().unwrap().id.as_deref(),
-        Some(format!("room:a={},room:b={},room:c={}", a2.id, b2.id, c2.id).as_str()),
+        frames.last().unwrap().id.as_deref().map(by_id),
+        Some(format!("room:a={},room:b={},room:c={}", a2.id, b2.id, c2.id)),
         "the others start at their newest entry"
     );
     let b3 = em.emit(&s, "room:b").await;
@@ -325,15 +330,18 @@ async fn channels_in_the_cursor_that_are_not_subscribed_are_ignored(b: Backend) 
     );
     assert_eq!(events(&frames), [em.log[2].clone()]);
     for f in &frames[1..] {
-        assert_eq!(f.id.as_deref(), Some(format!("room:a={}", em.log[2].id).as_str()));
+        assert_eq!(
+            f.id.as_deref().map(by_id),
+            Some(format!("room:a={}", em.log[2].id))
+        );
     }
     // Only foreign channels: a live start.
     let mut sse = SseReader::open(&realtime_url(&s, &["room:a"], None), Some("zzz=1-0")).await;
     let frames = sse.until("tidings.ready").await;
     assert_eq!(frames.len(), 2);
     assert_eq!(
-        frames[1].id.as_deref(),
-        Some(format!("room:a={}", em.log[2].id).as_str())
+        frames[1].id.as_deref().map(by_id),
+        Some(format!("room:a={}", em.log[2].id))
     );
 }
 
@@ -397,13 +405,13 @@ async fn trimmed_history_sends_reset_then_everything_held(b: Backend) {
     );
     assert_eq!(data["cursor"].as_str(), reset.id.as_deref());
     let reset_cursor = Cursor::parse(reset.id.as_deref().unwrap()).unwrap();
-    let a_from = reset_cursor.get(&Channel::new("room:a").unwrap()).unwrap();
+    let a_from = reset_cursor.get(&Channel::new("room:a").unwrap()).unwrap().id;
     assert!(
         a0 < a_from && a_from < held[0],
         "resumes after what is gone, before what is held"
     );
     assert_eq!(
-        reset_cursor.get(&Channel::new("room:b").unwrap()),
+        reset_cursor.get(&Channel::new("room:b").unwrap()).map(|p| p.id),
         Some(b0),
         "the reset cursor keeps the client's position in the other channels"
     );
@@ -464,8 +472,8 @@ async fn reset_for_a_cursor_past_the_end_or_a_vanished_stream(b: Backend) {
     assert!(events(&frames).is_empty(), "{frames:?}");
     let ready = frames.last().unwrap();
     assert_eq!(
-        ready.id.as_deref(),
-        Some(format!("room:a={},room:b=5-0", ids[2]).as_str())
+        ready.id.as_deref().map(by_id),
+        Some(format!("room:a={},room:b=5-0", ids[2]))
     );
     // Both continue live from there.
     let next = bulk(&s.rt, "room:a", 1, "n").await[0];
@@ -490,8 +498,8 @@ async fn long_replays_page_and_merge_channels_in_id_order(b: Backend) {
     assert_eq!(by["room:a"].iter().map(|e| e.id).collect::<Vec<_>>(), a_ids);
     assert_eq!(by["room:b"].iter().map(|e| e.id).collect::<Vec<_>>(), b_ids);
     assert_eq!(
-        frames.last().unwrap().id.as_deref(),
-        Some(format!("room:a={},room:b={}", a_ids[599], b_ids[599]).as_str())
+        frames.last().unwrap().id.as_deref().map(by_id),
+        Some(format!("room:a={},room:b={}", a_ids[599], b_ids[599]))
     );
 }
 
@@ -534,7 +542,7 @@ async fn no_gap_between_replay_and_live(b: Backend) {
             let log = log.lock().unwrap();
             let mut cursor = Cursor::default();
             for e in log.iter().take(log.len().saturating_sub(7)) {
-                cursor.set(&Channel::new(&e.channel).unwrap(), e.id);
+                cursor.set(&Channel::new(&e.channel).unwrap(), e.id.into());
             }
             cursor.to_string()
         });

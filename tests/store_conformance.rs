@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::{Backend, RedisServer};
-use tidings::store::{Replay, TailBatch, Trimmed};
+use tidings::store::{AppendOptions, Position, Replay, TailBatch, Trimmed};
 use tidings::{
     Channel, Entry, Range, RedisOptions, RedisStore, Retention, Store, StoreError, StreamId, TailMode,
 };
@@ -72,7 +72,11 @@ async fn append_n(store: &dyn Store, channel: &Channel, n: usize) -> Vec<Entry> 
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let data = data_of(i);
-        let id = store.append(channel, "chat.message", &data).await.unwrap();
+        let id = store
+            .append(channel, "chat.message", &data, AppendOptions::default())
+            .await
+            .unwrap()
+            .id;
         out.push(entry(id, "chat.message", &data));
     }
     out
@@ -80,7 +84,11 @@ async fn append_n(store: &dyn Store, channel: &Channel, n: usize) -> Vec<Entry> 
 
 /// Everything the channel holds, oldest first.
 async fn held(store: &dyn Store, channel: &Channel) -> Vec<Entry> {
-    store.history(channel, Range::Latest, 1_000_000).await.unwrap()
+    store
+        .history(channel, Range::Latest, 1_000_000)
+        .await
+        .unwrap()
+        .entries
 }
 
 fn ids(entries: &[Entry]) -> Vec<StreamId> {
@@ -92,6 +100,19 @@ fn trim_of(replay: &Replay) -> &Trimmed {
         .trimmed
         .as_ref()
         .unwrap_or_else(|| panic!("expected a trim signal, got {replay:?}"))
+}
+
+/// `id` in the channel's epoch now, as the server writes it in a cursor.
+async fn pos(store: &dyn Store, channel: &Channel, id: StreamId) -> Position {
+    Position::new(id, store.position(channel).await.unwrap().epoch)
+}
+
+/// Positions given by id alone (no epoch), as the cases below write them.
+fn at(positions: &[(Channel, StreamId)]) -> Vec<(Channel, Position)> {
+    positions
+        .iter()
+        .map(|(c, id)| (c.clone(), Position::from(*id)))
+        .collect()
 }
 
 fn by_channel(mut batches: Vec<TailBatch>) -> Vec<TailBatch> {
@@ -171,6 +192,13 @@ conformance!(
     tail_reports_gap_when_trimmed_past_position,
     tail_reports_no_gap_when_contiguous,
     ttl_drops_idle_channel_and_append_refreshes,
+    every_read_names_the_epoch_which_lasts_as_long_as_the_stream,
+    a_stream_created_again_is_another_epoch_and_resumes_from_its_start,
+    a_position_without_epoch_is_checked_by_id_alone,
+    a_tail_from_another_epoch_is_flagged,
+    idempotent_appends_store_once_per_channel_and_key,
+    concurrent_retries_of_one_key_store_once,
+    idempotency_keys_are_forgotten_after_the_window,
 );
 
 async fn kind_and_ping(backend: Backend) {
@@ -190,7 +218,13 @@ async fn ids_increase_in_ms_seq_format(backend: Backend) {
     let before = now_ms();
     let mut appended = Vec::new();
     for i in 0..200 {
-        appended.push(store.append(&room, "chat.message", &data_of(i)).await.unwrap());
+        appended.push(
+            store
+                .append(&room, "chat.message", &data_of(i), AppendOptions::default())
+                .await
+                .unwrap()
+                .id,
+        );
     }
     let after = now_ms();
     for w in appended.windows(2) {
@@ -219,12 +253,19 @@ async fn ids_increase_in_ms_seq_format(backend: Backend) {
 async fn last_id_is_the_newest_and_zero_when_unknown(backend: Backend) {
     let store = open(&backend, Retention::default()).await;
     let room = ch("room:1");
-    assert_eq!(store.last_id(&room).await.unwrap(), StreamId::ZERO);
+    assert_eq!(store.position(&room).await.unwrap().id, StreamId::ZERO);
     for i in 0..20 {
-        let id = store.append(&room, "chat.message", &data_of(i)).await.unwrap();
-        assert_eq!(store.last_id(&room).await.unwrap(), id);
+        let id = store
+            .append(&room, "chat.message", &data_of(i), AppendOptions::default())
+            .await
+            .unwrap()
+            .id;
+        assert_eq!(store.position(&room).await.unwrap().id, id);
     }
-    assert_eq!(store.last_id(&ch("never.written")).await.unwrap(), StreamId::ZERO);
+    assert_eq!(
+        store.position(&ch("never.written")).await.unwrap().id,
+        StreamId::ZERO
+    );
 }
 
 async fn channels_are_independent(backend: Backend) {
@@ -234,17 +275,28 @@ async fn channels_are_independent(backend: Backend) {
     let mut in_b = Vec::new();
     for i in 0..400 {
         let data = format!(r#"{{"b":{i}}}"#);
-        let id = store.append(&b, "user.typing", &data).await.unwrap();
+        let id = store
+            .append(&b, "user.typing", &data, AppendOptions::default())
+            .await
+            .unwrap()
+            .id;
         in_b.push(entry(id, "user.typing", &data));
     }
     // b was trimmed hard; a is untouched by b's appends and trimming.
-    assert_eq!(store.last_id(&a).await.unwrap(), in_a[2].id);
+    assert_eq!(store.position(&a).await.unwrap().id, in_a[2].id);
     assert_eq!(held(&*store, &a).await, in_a);
-    assert_eq!(store.replay(&a, StreamId::ZERO, 100).await.unwrap().trimmed, None);
+    assert_eq!(
+        store
+            .replay(&a, Position::from(StreamId::ZERO), 100)
+            .await
+            .unwrap()
+            .trimmed,
+        None
+    );
     let b_held = held(&*store, &b).await;
     assert_eq!(b_held.last(), in_b.last());
     assert!(b_held.iter().all(|e| &*e.event == "user.typing"));
-    assert_eq!(store.last_id(&b).await.unwrap(), in_b[399].id);
+    assert_eq!(store.position(&b).await.unwrap().id, in_b[399].id);
 }
 
 async fn concurrent_appends_get_distinct_ordered_ids(backend: Backend) {
@@ -256,7 +308,11 @@ async fn concurrent_appends_get_distinct_ordered_ids(backend: Backend) {
             let room = room.clone();
             tokio::spawn(async move {
                 let data = data_of(i);
-                let id = store.append(&room, "chat.message", &data).await.unwrap();
+                let id = store
+                    .append(&room, "chat.message", &data, AppendOptions::default())
+                    .await
+                    .unwrap()
+                    .id;
                 (id, data)
             })
         })
@@ -279,10 +335,22 @@ async fn history_latest_is_newest_n_oldest_first(backend: Backend) {
     let store = open(&backend, Retention::default()).await;
     let room = ch("room:1");
     let all = append_n(&*store, &room, 30).await;
-    assert_eq!(store.history(&room, Range::Latest, 10).await.unwrap(), all[20..]);
-    assert_eq!(store.history(&room, Range::Latest, 1).await.unwrap(), all[29..]);
-    assert_eq!(store.history(&room, Range::Latest, 30).await.unwrap(), all);
-    assert_eq!(store.history(&room, Range::Latest, 1000).await.unwrap(), all);
+    assert_eq!(
+        store.history(&room, Range::Latest, 10).await.unwrap().entries,
+        all[20..]
+    );
+    assert_eq!(
+        store.history(&room, Range::Latest, 1).await.unwrap().entries,
+        all[29..]
+    );
+    assert_eq!(
+        store.history(&room, Range::Latest, 30).await.unwrap().entries,
+        all
+    );
+    assert_eq!(
+        store.history(&room, Range::Latest, 1000).await.unwrap().entries,
+        all
+    );
 }
 
 async fn history_after_and_before_are_exclusive(backend: Backend) {
@@ -292,7 +360,7 @@ async fn history_after_and_before_are_exclusive(backend: Backend) {
     let h = |r, n| {
         let store = store.clone();
         let room = room.clone();
-        async move { store.history(&room, r, n).await.unwrap() }
+        async move { store.history(&room, r, n).await.unwrap().entries }
     };
     assert_eq!(h(Range::After(all[10].id), 5).await, all[11..16]);
     assert_eq!(h(Range::Before(all[10].id), 5).await, all[5..10]);
@@ -316,7 +384,11 @@ async fn history_pages_through_250_entries_both_ways(backend: Backend) {
     let mut sizes = Vec::new();
     let mut cursor = StreamId::ZERO;
     loop {
-        let page = store.history(&room, Range::After(cursor), 100).await.unwrap();
+        let page = store
+            .history(&room, Range::After(cursor), 100)
+            .await
+            .unwrap()
+            .entries;
         if page.is_empty() {
             break;
         }
@@ -329,12 +401,16 @@ async fn history_pages_through_250_entries_both_ways(backend: Backend) {
     assert_eq!(forward, all);
 
     let mut pages = Vec::new();
-    let mut page = store.history(&room, Range::Latest, 100).await.unwrap();
+    let mut page = store.history(&room, Range::Latest, 100).await.unwrap().entries;
     while !page.is_empty() {
         let first = page[0].id;
         pages.push(page);
         assert!(pages.len() <= 3, "too many backward pages");
-        page = store.history(&room, Range::Before(first), 100).await.unwrap();
+        page = store
+            .history(&room, Range::Before(first), 100)
+            .await
+            .unwrap()
+            .entries;
     }
     assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [100, 100, 50]);
     let backward: Vec<Entry> = pages.into_iter().rev().flatten().collect();
@@ -351,7 +427,11 @@ async fn history_of_unknown_channel_is_empty(backend: Backend) {
         Range::After(StreamId::new(5, 0)),
         Range::Before(MAX_ID),
     ] {
-        assert_eq!(store.history(&other, range, 100).await.unwrap(), [], "{range:?}");
+        assert_eq!(
+            store.history(&other, range, 100).await.unwrap().entries,
+            [],
+            "{range:?}"
+        );
     }
 }
 
@@ -369,7 +449,7 @@ async fn capping_keeps_at_least_max_len_newest(backend: Backend) {
     );
     // What is held is exactly the newest entries, in order: trimming removes oldest first.
     assert_eq!(kept, all[all.len() - kept.len()..]);
-    assert_eq!(store.last_id(&room).await.unwrap(), all[399].id);
+    assert_eq!(store.position(&room).await.unwrap().id, all[399].id);
 }
 
 async fn capping_to_one(backend: Backend) {
@@ -390,7 +470,10 @@ async fn replay_after_cursor_is_exact_when_untrimmed(backend: Backend) {
     let room = ch("room:1");
     let all = append_n(&*store, &room, 20).await;
     for (i, e) in all.iter().enumerate() {
-        let r = store.replay(&room, e.id, 100).await.unwrap();
+        let r = store
+            .replay(&room, pos(&*store, &room, e.id).await, 100)
+            .await
+            .unwrap();
         assert_eq!(r.trimmed, None, "after {}", e.id);
         assert_eq!(r.entries, all[i + 1..], "after {}", e.id);
     }
@@ -404,7 +487,10 @@ async fn replay_pages_with_limit(backend: Backend) {
     let mut sizes = Vec::new();
     let mut cursor = StreamId::ZERO;
     loop {
-        let r = store.replay(&room, cursor, 7).await.unwrap();
+        let r = store
+            .replay(&room, pos(&*store, &room, cursor).await, 7)
+            .await
+            .unwrap();
         assert_eq!(r.trimmed, None);
         if r.entries.is_empty() {
             break;
@@ -428,7 +514,10 @@ async fn replay_reports_trim_past_cursor(backend: Backend) {
 
     // Cursors whose following entries are gone: trimmed, and everything still held comes back.
     for cursor in [all[0].id, all[5].id, all[150].id] {
-        let r = store.replay(&room, cursor, 1000).await.unwrap();
+        let r = store
+            .replay(&room, pos(&*store, &room, cursor).await, 1000)
+            .await
+            .unwrap();
         let t = trim_of(&r);
         assert_eq!(t.oldest, Some(oldest), "after {cursor}");
         assert!(
@@ -445,12 +534,18 @@ async fn replay_reports_trim_past_cursor(backend: Backend) {
 
         // The same with a small limit: the first page starts at the oldest held entry and the
         // pages that follow (from the last id read) are contiguous and not trimmed.
-        let r = store.replay(&room, cursor, 4).await.unwrap();
+        let r = store
+            .replay(&room, pos(&*store, &room, cursor).await, 4)
+            .await
+            .unwrap();
         assert_eq!(trim_of(&r).resume_from, t.resume_from);
         assert_eq!(r.entries, kept[..4]);
         let mut got = r.entries;
         loop {
-            let r = store.replay(&room, got.last().unwrap().id, 4).await.unwrap();
+            let r = store
+                .replay(&room, pos(&*store, &room, got.last().unwrap().id).await, 4)
+                .await
+                .unwrap();
             assert_eq!(r.trimmed, None);
             if r.entries.is_empty() {
                 break;
@@ -461,7 +556,10 @@ async fn replay_reports_trim_past_cursor(backend: Backend) {
     }
 
     // A cursor inside what is held: nothing after it is gone.
-    let r = store.replay(&room, kept[3].id, 1000).await.unwrap();
+    let r = store
+        .replay(&room, pos(&*store, &room, kept[3].id).await, 1000)
+        .await
+        .unwrap();
     assert_eq!(r.trimmed, None);
     assert_eq!(r.entries, kept[4..]);
 }
@@ -470,14 +568,20 @@ async fn replay_cursor_from_zero(backend: Backend) {
     let store = open(&backend, Retention::default().max_len(10)).await;
     let (fresh, capped) = (ch("room:fresh"), ch("room:capped"));
     let fresh_all = append_n(&*store, &fresh, 5).await;
-    let r = store.replay(&fresh, StreamId::ZERO, 100).await.unwrap();
+    let r = store
+        .replay(&fresh, Position::from(StreamId::ZERO), 100)
+        .await
+        .unwrap();
     assert_eq!(r.trimmed, None, "nothing was ever trimmed from {fresh}");
     assert_eq!(r.entries, fresh_all);
 
     // From the very beginning of a channel that was trimmed: the start of history is gone.
     append_n(&*store, &capped, 310).await;
     let kept = held(&*store, &capped).await;
-    let r = store.replay(&capped, StreamId::ZERO, 1000).await.unwrap();
+    let r = store
+        .replay(&capped, Position::from(StreamId::ZERO), 1000)
+        .await
+        .unwrap();
     let t = trim_of(&r);
     assert_eq!(t.oldest, Some(kept[0].id));
     assert!(t.resume_from < kept[0].id);
@@ -489,13 +593,19 @@ async fn replay_unknown_channel(backend: Backend) {
     let elsewhere = append_n(&*store, &ch("room:1"), 1).await[0].id;
     let gone = ch("room:gone");
     for cursor in [elsewhere, StreamId::new(1, 0)] {
-        let r = store.replay(&gone, cursor, 100).await.unwrap();
+        let r = store
+            .replay(&gone, pos(&*store, &gone, cursor).await, 100)
+            .await
+            .unwrap();
         assert_eq!(r.entries, []);
         let t = trim_of(&r);
         assert_eq!(t.oldest, None);
         assert_eq!(t.resume_from, cursor);
     }
-    let r = store.replay(&gone, StreamId::ZERO, 100).await.unwrap();
+    let r = store
+        .replay(&gone, Position::from(StreamId::ZERO), 100)
+        .await
+        .unwrap();
     assert_eq!(r.trimmed, None);
     assert_eq!(r.entries, []);
 }
@@ -506,7 +616,10 @@ async fn replay_cursor_ahead_of_stream(backend: Backend) {
     let all = append_n(&*store, &room, 5).await;
     let last = all[4].id;
     for cursor in [last.successor(), StreamId::new(last.ms + 60_000, 0), MAX_ID] {
-        let r = store.replay(&room, cursor, 100).await.unwrap();
+        let r = store
+            .replay(&room, pos(&*store, &room, cursor).await, 100)
+            .await
+            .unwrap();
         assert_eq!(r.entries, [], "after {cursor}");
         let t = trim_of(&r);
         assert_eq!(t.oldest, Some(all[0].id), "after {cursor}");
@@ -545,14 +658,21 @@ async fn data_and_event_names_round_trip(backend: Backend) {
     ];
     let mut expected = Vec::new();
     for (event, data) in &cases {
-        let id = store.append(&room, event, data).await.unwrap();
+        let id = store
+            .append(&room, event, data, AppendOptions::default())
+            .await
+            .unwrap()
+            .id;
         expected.push(entry(id, event, data));
     }
     assert_eq!(held(&*store, &room).await, expected);
-    let r = store.replay(&room, StreamId::ZERO, 100).await.unwrap();
+    let r = store
+        .replay(&room, Position::from(StreamId::ZERO), 100)
+        .await
+        .unwrap();
     assert_eq!(r.entries, expected);
     let batches = store
-        .tail(&[(room.clone(), StreamId::ZERO)], PROMPT, 100)
+        .tail(&[(room.clone(), Position::from(StreamId::ZERO))], PROMPT, 100)
         .await
         .unwrap();
     assert_eq!(batches.len(), 1);
@@ -572,7 +692,7 @@ async fn tail_returns_news_per_channel(backend: Backend) {
         (d.clone(), StreamId::ZERO), // does not exist
     ];
     let start = Instant::now();
-    let batches = by_channel(store.tail(&positions, LONG_WAIT, 100).await.unwrap());
+    let batches = by_channel(store.tail(&at(&positions), LONG_WAIT, 100).await.unwrap());
     assert!(
         start.elapsed() < PROMPT,
         "tail waited with news available: {:?}",
@@ -593,12 +713,12 @@ async fn tail_respects_count(backend: Backend) {
     let in_a = append_n(&*store, &a, 10).await;
     let in_b = append_n(&*store, &b, 10).await;
     let positions = [(a.clone(), in_a[1].id), (b.clone(), StreamId::ZERO)];
-    let batches = by_channel(store.tail(&positions, LONG_WAIT, 3).await.unwrap());
+    let batches = by_channel(store.tail(&at(&positions), LONG_WAIT, 3).await.unwrap());
     assert_eq!(batches.len(), 2);
     assert_eq!(batches[0].entries, in_a[2..5]);
     assert_eq!(batches[1].entries, in_b[..3]);
     let batches = store
-        .tail(&[(a.clone(), in_a[8].id)], LONG_WAIT, 3)
+        .tail(&[(a.clone(), Position::from(in_a[8].id))], LONG_WAIT, 3)
         .await
         .unwrap();
     assert_eq!(batches[0].entries, in_a[9..]);
@@ -611,7 +731,7 @@ async fn tail_blocks_up_to_wait(backend: Backend) {
     let positions = [(a.clone(), last), (ch("nothing.here"), StreamId::ZERO)];
     let start = Instant::now();
     let batches = store
-        .tail(&positions, Duration::from_millis(400), 10)
+        .tail(&at(&positions), Duration::from_millis(400), 10)
         .await
         .unwrap();
     let took = start.elapsed();
@@ -635,20 +755,20 @@ async fn tail_returns_promptly_on_append_to_watched_channel(backend: Backend) {
             tokio::time::sleep(Duration::from_millis(300)).await;
             // Not watched: must not end the tail.
             store
-                .append(&ch("unwatched"), "chat.message", "{}")
+                .append(&ch("unwatched"), "chat.message", "{}", AppendOptions::default())
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(300)).await;
             store
-                .append(&b, "chat.message", r#"{"late":true}"#)
+                .append(&b, "chat.message", r#"{"late":true}"#, AppendOptions::default())
                 .await
                 .unwrap()
         }
     });
     let start = Instant::now();
-    let batches = store.tail(&positions, LONG_WAIT, 10).await.unwrap();
+    let batches = store.tail(&at(&positions), LONG_WAIT, 10).await.unwrap();
     let took = start.elapsed();
-    let id = writer.await.unwrap();
+    let id = writer.await.unwrap().id;
     assert!(
         took >= Duration::from_millis(550),
         "returned after {took:?}, before the watched append"
@@ -679,7 +799,7 @@ async fn tail_returns_promptly_on_wake_from_other_task(backend: Backend) {
         }
     });
     let start = Instant::now();
-    let batches = store.tail(&positions, LONG_WAIT, 10).await.unwrap();
+    let batches = store.tail(&at(&positions), LONG_WAIT, 10).await.unwrap();
     let took = start.elapsed();
     waker.await.unwrap();
     assert_eq!(batches, []);
@@ -696,7 +816,7 @@ async fn tail_returns_promptly_on_wake_from_other_task(backend: Backend) {
     let start = Instant::now();
     assert_eq!(
         store
-            .tail(&positions, Duration::from_millis(300), 10)
+            .tail(&at(&positions), Duration::from_millis(300), 10)
             .await
             .unwrap(),
         []
@@ -705,8 +825,12 @@ async fn tail_returns_promptly_on_wake_from_other_task(backend: Backend) {
         start.elapsed() >= Duration::from_millis(250),
         "a used wake ended another tail"
     );
-    let id = store.append(&a, "chat.message", "{}").await.unwrap();
-    let batches = store.tail(&positions, LONG_WAIT, 10).await.unwrap();
+    let id = store
+        .append(&a, "chat.message", "{}", AppendOptions::default())
+        .await
+        .unwrap()
+        .id;
+    let batches = store.tail(&at(&positions), LONG_WAIT, 10).await.unwrap();
     assert_eq!(ids(&batches[0].entries), [id]);
 }
 
@@ -717,7 +841,7 @@ async fn wake_before_tail_is_not_lost(backend: Backend) {
     let positions = [(a.clone(), last)];
     store.wake().await.unwrap();
     let start = Instant::now();
-    let batches = store.tail(&positions, LONG_WAIT, 10).await.unwrap();
+    let batches = store.tail(&at(&positions), LONG_WAIT, 10).await.unwrap();
     let took = start.elapsed();
     assert_eq!(batches, []);
     assert!(took < PROMPT, "a wake before the tail was lost: waited {took:?}");
@@ -725,7 +849,7 @@ async fn wake_before_tail_is_not_lost(backend: Backend) {
     let start = Instant::now();
     assert_eq!(
         store
-            .tail(&positions, Duration::from_millis(300), 10)
+            .tail(&at(&positions), Duration::from_millis(300), 10)
             .await
             .unwrap(),
         []
@@ -745,7 +869,7 @@ async fn tail_reports_gap_when_trimmed_past_position(backend: Backend) {
     assert!(kept.len() < 200, "not trimmed: holds {}", kept.len());
 
     let batches = store
-        .tail(&[(room.clone(), first[2].id)], PROMPT, 1000)
+        .tail(&[(room.clone(), Position::from(first[2].id))], PROMPT, 1000)
         .await
         .unwrap();
     assert_eq!(batches.len(), 1);
@@ -758,7 +882,7 @@ async fn tail_reports_gap_when_trimmed_past_position(backend: Backend) {
 
     // From the start of a channel that has been trimmed since.
     let batches = store
-        .tail(&[(room.clone(), StreamId::ZERO)], PROMPT, 1000)
+        .tail(&[(room.clone(), Position::from(StreamId::ZERO))], PROMPT, 1000)
         .await
         .unwrap();
     assert_eq!(batches.len(), 1);
@@ -776,14 +900,14 @@ async fn tail_reports_no_gap_when_contiguous(backend: Backend) {
     let more = append_n(&*store, &capped, 3).await;
     let in_fresh = append_n(&*store, &fresh, 4).await;
     let positions = [(capped.clone(), pos), (fresh.clone(), StreamId::ZERO)];
-    let batches = by_channel(store.tail(&positions, PROMPT, 1000).await.unwrap());
+    let batches = by_channel(store.tail(&at(&positions), PROMPT, 1000).await.unwrap());
     assert_eq!(batches.len(), 2);
     assert_eq!(batches[0].entries, more);
     assert!(!batches[0].gap, "nothing after {pos} was trimmed");
     assert_eq!(batches[1].entries, in_fresh);
     assert!(!batches[1].gap, "nothing was ever trimmed from {fresh}");
     let batches = store
-        .tail(&[(fresh.clone(), in_fresh[0].id)], PROMPT, 1000)
+        .tail(&[(fresh.clone(), Position::from(in_fresh[0].id))], PROMPT, 1000)
         .await
         .unwrap();
     assert_eq!(batches[0].entries, in_fresh[1..]);
@@ -800,16 +924,35 @@ async fn ttl_drops_idle_channel_and_append_refreshes(backend: Backend) {
     };
     let store = open(&backend, Retention::default().ttl(ttl)).await;
     let (room, other) = (ch("room:1"), ch("room:2"));
-    let e1 = store.append(&room, "chat.message", r#"{"n":1}"#).await.unwrap();
+    let e1 = store
+        .append(&room, "chat.message", r#"{"n":1}"#, AppendOptions::default())
+        .await
+        .unwrap()
+        .id;
     pass(&backend, ttl / 2).await;
-    let e2 = store.append(&room, "chat.message", r#"{"n":2}"#).await.unwrap();
-    let o1 = store.append(&other, "chat.message", r#"{"o":1}"#).await.unwrap();
+    let e2 = store
+        .append(&room, "chat.message", r#"{"n":2}"#, AppendOptions::default())
+        .await
+        .unwrap()
+        .id;
+    let o1 = store
+        .append(&other, "chat.message", r#"{"o":1}"#, AppendOptions::default())
+        .await
+        .unwrap()
+        .id;
     pass(&backend, ttl * 6 / 10).await;
 
     // 1.1 TTL after the first append, 0.6 after the second: the append kept the channel alive.
     assert_eq!(ids(&held(&*store, &room).await), [e1, e2]);
-    assert_eq!(store.last_id(&room).await.unwrap(), e2);
-    assert_eq!(store.replay(&room, e1, 10).await.unwrap().trimmed, None);
+    assert_eq!(store.position(&room).await.unwrap().id, e2);
+    assert_eq!(
+        store
+            .replay(&room, pos(&*store, &room, e1).await, 10)
+            .await
+            .unwrap()
+            .trimmed,
+        None
+    );
 
     pass(&backend, ttl * 6 / 10).await;
     // 1.2 TTL after the last append to either channel: both are gone.
@@ -818,26 +961,242 @@ async fn ttl_drops_idle_channel_and_append_refreshes(backend: Backend) {
         let after_zero = store
             .history(channel, Range::After(StreamId::ZERO), 10)
             .await
-            .unwrap();
+            .unwrap()
+            .entries;
         assert_eq!(after_zero, [], "{channel}");
-        assert_eq!(store.last_id(channel).await.unwrap(), StreamId::ZERO, "{channel}");
-        let r = store.replay(channel, cursor, 10).await.unwrap();
+        assert_eq!(
+            store.position(channel).await.unwrap().id,
+            StreamId::ZERO,
+            "{channel}"
+        );
+        let r = store
+            .replay(channel, pos(&*store, channel, cursor).await, 10)
+            .await
+            .unwrap();
         assert_eq!(r.entries, [], "{channel}");
         let t = trim_of(&r);
         assert_eq!(t.oldest, None, "{channel}");
         assert_eq!(t.resume_from, cursor, "{channel}");
         assert_eq!(
-            store.replay(channel, StreamId::ZERO, 10).await.unwrap().trimmed,
+            store
+                .replay(channel, Position::from(StreamId::ZERO), 10)
+                .await
+                .unwrap()
+                .trimmed,
             None
         );
     }
     // The channel starts again on the next append.
-    let e3 = store.append(&room, "chat.message", r#"{"n":3}"#).await.unwrap();
+    let e3 = store
+        .append(&room, "chat.message", r#"{"n":3}"#, AppendOptions::default())
+        .await
+        .unwrap()
+        .id;
     assert_eq!(
         held(&*store, &room).await,
         [entry(e3, "chat.message", r#"{"n":3}"#)]
     );
-    assert_eq!(store.last_id(&room).await.unwrap(), e3);
+    assert_eq!(store.position(&room).await.unwrap().id, e3);
+}
+
+/// A short TTL that lets a channel's stream expire and be created again: virtual on the
+/// (paused) memory store, one second on Redis.
+fn short_ttl(backend: &Backend) -> Duration {
+    if is_memory(backend) {
+        tokio::time::pause();
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(1)
+    }
+}
+
+async fn append_once(store: &dyn Store, channel: &Channel, data: &str, key: &str) -> tidings::Appended {
+    let opts = AppendOptions::default().idempotency_key(key);
+    store.append(channel, "chat.message", data, opts).await.unwrap()
+}
+
+async fn every_read_names_the_epoch_which_lasts_as_long_as_the_stream(backend: Backend) {
+    let store = open(&backend, Retention::default().max_len(5)).await;
+    let room = ch("room:1");
+    assert_eq!(
+        store.position(&room).await.unwrap(),
+        Position::ZERO,
+        "no stream, no epoch"
+    );
+    assert_eq!(store.history(&room, Range::Latest, 10).await.unwrap().epoch, None);
+    let first = append_n(&*store, &room, 3).await;
+    let here = store.position(&room).await.unwrap();
+    let epoch = here.epoch.expect("a stream tidings created has an epoch");
+    assert_eq!(here.id, first[2].id);
+    append_n(&*store, &room, 20).await; // trimmed many times over: still the same history
+    let r = store.replay(&room, here, 100).await.unwrap();
+    assert_eq!(r.epoch, Some(epoch));
+    assert_eq!(store.position(&room).await.unwrap().epoch, Some(epoch));
+    for range in [
+        Range::Latest,
+        Range::After(first[0].id),
+        Range::Before(StreamId::new(u64::MAX, 0)),
+    ] {
+        assert_eq!(
+            store.history(&room, range, 10).await.unwrap().epoch,
+            Some(epoch),
+            "{range:?}"
+        );
+    }
+    // Another channel's stream is another history.
+    let other = ch("room:2");
+    append_n(&*store, &other, 1).await;
+    assert_ne!(store.position(&other).await.unwrap().epoch, Some(epoch));
+}
+
+/// The fault of the issue: a history lost and started again (a restart without persistence, a
+/// deleted or expired key) gets new ids greater than the old cursor. Only the epoch tells.
+async fn a_stream_created_again_is_another_epoch_and_resumes_from_its_start(backend: Backend) {
+    let ttl = short_ttl(&backend);
+    let store = open(&backend, Retention::default().ttl(ttl)).await;
+    let room = ch("room:1");
+    let old = append_n(&*store, &room, 2).await;
+    let cursor = pos(&*store, &room, old[0].id).await;
+    pass(&backend, ttl + ttl / 5).await;
+    // Ids come from the wall clock, which virtual time does not move.
+    std::thread::sleep(Duration::from_millis(3));
+    let new = append_n(&*store, &room, 2).await;
+    assert!(
+        new[0].id > old[1].id,
+        "the new ids follow the old ones: by id, nothing looks lost"
+    );
+    let now = store.position(&room).await.unwrap();
+    assert_ne!(now.epoch, cursor.epoch, "created again: another epoch");
+    let r = store.replay(&room, cursor, 100).await.unwrap();
+    let t = trim_of(&r);
+    assert_eq!(t.reason, tidings::store::Lost::Replaced);
+    assert_eq!(t.resume_from, StreamId::ZERO);
+    assert_eq!(t.oldest, Some(new[0].id));
+    assert_eq!(r.entries, new, "everything of the new history");
+    assert_eq!(r.epoch, now.epoch);
+    // A resume in the new epoch is exact again.
+    let r = store
+        .replay(&room, Position::new(new[0].id, now.epoch), 100)
+        .await
+        .unwrap();
+    assert_eq!((r.entries, r.trimmed), (new[1..].to_vec(), None));
+}
+
+async fn a_position_without_epoch_is_checked_by_id_alone(backend: Backend) {
+    let store = open(&backend, Retention::default()).await;
+    let room = ch("room:1");
+    let all = append_n(&*store, &room, 4).await;
+    let r = store.replay(&room, Position::from(all[1].id), 100).await.unwrap();
+    assert_eq!(
+        (r.entries, r.trimmed),
+        (all[2..].to_vec(), None),
+        "as cursors before epochs"
+    );
+    let r = store
+        .replay(&room, Position::from(StreamId::new(u64::MAX, 0)), 100)
+        .await
+        .unwrap();
+    assert_eq!(trim_of(&r).reason, tidings::store::Lost::Ahead);
+    let r = store
+        .replay(&room, Position::from(StreamId::ZERO), 100)
+        .await
+        .unwrap();
+    assert_eq!((r.entries, r.trimmed), (all, None));
+}
+
+async fn a_tail_from_another_epoch_is_flagged(backend: Backend) {
+    let ttl = short_ttl(&backend);
+    let store = open(&backend, Retention::default().ttl(ttl)).await;
+    let room = ch("room:1");
+    let old = append_n(&*store, &room, 2).await;
+    let from = pos(&*store, &room, old[1].id).await;
+    pass(&backend, ttl + ttl / 5).await;
+    let new = append_n(&*store, &room, 2).await;
+    let batches = store.tail(&[(room.clone(), from)], PROMPT, 100).await.unwrap();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    let b = &batches[0];
+    assert!(
+        b.gap || b.epoch != from.epoch,
+        "the batch must not look like it follows on from the old position: {b:?}"
+    );
+    assert_eq!(b.epoch, store.position(&room).await.unwrap().epoch);
+    assert!(b.entries.iter().all(|e| new.iter().any(|n| n.id == e.id)));
+}
+
+async fn idempotent_appends_store_once_per_channel_and_key(backend: Backend) {
+    let store = open(&backend, Retention::default()).await;
+    let (room, other) = (ch("room:1"), ch("room:2"));
+    let first = append_once(&*store, &room, r#"{"n":1}"#, "order-42").await;
+    assert!(!first.duplicate);
+    let retry = append_once(&*store, &room, r#"{"n":1}"#, "order-42").await;
+    assert_eq!(
+        (retry.id, retry.duplicate),
+        (first.id, true),
+        "a retry returns the first id"
+    );
+    let elsewhere = append_once(&*store, &other, r#"{"n":1}"#, "order-42").await;
+    assert!(!elsewhere.duplicate, "keys are per channel");
+    let another = append_once(&*store, &room, r#"{"n":2}"#, "order-43").await;
+    assert!(!another.duplicate && another.id > first.id);
+    let plain = store
+        .append(&room, "chat.message", "{}", AppendOptions::default())
+        .await
+        .unwrap();
+    assert!(!plain.duplicate);
+    assert_eq!(
+        ids(&held(&*store, &room).await),
+        [first.id, another.id, plain.id],
+        "the retry stored nothing"
+    );
+    assert_eq!(ids(&held(&*store, &other).await), [elsewhere.id]);
+}
+
+async fn concurrent_retries_of_one_key_store_once(backend: Backend) {
+    let store = open(&backend, Retention::default()).await;
+    let room = ch("room:1");
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (store, room) = (store.clone(), room.clone());
+            tokio::spawn(async move { append_once(&*store, &room, "{}", "same-key").await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let firsts = results.iter().filter(|a| !a.duplicate).count();
+    assert_eq!(firsts, 1, "exactly one append stored it: {results:?}");
+    assert!(results.iter().all(|a| a.id == results[0].id), "{results:?}");
+    assert_eq!(ids(&held(&*store, &room).await), [results[0].id]);
+}
+
+async fn idempotency_keys_are_forgotten_after_the_window(backend: Backend) {
+    let window = if is_memory(&backend) {
+        tokio::time::pause();
+        Duration::from_secs(300)
+    } else {
+        Duration::from_millis(400)
+    };
+    let store = open(&backend, Retention::default()).await;
+    let room = ch("room:1");
+    let once = |store: Arc<dyn Store>| {
+        let room = room.clone();
+        async move {
+            let opts = AppendOptions::default()
+                .idempotency_key("k")
+                .idempotency_window(window);
+            store.append(&room, "chat.message", "{}", opts).await.unwrap()
+        }
+    };
+    let first = once(store.clone()).await;
+    pass(&backend, window / 2).await;
+    assert!(once(store.clone()).await.duplicate, "within the window");
+    pass(&backend, window * 3 / 4).await;
+    let later = once(store.clone()).await;
+    assert!(
+        !later.duplicate && later.id > first.id,
+        "after the window: stored again"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -855,25 +1214,6 @@ mod redis_only {
 
     async fn raw(server: &RedisServer) -> ::redis::aio::MultiplexedConnection {
         server.client().get_multiplexed_async_connection().await.unwrap()
-    }
-
-    fn assert_malformed<T: std::fmt::Debug>(r: Result<T, StoreError>, channel: &str, id: &str) {
-        match r {
-            Err(e @ StoreError::Malformed { .. }) => {
-                assert!(!e.is_transient());
-                let text = e.to_string();
-                let StoreError::Malformed {
-                    channel: c, id: i, ..
-                } = e
-                else {
-                    unreachable!()
-                };
-                assert_eq!(c, channel);
-                assert_eq!(i, id);
-                assert!(text.contains(channel) && text.contains(id), "{text}");
-            }
-            other => panic!("expected Malformed for {channel} {id}, got {other:?}"),
-        }
     }
 
     /// Appends from many tasks leave in pipelines: every reply still belongs to its own append,
@@ -899,7 +1239,9 @@ mod redis_only {
                     (
                         i,
                         data.clone(),
-                        store.append(&channel, "chat.message", &data).await,
+                        store
+                            .append(&channel, "chat.message", &data, AppendOptions::default())
+                            .await,
                     )
                 })
             })
@@ -911,7 +1253,7 @@ mod redis_only {
                 let e = result.expect_err("XADD on a string key fails");
                 assert!(e.to_string().contains("WRONGTYPE"), "{e}");
             } else {
-                appended.push((result.unwrap(), data));
+                appended.push((result.unwrap().id, data));
             }
         }
         assert_eq!(appended.len(), 1600);
@@ -920,7 +1262,7 @@ mod redis_only {
             .iter()
             .map(|(id, d)| entry(*id, "chat.message", d))
             .collect();
-        let held = store.history(&good, Range::Latest, 1000).await.unwrap();
+        let held = store.history(&good, Range::Latest, 1000).await.unwrap().entries;
         assert_eq!(
             held,
             expected[600..],
@@ -928,43 +1270,71 @@ mod redis_only {
         );
     }
 
+    /// Entries another tool wrote (no fields, no data, data that is not JSON) keep their place
+    /// as unreadable: every read goes on past them, so none can stall the channel.
     #[tokio::test]
-    async fn entry_missing_fields_is_malformed_naming_the_channel() {
+    async fn foreign_entries_keep_their_place_as_unreadable() {
         let server = RedisServer::start();
         let store = connect(&server, "t:").await;
         let mut conn = raw(&server).await;
-        let no_fields: String = ::redis::cmd("XADD")
-            .arg("t:bad1")
-            .arg("*")
-            .arg("x")
-            .arg("1")
-            .query_async(&mut conn)
+        let room = ch("p1");
+        let first = store
+            .append(&room, "chat.message", "{}", AppendOptions::default())
             .await
-            .unwrap();
-        let no_data: String = ::redis::cmd("XADD")
-            .arg("t:bad2")
-            .arg("*")
-            .arg("e")
-            .arg("chat.message")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        for (name, id) in [("bad1", &no_fields), ("bad2", &no_data)] {
-            let channel = ch(name);
-            assert_malformed(store.history(&channel, Range::Latest, 10).await, name, id);
-            assert_malformed(
-                store.history(&channel, Range::After(StreamId::ZERO), 10).await,
-                name,
-                id,
-            );
-            assert_malformed(store.replay(&channel, StreamId::ZERO, 10).await, name, id);
-            let positions = [(channel.clone(), StreamId::ZERO)];
-            assert_malformed(store.tail(&positions, PROMPT, 10).await, name, id);
+            .unwrap()
+            .id;
+        let mut foreign = Vec::new();
+        for fields in [
+            &["foo", "bar"][..],
+            &["e", "chat.message"],
+            &["e", "chat.message", "d", "not json"],
+        ] {
+            let mut cmd = ::redis::cmd("XADD");
+            cmd.arg("t:p1").arg("*").arg(fields);
+            let id: String = cmd.query_async(&mut conn).await.unwrap();
+            foreign.push(Entry::unreadable(id.parse().unwrap()));
         }
-        // The store keeps working for well-formed channels.
-        let good = ch("good");
-        let id = store.append(&good, "chat.message", "{}").await.unwrap();
-        assert_eq!(store.last_id(&good).await.unwrap(), id);
+        let last = store
+            .append(&room, "chat.message", r#"{"n":1}"#, AppendOptions::default())
+            .await
+            .unwrap()
+            .id;
+        let skipped = tidings::store::skipped_entries();
+        let mut want = vec![entry(first, "chat.message", "{}")];
+        want.extend(foreign.iter().cloned());
+        want.push(entry(last, "chat.message", r#"{"n":1}"#));
+
+        assert_eq!(held(&store, &room).await, want);
+        let page = store
+            .history(&room, Range::After(first), 10)
+            .await
+            .unwrap()
+            .entries;
+        assert_eq!(page, want[1..]);
+        let r = store
+            .replay(&room, pos(&store, &room, StreamId::ZERO).await, 10)
+            .await
+            .unwrap();
+        assert_eq!((r.entries, r.trimmed), (want.clone(), None));
+        let r = store
+            .replay(&room, pos(&store, &room, first).await, 10)
+            .await
+            .unwrap();
+        assert_eq!((r.entries, r.trimmed), (want[1..].to_vec(), None));
+        let start = Position::new(first, store.position(&room).await.unwrap().epoch);
+        let batches = store.tail(&[(room.clone(), start)], PROMPT, 10).await.unwrap();
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].entries, want[1..]);
+        assert!(!batches[0].gap);
+        assert_eq!(
+            store.position(&room).await.unwrap().id,
+            last,
+            "the position moves past them"
+        );
+        assert!(
+            tidings::store::skipped_entries() >= skipped + 3,
+            "each read of one is counted"
+        );
     }
 
     #[tokio::test]
@@ -984,13 +1354,20 @@ mod redis_only {
             .unwrap();
         let want = [entry(id.parse().unwrap(), "chat.message", r#"{"a":1,"b":[1,2]}"#)];
         let room = ch("room:1");
-        assert_eq!(store.history(&room, Range::Latest, 10).await.unwrap(), want);
         assert_eq!(
-            store.replay(&room, StreamId::ZERO, 10).await.unwrap().entries,
+            store.history(&room, Range::Latest, 10).await.unwrap().entries,
+            want
+        );
+        assert_eq!(
+            store
+                .replay(&room, Position::from(StreamId::ZERO), 10)
+                .await
+                .unwrap()
+                .entries,
             want
         );
         let batches = store
-            .tail(&[(room.clone(), StreamId::ZERO)], PROMPT, 10)
+            .tail(&[(room.clone(), Position::from(StreamId::ZERO))], PROMPT, 10)
             .await
             .unwrap();
         assert_eq!(batches[0].entries, want);
@@ -1027,8 +1404,11 @@ mod redis_only {
         assert_eq!(raw_id, &all[0].id.to_string());
         assert_eq!(fields, &["e", "chat.message", "d", &data_of(0)]);
         // Another prefix is another namespace on the same server.
-        assert_eq!(other.last_id(&room).await.unwrap(), StreamId::ZERO);
-        other.append(&room, "chat.message", "{}").await.unwrap();
+        assert_eq!(other.position(&room).await.unwrap().id, StreamId::ZERO);
+        other
+            .append(&room, "chat.message", "{}", AppendOptions::default())
+            .await
+            .unwrap();
         let len: usize = ::redis::cmd("XLEN")
             .arg("other:room:1")
             .query_async(&mut conn)
@@ -1050,14 +1430,20 @@ mod redis_only {
         .unwrap();
         let room = ch("room:1");
         let mut conn = raw(&server).await;
-        store.append(&room, "chat.message", "{}").await.unwrap();
+        store
+            .append(&room, "chat.message", "{}", AppendOptions::default())
+            .await
+            .unwrap();
         let _: () = ::redis::cmd("PEXPIRE")
             .arg("t:room:1")
             .arg(5000)
             .query_async(&mut conn)
             .await
             .unwrap();
-        store.append(&room, "chat.message", "{}").await.unwrap();
+        store
+            .append(&room, "chat.message", "{}", AppendOptions::default())
+            .await
+            .unwrap();
         let pttl: i64 = ::redis::cmd("PTTL")
             .arg("t:room:1")
             .query_async(&mut conn)
@@ -1071,10 +1457,17 @@ mod redis_only {
         let server = RedisServer::start();
         let store = connect(&server, "t:").await;
         let room = ch("room:1");
-        let id = store.append(&room, "chat.message", "{}").await.unwrap();
+        let id = store
+            .append(&room, "chat.message", "{}", AppendOptions::default())
+            .await
+            .unwrap()
+            .id;
         // Open the tail's own connection while the server is up.
         store.wake().await.unwrap();
-        store.tail(&[(room.clone(), id)], PROMPT, 10).await.unwrap();
+        store
+            .tail(&[(room.clone(), Position::from(id))], PROMPT, 10)
+            .await
+            .unwrap();
         drop(server);
 
         let start = Instant::now();
@@ -1084,18 +1477,30 @@ mod redis_only {
         };
         check(
             "append",
-            store.append(&room, "chat.message", "{}").await.map(drop),
+            store
+                .append(&room, "chat.message", "{}", AppendOptions::default())
+                .await
+                .map(drop),
         );
         check("history", store.history(&room, Range::Latest, 10).await.map(drop));
-        check("replay", store.replay(&room, id, 10).await.map(drop));
-        check("last_id", store.last_id(&room).await.map(drop));
+        check(
+            "replay",
+            store.replay(&room, Position::from(id), 10).await.map(drop),
+        );
+        check("last_id", store.position(&room).await.map(drop));
         check(
             "tail",
-            store.tail(&[(room.clone(), id)], PROMPT, 10).await.map(drop),
+            store
+                .tail(&[(room.clone(), Position::from(id))], PROMPT, 10)
+                .await
+                .map(drop),
         );
         check(
             "tail again",
-            store.tail(&[(room.clone(), id)], PROMPT, 10).await.map(drop),
+            store
+                .tail(&[(room.clone(), Position::from(id))], PROMPT, 10)
+                .await
+                .map(drop),
         );
         if store.tail_mode() == TailMode::Xread {
             // In keyspace mode a wake is local to the node and rightly succeeds.

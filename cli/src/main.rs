@@ -35,6 +35,10 @@ enum Command {
         event: String,
         /// The payload as JSON, e.g. '{"text":"hi","user":"ada"}'.
         data: String,
+        /// Store the event at most once for this key (sent as the Idempotency-Key header): run
+        /// the same command again and it answers the first id, storing nothing.
+        #[arg(long)]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -97,6 +101,14 @@ struct ServeArgs {
     /// a Redis Cluster always uses keyspace).
     #[arg(long, env = "TIDINGS_REDIS_TAIL", default_value = "auto")]
     redis_tail: tidings::TailMode,
+    /// Seconds to keep trying, with backoff, to reach a Redis that does not answer at start
+    /// (each attempt is logged); 0 tries once.
+    #[arg(long, env = "TIDINGS_REDIS_WAIT", default_value_t = 30)]
+    redis_wait: u64,
+    /// Seconds an emit's Idempotency-Key is remembered per channel: a retry with the same key
+    /// within it stores nothing and answers the first id.
+    #[arg(long, env = "TIDINGS_IDEMPOTENCY_WINDOW", default_value_t = 300)]
+    idempotency_window: u64,
     /// Entries kept per channel (at least; Redis trims approximately).
     #[arg(long, env = "TIDINGS_HISTORY_MAX_LEN", default_value_t = 1000)]
     history_max_len: usize,
@@ -190,12 +202,48 @@ struct Remote {
     key: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Codegen(args)) = &cli.command {
         std::process::exit(codegen(args));
     }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// A fatal error as one line: each cause once (an error's message often already holds its
+/// source's), never a backtrace, whatever `RUST_BACKTRACE` says.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn run(cli: Cli) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TIDINGS_LOG")
@@ -210,8 +258,9 @@ async fn main() -> Result<()> {
             channel,
             event,
             data,
+            idempotency_key,
             remote,
-        }) => emit(channel, event, data, remote).await,
+        }) => emit(channel, event, data, idempotency_key, remote).await,
         Some(Command::Tail {
             channels,
             cursor,
@@ -254,6 +303,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .write_timeout(Duration::from_secs(args.write_timeout.max(1)))
         .key_prefix(args.key_prefix)
         .redis_tail(args.redis_tail)
+        .redis_wait(Duration::from_secs(args.redis_wait))
+        .idempotency_window(Duration::from_secs(args.idempotency_window.max(1)))
         .limits(limits);
     if let Some(url) = &args.redis {
         config = config.redis_url(url);
@@ -419,22 +470,32 @@ fn codegen(args: &CodegenArgs) -> i32 {
     0
 }
 
-async fn emit(channel: String, event: String, data: String, remote: Remote) -> Result<()> {
+async fn emit(
+    channel: String,
+    event: String,
+    data: String,
+    idempotency_key: Option<String>,
+    remote: Remote,
+) -> Result<()> {
     let data: serde_json::Value = serde_json::from_str(&data).context("the payload is not valid JSON")?;
     let Some(key) = remote.key else {
         bail!("no emit key: pass --key or set TIDINGS_EMIT_KEY (the server prints its key at start)");
     };
-    let response = reqwest::Client::new()
+    let mut request = reqwest::Client::new()
         .post(format!("{}/emit", remote.url.trim_end_matches('/')))
         .bearer_auth(key)
-        .json(&serde_json::json!({ "channel": channel, "event": event, "data": data }))
+        .json(&serde_json::json!({ "channel": channel, "event": event, "data": data }));
+    if let Some(k) = &idempotency_key {
+        request = request.header("Idempotency-Key", k);
+    }
+    let response = request
         .send()
         .await
         .with_context(|| format!("cannot reach {}", remote.url))?;
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     if !status.is_success() {
-        bail!("{status}: {}", serde_json::to_string_pretty(&body)?);
+        bail!("{status}: {body}");
     }
     println!("{}", body["id"].as_str().unwrap_or_default());
     Ok(())

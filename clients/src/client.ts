@@ -32,6 +32,12 @@ export interface ResetInfo {
   channel: string;
   /** The oldest id the channel still holds, or null when it holds none. */
   oldest: string | null;
+  /**
+   * Why, as the server says: `"trimmed"` (capped or expired history), `"replaced"` (the history
+   * was lost and started again: a store restarted without persistence, a deleted key), `"ahead"`
+   * (the cursor is past the newest entry), or undefined from servers that do not say.
+   */
+  reason?: string;
 }
 
 /**
@@ -520,7 +526,8 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
     for (const [channel, pos] of parseCursor(id)) {
       if (channel === except) continue;
       const mine = positions.get(channel);
-      if (mine === undefined || compareIds(pos, mine) > 0) positions.set(channel, pos);
+      // At the same id, the server's position wins: it names the epoch.
+      if (mine === undefined || compareIds(pos, mine) >= 0) positions.set(channel, pos);
     }
   };
 
@@ -546,7 +553,7 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
       case "tidings.ping":
         return; // the heartbeat: its arrival (lastFrameAt) is all that counts
       case "tidings.reset": {
-        const info = parseJson(frame.data) as { channel?: unknown; oldest?: unknown } | undefined;
+        const info = parseJson(frame.data) as { channel?: unknown; oldest?: unknown; reason?: unknown } | undefined;
         const channel = typeof info?.channel === "string" ? info.channel : undefined;
         // The reset's cursor may move this channel past ids we hold: take it as it is.
         for (const [c, pos] of parseCursor(frame.id ?? "")) {
@@ -555,6 +562,7 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
         mergeCursor(frame.id, channel);
         if (channel === undefined) return;
         const reset: ResetInfo = { channel, oldest: typeof info?.oldest === "string" ? info.oldest : null };
+        if (typeof info?.reason === "string") reset.reason = info.reason;
         for (const sub of [...subs]) if (sub.channels.has(channel)) sub.onReset?.(reset);
         return;
       }

@@ -17,7 +17,7 @@ export type {
   TokenReason,
 } from "./client.js";
 export { TidingsError, parseRetryAfter } from "./errors.js";
-export { compareIds, formatCursor, parseCursor } from "./cursor.js";
+export { compareIds, formatCursor, idOf, parseCursor } from "./cursor.js";
 export { eventSourceTransport, fetchTransport, watchNetwork } from "./transport.js";
 export type {
   Connection,

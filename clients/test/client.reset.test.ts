@@ -49,7 +49,7 @@ describe.each(KINDS)("%s transport", (kind) => {
     await sleep(150);
 
     expect(cursorOf(rec.lastUrl)).toBe(cursorAtDrop);
-    expect(col.resets).toEqual([{ channel: trimmed, oldest }]);
+    expect(col.resets).toEqual([{ channel: trimmed, oldest, reason: "trimmed" }]);
     const resetAt = col.log.indexOf(`reset ${trimmed} ${oldest}`);
     const firstLate = col.log.findIndex((line, i) => i >= 4 && line.startsWith(`data ${trimmed}`));
     expect(resetAt).toBeGreaterThanOrEqual(4); // after the 4 events seen before the drop

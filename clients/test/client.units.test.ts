@@ -1,6 +1,6 @@
 // Pure functions of the core client: backoff delays, cursors, errors.
 import { describe, expect, it } from "vitest";
-import { DEFAULT_BACKOFF, TidingsError, backoffDelay, compareIds, formatCursor, parseCursor } from "../src/index.js";
+import { DEFAULT_BACKOFF, TidingsError, backoffDelay, compareIds, formatCursor, idOf, parseCursor } from "../src/index.js";
 
 describe("backoffDelay", () => {
   it("doubles from 500 ms and caps at 30 s without jitter draw", () => {
@@ -46,10 +46,19 @@ describe("cursor helpers", () => {
     expect(compareIds("9007199254740993-0", "9007199254740992-0")).toBeGreaterThan(0);
   });
 
+  it("compares positions by their ids, whatever their epochs", () => {
+    expect(compareIds("5-0@0000abcd", "5-0")).toBe(0);
+    expect(compareIds("5-1@0000abcd", "5-0@ffff0000")).toBeGreaterThan(0);
+    expect(idOf("5-1@0000abcd")).toBe("5-1");
+    expect(idOf("5-1")).toBe("5-1");
+  });
+
   it("parses cursors and skips malformed parts", () => {
-    const parsed = parseCursor("room:1=5-0,alerts=0-0,bad,=1-0,x=nope,y=1-2-3,z=7-1");
+    const parsed = parseCursor(
+      "room:1=5-0@5f3a09c1,alerts=0-0,bad,=1-0,x=nope,y=1-2-3,z=7-1,e1=1-0@,e2=1-0@XYZ00000,e3=1-0@5f3a09c",
+    );
     expect([...parsed]).toEqual([
-      ["room:1", "5-0"],
+      ["room:1", "5-0@5f3a09c1"],
       ["alerts", "0-0"],
       ["z", "7-1"],
     ]);

@@ -9,9 +9,12 @@ use futures_util::FutureExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Entry, Range, Replay, Retention, Store, StoreError, TailBatch, Trimmed};
+use super::{
+    check_resume, AppendOptions, Appended, Entry, History, Range, Replay, Retention, Store, StoreError,
+    TailBatch, Trimmed,
+};
 use crate::channel::Channel;
-use crate::id::StreamId;
+use crate::id::{Epoch, Position, StreamId};
 
 const SHARDS: usize = 32;
 
@@ -25,8 +28,9 @@ const SHARDS: usize = 32;
 /// use tidings::{Channel, MemoryStore, Retention, Store};
 /// let store = MemoryStore::new(Retention::default().max_len(100));
 /// let room = Channel::new("room:1").unwrap();
-/// let id = store.append(&room, "chat.message", r#"{"text":"hi"}"#).await.unwrap();
-/// assert_eq!(store.last_id(&room).await.unwrap(), id);
+/// let opts = tidings::store::AppendOptions::default();
+/// let added = store.append(&room, "chat.message", r#"{"text":"hi"}"#, opts).await.unwrap();
+/// assert_eq!(store.position(&room).await.unwrap().id, added.id);
 /// # });
 /// ```
 pub struct MemoryStore {
@@ -36,15 +40,49 @@ pub struct MemoryStore {
     woken: Notify,
 }
 
-#[derive(Default)]
 struct Stream {
     entries: VecDeque<Entry>,
     last_id: StreamId,
     max_deleted: StreamId,
     expires_at: Option<Instant>,
+    /// Chosen when the stream is created: a stream created again (after a restart or expiry)
+    /// is another history.
+    epoch: Epoch,
+    /// Idempotency keys seen within their window, and the ids they stored.
+    keys: HashMap<Box<str>, StreamId>,
+    /// The same keys by expiry, oldest first, to forget them in order.
+    key_expiry: VecDeque<(Instant, Box<str>)>,
 }
 
 impl Stream {
+    fn new() -> Stream {
+        Stream {
+            entries: VecDeque::new(),
+            last_id: StreamId::ZERO,
+            max_deleted: StreamId::ZERO,
+            expires_at: None,
+            epoch: Epoch::random(),
+            keys: HashMap::new(),
+            key_expiry: VecDeque::new(),
+        }
+    }
+
+    fn forget_keys(&mut self, now: Instant) {
+        while let Some((at, _)) = self.key_expiry.front() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, key)) = self.key_expiry.pop_front() {
+                self.keys.remove(&key);
+            }
+        }
+    }
+
+    fn position(&self) -> Position {
+        let id = self.entries.back().map_or(StreamId::ZERO, |e| e.id);
+        Position::new(id, Some(self.epoch))
+    }
+
     /// Index of the first entry with an id greater than `id`.
     fn after(&self, id: StreamId) -> usize {
         self.entries.partition_point(|e| e.id <= id)
@@ -94,7 +132,7 @@ impl MemoryStore {
         f(shard.get(channel))
     }
 
-    fn append_now(&self, channel: &Channel, event: &str, data: &str) -> StreamId {
+    fn append_now(&self, channel: &Channel, event: &str, data: &str, opts: AppendOptions<'_>) -> Appended {
         let mut shard = self.shard(channel);
         let now = Instant::now();
         if shard
@@ -103,7 +141,13 @@ impl MemoryStore {
         {
             shard.remove(channel);
         }
-        let stream = shard.entry(channel.clone()).or_default();
+        let stream = shard.entry(channel.clone()).or_insert_with(Stream::new);
+        if let Some(key) = opts.idempotency_key {
+            stream.forget_keys(now);
+            if let Some(&id) = stream.keys.get(key) {
+                return Appended { id, duplicate: true };
+            }
+        }
         let ms = now_ms();
         let id = if ms > stream.last_id.ms {
             StreamId::new(ms, 0)
@@ -122,26 +166,35 @@ impl MemoryStore {
             }
         }
         stream.expires_at = self.retention.ttl.map(|ttl| now + ttl);
+        if let Some(key) = opts.idempotency_key {
+            stream.keys.insert(key.into(), id);
+            stream
+                .key_expiry
+                .push_back((now + opts.idempotency_window, key.into()));
+        }
         drop(shard);
         self.appended.notify_waiters();
-        id
+        Appended { id, duplicate: false }
     }
 
-    fn tail_now(&self, positions: &[(Channel, StreamId)], count: usize) -> Vec<TailBatch> {
+    fn tail_now(&self, positions: &[(Channel, Position)], count: usize) -> Vec<TailBatch> {
         let mut found = Vec::new();
         for (channel, pos) in positions {
             self.with_stream(channel, |stream| {
                 let Some(stream) = stream else { return };
-                if stream.last_id <= *pos {
+                // A position given by id alone is read by id alone, as on Redis.
+                let other_epoch = pos.id > StreamId::ZERO && pos.epoch.is_some_and(|e| e != stream.epoch);
+                if stream.last_id <= pos.id && !other_epoch {
                     return;
                 }
-                let from = stream.after(*pos);
+                let from = if other_epoch { 0 } else { stream.after(pos.id) };
                 let entries = stream.slice(from, count);
                 if !entries.is_empty() {
                     found.push(TailBatch {
                         channel: channel.clone(),
                         entries,
-                        gap: stream.max_deleted > *pos,
+                        epoch: Some(stream.epoch),
+                        gap: other_epoch || stream.max_deleted > pos.id,
                     });
                 }
             });
@@ -166,9 +219,10 @@ impl Store for MemoryStore {
         channel: &'a Channel,
         event: &'a str,
         data: &'a str,
-    ) -> BoxFuture<'a, Result<StreamId, StoreError>> {
-        let id = self.append_now(channel, event, data);
-        async move { Ok(id) }.boxed()
+        opts: AppendOptions<'a>,
+    ) -> BoxFuture<'a, Result<Appended, StoreError>> {
+        let added = self.append_now(channel, event, data, opts);
+        async move { Ok(added) }.boxed()
     }
 
     fn history<'a>(
@@ -176,10 +230,15 @@ impl Store for MemoryStore {
         channel: &'a Channel,
         range: Range,
         limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>> {
-        let entries = self.with_stream(channel, |stream| {
-            let Some(s) = stream else { return Vec::new() };
-            match range {
+    ) -> BoxFuture<'a, Result<History, StoreError>> {
+        let history = self.with_stream(channel, |stream| {
+            let Some(s) = stream else {
+                return History {
+                    entries: Vec::new(),
+                    epoch: None,
+                };
+            };
+            let entries = match range {
                 Range::Latest => s.slice(s.entries.len().saturating_sub(limit), limit),
                 Range::After(id) => s.slice(s.after(id), limit),
                 Range::Before(id) => {
@@ -187,60 +246,53 @@ impl Store for MemoryStore {
                     let start = end.saturating_sub(limit);
                     s.slice(start, end - start)
                 }
+            };
+            History {
+                entries,
+                epoch: Some(s.epoch),
             }
         });
-        async move { Ok(entries) }.boxed()
+        async move { Ok(history) }.boxed()
     }
 
     fn replay<'a>(
         &'a self,
         channel: &'a Channel,
-        after: StreamId,
+        after: Position,
         limit: usize,
     ) -> BoxFuture<'a, Result<Replay, StoreError>> {
         let replay = self.with_stream(channel, |stream| match stream {
             None => Replay {
                 entries: Vec::new(),
-                trimmed: (after > StreamId::ZERO).then_some(Trimmed {
+                trimmed: (after.id > StreamId::ZERO).then_some(Trimmed {
                     oldest: None,
-                    resume_from: after,
+                    resume_from: after.id,
+                    reason: super::Lost::Trimmed,
                 }),
+                epoch: None,
             },
             Some(s) => {
                 let oldest = s.entries.front().map(|e| e.id);
-                let trimmed = if after > s.last_id {
-                    Some(Trimmed {
-                        oldest,
-                        resume_from: s.last_id,
-                    })
-                } else if s.max_deleted > after {
-                    Some(Trimmed {
-                        oldest,
-                        resume_from: s.max_deleted,
-                    })
-                } else {
-                    None
-                };
-                let from = trimmed.as_ref().map_or(after, |t| t.resume_from);
+                let trimmed = check_resume(after, Some(s.epoch), s.last_id, oldest, s.max_deleted);
+                let from = trimmed.as_ref().map_or(after.id, |t| t.resume_from);
                 Replay {
                     entries: s.slice(s.after(from), limit),
                     trimmed,
+                    epoch: Some(s.epoch),
                 }
             }
         });
         async move { Ok(replay) }.boxed()
     }
 
-    fn last_id<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<StreamId, StoreError>> {
-        let id = self.with_stream(channel, |s| {
-            s.and_then(|s| s.entries.back()).map_or(StreamId::ZERO, |e| e.id)
-        });
-        async move { Ok(id) }.boxed()
+    fn position<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<Position, StoreError>> {
+        let pos = self.with_stream(channel, |s| s.map_or(Position::ZERO, Stream::position));
+        async move { Ok(pos) }.boxed()
     }
 
     fn tail<'a>(
         &'a self,
-        positions: &'a [(Channel, StreamId)],
+        positions: &'a [(Channel, Position)],
         wait: Duration,
         count: usize,
     ) -> BoxFuture<'a, Result<Vec<TailBatch>, StoreError>> {

@@ -15,8 +15,10 @@ use futures_util::future::BoxFuture;
 
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisOptions, RedisStore, TailMode};
+
 use crate::channel::Channel;
 use crate::id::StreamId;
+pub use crate::id::{Epoch, Position};
 
 /// One stored event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +29,61 @@ pub struct Entry {
     pub event: Arc<str>,
     /// The payload, as compact JSON text on one line.
     pub data: Arc<str>,
+}
+
+impl Entry {
+    /// An entry tidings cannot read (written by another tool, or without its fields): it keeps
+    /// its place in the stream, so readers move past it, but is never delivered.
+    pub fn unreadable(id: StreamId) -> Entry {
+        Entry {
+            id,
+            event: Arc::from(""),
+            data: Arc::from("null"),
+        }
+    }
+
+    /// False for [`Entry::unreadable`] entries.
+    pub fn is_readable(&self) -> bool {
+        !self.event.is_empty()
+    }
+}
+
+/// Entries skipped because they could not be read or name an event the schema does not know,
+/// since the process started (each time a reader met one).
+pub fn skipped_entries() -> u64 {
+    skip::COUNT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+pub(crate) mod skip {
+    //! Skipped entries: counted, and logged at most once a second so a stream full of foreign
+    //! entries cannot flood the log.
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    pub(super) static COUNT: AtomicU64 = AtomicU64::new(0);
+    static LAST_LOG: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
+
+    /// Notes that the entry `id` of `channel` was skipped, and why.
+    pub(crate) fn note(channel: &str, id: &dyn std::fmt::Display, problem: &str) {
+        let total = COUNT.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = LAST_LOG.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let since = match *last {
+            Some((at, _)) if now.duration_since(at).as_secs() < 1 => return,
+            Some((_, logged_at)) => total - logged_at - 1,
+            None => 0,
+        };
+        *last = Some((now, total));
+        tracing::warn!(
+            channel,
+            id = %id,
+            problem,
+            skipped_total = total,
+            not_logged_since_last = since,
+            "skipping a stream entry tidings cannot deliver; the channel goes on after it"
+        );
+    }
 }
 
 /// How much history each channel keeps.
@@ -78,6 +135,72 @@ pub struct Replay {
     pub entries: Vec<Entry>,
     /// Set when entries after the position are gone (trimmed, expired, or the stream was reset).
     pub trimmed: Option<Trimmed>,
+    /// The channel's epoch now (`None` when it has no stream, or one tidings did not create).
+    pub epoch: Option<Epoch>,
+}
+
+/// A page of history and the epoch it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct History {
+    /// Entries, oldest first.
+    pub entries: Vec<Entry>,
+    /// The channel's epoch (see [`Replay::epoch`]).
+    pub epoch: Option<Epoch>,
+}
+
+/// How to append: options that most appends leave at their defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// use tidings::store::AppendOptions;
+/// let opts = AppendOptions::default().idempotency_key("order-42-paid");
+/// assert_eq!(opts.idempotency_window, Duration::from_secs(300));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AppendOptions<'a> {
+    /// Store the event at most once per channel and key within
+    /// [`AppendOptions::idempotency_window`]: a retry with the same key returns the first id.
+    pub idempotency_key: Option<&'a str>,
+    /// How long a key is remembered. Default 5 minutes.
+    pub idempotency_window: Duration,
+}
+
+impl Default for AppendOptions<'_> {
+    fn default() -> Self {
+        AppendOptions {
+            idempotency_key: None,
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+        }
+    }
+}
+
+/// How long an idempotency key is remembered unless configured otherwise.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
+
+impl<'a> AppendOptions<'a> {
+    /// Sets [`AppendOptions::idempotency_key`].
+    pub fn idempotency_key(mut self, key: &'a str) -> Self {
+        self.idempotency_key = Some(key);
+        self
+    }
+
+    /// Sets [`AppendOptions::idempotency_window`] (at least one millisecond).
+    pub fn idempotency_window(mut self, window: Duration) -> Self {
+        self.idempotency_window = window.max(Duration::from_millis(1));
+        self
+    }
+}
+
+/// What an append stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Appended {
+    /// The event's id: new, or the first one stored under the same idempotency key.
+    pub id: StreamId,
+    /// True when an earlier append with the same idempotency key had stored it already.
+    pub duplicate: bool,
 }
 
 /// History after a cursor is gone.
@@ -88,6 +211,75 @@ pub struct Trimmed {
     pub oldest: Option<StreamId>,
     /// Where reading continues: every entry at or before it is gone or was already seen.
     pub resume_from: StreamId,
+    /// Why.
+    pub reason: Lost,
+}
+
+/// Why history after a cursor is gone (the `reason` of a `tidings.reset` frame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Lost {
+    /// Entries after the cursor were trimmed (capped history, `XDEL`), or the channel's stream
+    /// expired or was deleted and not created again.
+    Trimmed,
+    /// The channel's history was replaced: the cursor names another epoch (the store restarted
+    /// without persistence, the key was deleted, evicted or expired and created again).
+    Replaced,
+    /// The cursor is past the newest entry: the tail it saw was lost (a restore from an older
+    /// snapshot, a failover to a replica that had not received it).
+    Ahead,
+}
+
+impl Lost {
+    /// The name used on the wire: `trimmed`, `replaced`, `ahead`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lost::Trimmed => "trimmed",
+            Lost::Replaced => "replaced",
+            Lost::Ahead => "ahead",
+        }
+    }
+}
+
+/// Decides whether a read from `after` follows on from it, for a stream whose epoch is `epoch`,
+/// newest id `last`, oldest held `oldest`, and newest removed id at most `removed_upto`.
+///
+/// A position without epoch (a cursor tidings wrote before epochs, or one built by hand from
+/// ids) is checked by id alone, as before: it cannot tell a history that was replaced by one
+/// with greater ids. Every cursor the server writes names the epoch.
+pub(crate) fn check_resume(
+    after: Position,
+    epoch: Option<Epoch>,
+    last: StreamId,
+    oldest: Option<StreamId>,
+    removed_upto: StreamId,
+) -> Option<Trimmed> {
+    let lost = |resume_from, reason| {
+        Some(Trimmed {
+            oldest,
+            resume_from,
+            reason,
+        })
+    };
+    if after.id == StreamId::ZERO {
+        // Nothing seen: whatever the epoch, everything held is new.
+        return if removed_upto > StreamId::ZERO {
+            lost(removed_upto, Lost::Trimmed)
+        } else {
+            None
+        };
+    }
+    if after.epoch.is_some() && after.epoch != epoch {
+        // Another history: nothing in this one was seen.
+        return lost(StreamId::ZERO, Lost::Replaced);
+    }
+    if after.id > last {
+        lost(last, Lost::Ahead)
+    } else if removed_upto > after.id {
+        lost(removed_upto, Lost::Trimmed)
+    } else {
+        None
+    }
 }
 
 /// Which slice of history to read.
@@ -110,6 +302,9 @@ pub struct TailBatch {
     pub channel: Channel,
     /// Entries after the position given, oldest first.
     pub entries: Vec<Entry>,
+    /// The stream's epoch: the one given with the position when the batch follows on from it,
+    /// else what the store read. A different epoch than given means the history was replaced.
+    pub epoch: Option<Epoch>,
     /// True when entries between the position given and the first one returned may have been
     /// trimmed before they were read: whoever relies on this batch being contiguous must
     /// re-read from its own cursor instead.
@@ -123,7 +318,10 @@ pub enum StoreError {
     /// Redis answered with an error or the connection failed.
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
-    /// An entry in the store does not have the fields tidings writes.
+    /// The store cannot be used (a Redis too old, say); the message says what is needed.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A reply from the store does not have the shape tidings expects.
     #[error("malformed entry {id} in {channel}: {problem}")]
     Malformed {
         /// The channel.
@@ -142,7 +340,7 @@ impl StoreError {
             StoreError::Redis(e) => {
                 e.is_timeout() || e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal()
             }
-            StoreError::Malformed { .. } => false,
+            StoreError::Malformed { .. } | StoreError::Unsupported(_) => false,
         }
     }
 }
@@ -152,39 +350,45 @@ pub trait Store: Send + Sync + 'static {
     /// A short name for logs and `/health` (`memory`, `redis`).
     fn kind(&self) -> &'static str;
 
-    /// Appends an event to `channel`'s stream, trimming it to the retention, and returns its id.
+    /// Appends an event to `channel`'s stream, trimming it to the retention, and returns its id
+    /// (with an idempotency key already seen, the first id, storing nothing). A channel whose
+    /// stream does not exist gets a new one, with a new [`Epoch`].
     fn append<'a>(
         &'a self,
         channel: &'a Channel,
         event: &'a str,
         data: &'a str,
-    ) -> BoxFuture<'a, Result<StreamId, StoreError>>;
+        opts: AppendOptions<'a>,
+    ) -> BoxFuture<'a, Result<Appended, StoreError>>;
 
-    /// Reads up to `limit` entries, oldest first, from the slice `range` names.
+    /// Reads up to `limit` entries, oldest first, from the slice `range` names, and the epoch
+    /// they belong to.
     fn history<'a>(
         &'a self,
         channel: &'a Channel,
         range: Range,
         limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>>;
+    ) -> BoxFuture<'a, Result<History, StoreError>>;
 
     /// Reads up to `limit` entries after `after` and says, in the same atomic read, whether
-    /// entries after `after` have been trimmed away.
+    /// entries after `after` are gone: trimmed away, or in another epoch than `after`'s (then
+    /// every entry the channel holds is after it), or `after` is past the newest entry.
     fn replay<'a>(
         &'a self,
         channel: &'a Channel,
-        after: StreamId,
+        after: Position,
         limit: usize,
     ) -> BoxFuture<'a, Result<Replay, StoreError>>;
 
-    /// The id of the newest entry, or [`StreamId::ZERO`] when the channel holds none.
-    fn last_id<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<StreamId, StoreError>>;
+    /// The id of the newest entry ([`StreamId::ZERO`] when the channel holds none) and the
+    /// channel's epoch.
+    fn position<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<Position, StoreError>>;
 
     /// Waits up to `wait` for entries after the given positions and returns those found (at most
     /// `count` per channel). Returns early, possibly empty, after [`Store::wake`].
     fn tail<'a>(
         &'a self,
-        positions: &'a [(Channel, StreamId)],
+        positions: &'a [(Channel, Position)],
         wait: Duration,
         count: usize,
     ) -> BoxFuture<'a, Result<Vec<TailBatch>, StoreError>>;
@@ -194,4 +398,54 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the store answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ms: u64) -> StreamId {
+        StreamId::new(ms, 0)
+    }
+
+    /// The reason and resume point for a cursor at `at` (in `given`) on a stream of epoch `now`
+    /// holding ids 10..=20, with everything up to `removed` gone.
+    fn check(at: u64, given: Option<Epoch>, now: Option<Epoch>, removed: u64) -> Option<(Lost, u64)> {
+        check_resume(
+            Position::new(id(at), given),
+            now,
+            id(20),
+            Some(id(10)),
+            id(removed),
+        )
+        .map(|t| (t.reason, t.resume_from.ms))
+    }
+
+    #[test]
+    fn a_resume_is_checked_by_epoch_then_by_id() {
+        let (a, b) = (Some(Epoch::random()), Some(Epoch::random()));
+        assert_ne!(a, b);
+        assert_eq!(check(15, a, a, 9), None, "same history, nothing lost");
+        assert_eq!(check(15, a, b, 9), Some((Lost::Replaced, 0)));
+        assert_eq!(
+            check(15, a, None, 9),
+            Some((Lost::Replaced, 0)),
+            "the stream lost its epoch"
+        );
+        assert_eq!(check(15, None, a, 9), None, "an id alone is checked by id alone");
+        assert_eq!(
+            check(15, None, None, 9),
+            None,
+            "no epoch on either side: by id alone"
+        );
+        assert_eq!(check(25, a, a, 9), Some((Lost::Ahead, 20)));
+        assert_eq!(check(5, a, a, 9), Some((Lost::Trimmed, 9)));
+        assert_eq!(check(5, None, a, 9), Some((Lost::Trimmed, 9)));
+        assert_eq!(
+            check(0, a, b, 0),
+            None,
+            "nothing seen, nothing lost, whatever the epoch"
+        );
+        assert_eq!(check(0, None, a, 9), Some((Lost::Trimmed, 9)));
+    }
 }

@@ -104,7 +104,46 @@ fn redis_binary() -> String {
 pub struct RedisServer {
     child: Child,
     pub port: u16,
+    extra: Vec<String>,
     _dir: tempfile::TempDir,
+}
+
+fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
+    let mut cmd = Command::new(redis_binary());
+    cmd.arg("--port")
+        .arg(port.to_string())
+        .arg("--bind")
+        .arg("127.0.0.1")
+        .arg("--save")
+        .arg("")
+        .arg("--appendonly")
+        .arg("no")
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd.spawn().unwrap_or_else(|e| {
+        panic!(
+            "cannot start {}: {e}. Install redis-server (the test command does: apt-get install -y redis-server) or set TIDINGS_REDIS_SERVER",
+            redis_binary()
+        )
+    })
+}
+
+/// Waits until the server on `port` answers; false when `child` exited first or 10 s passed.
+fn await_redis(child: &mut Child, port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if ping(port) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 impl RedisServer {
@@ -112,48 +151,48 @@ impl RedisServer {
         Self::start_with(&[])
     }
 
+    /// With more `redis-server` arguments (later ones win: `--appendonly yes` turns AOF on).
     pub fn start_with(extra: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
+        let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
         for _ in 0..5 {
             let port = free_port();
-            let mut cmd = Command::new(redis_binary());
-            cmd.arg("--port")
-                .arg(port.to_string())
-                .arg("--bind")
-                .arg("127.0.0.1")
-                .arg("--save")
-                .arg("")
-                .arg("--appendonly")
-                .arg("no")
-                .arg("--dir")
-                .arg(dir.path())
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            let mut child = cmd.spawn().unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {}: {e}. Install redis-server (the test command does: apt-get install -y redis-server) or set TIDINGS_REDIS_SERVER",
-                    redis_binary()
-                )
-            });
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken between our probe and its bind: try another
-                }
-                if ping(port) {
-                    return RedisServer {
-                        child,
-                        port,
-                        _dir: dir,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            let mut child = spawn_redis(port, dir.path(), &extra);
+            if await_redis(&mut child, port) {
+                return RedisServer {
+                    child,
+                    port,
+                    extra,
+                    _dir: dir,
+                };
             }
+            // e.g. the port was taken between our probe and its bind: try another
             let _ = child.kill();
             let _ = child.wait();
         }
         panic!("redis-server did not start");
+    }
+
+    /// SIGKILL: nothing is flushed that the persistence settings did not already write.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port, in the same directory (so with whatever its
+    /// persistence wrote), after [`RedisServer::kill`].
+    pub fn restart(&mut self) {
+        self.kill();
+        for _ in 0..50 {
+            self.child = spawn_redis(self.port, self._dir.path(), &self.extra);
+            if await_redis(&mut self.child, self.port) {
+                return;
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("redis-server did not start again on port {}", self.port);
     }
 
     pub fn url(&self) -> String {
@@ -738,6 +777,26 @@ pub struct Ev {
     pub text: String,
 }
 
+/// A cursor with its epochs taken out (`room:a=5-0@5f3a09c1` → `room:a=5-0`), to compare
+/// positions with ids; panics when a position past `0-0` names no epoch, which a cursor the
+/// server writes for a channel that has a stream always does.
+pub fn by_id(cursor: &str) -> String {
+    cursor
+        .split(',')
+        .map(|part| match part.split_once('@') {
+            Some((head, epoch)) => {
+                assert!(
+                    epoch.len() == 8 && epoch.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "{cursor}"
+                );
+                head.to_string()
+            }
+            None => part.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The event of an SSE frame, checking that the frame's `id:` cursor holds the event's id for
 /// its channel.
 pub fn ev(frame: &Frame) -> Ev {
@@ -749,7 +808,9 @@ pub fn ev(frame: &Frame) -> Ev {
     };
     let cursor = tidings::Cursor::parse(frame.id.as_deref().unwrap()).unwrap();
     assert_eq!(
-        cursor.get(&tidings::Channel::new(&ev.channel).unwrap()),
+        cursor
+            .get(&tidings::Channel::new(&ev.channel).unwrap())
+            .map(|p| p.id),
         Some(ev.id),
         "{frame:?}"
     );

@@ -118,7 +118,12 @@ fn glob_escape(s: &str) -> String {
 }
 
 /// Subscribes (returning an error if that fails now) and keeps the subscription up in a task.
-pub(super) async fn listen(client: redis::Client, db: i64, prefix: &str) -> Result<Listener, StoreError> {
+pub(super) async fn listen(
+    client: redis::Client,
+    db: i64,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<Listener, StoreError> {
     let head = format!("__keyspace@{db}__:{prefix}");
     let pattern = format!("{}*", glob_escape(&head));
     let signals = Arc::new(Signals {
@@ -128,13 +133,19 @@ pub(super) async fn listen(client: redis::Client, db: i64, prefix: &str) -> Resu
     });
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.psubscribe(&pattern).await?;
+    // A Redis restarted without its config file forgets `notify-keyspace-events`: enable them
+    // again before each resubscription, as on a cluster node. No supervisor listens for `lost`.
+    let duty = NodeDuty {
+        lost: Arc::new(Notify::new()),
+        timeout,
+    };
     let task = tokio::spawn(run(
         client,
         pattern,
         head,
         Some(pubsub),
         Arc::downgrade(&signals),
-        None,
+        Some(duty),
     ));
     Ok(Listener { signals, task })
 }
@@ -286,8 +297,8 @@ async fn supervise(
 }
 
 /// Holds one subscription (a single server's, or one cluster master's) and resubscribes when it
-/// drops. With `node` (cluster mode), notifications are enabled again before each subscription and
-/// the supervisor is told when it drops.
+/// drops. With `node`, notifications are enabled again before each subscription and `lost` is
+/// told when it drops.
 async fn run(
     client: redis::Client,
     pattern: String,
@@ -347,7 +358,7 @@ async fn subscribe(
     if let Some(duty) = node {
         if let Err(e) = enable_on(client, duty.timeout).await {
             // Subscribe anyway: they may be on already, and the periodic full read covers the rest.
-            tracing::warn!(error = %e, "could not enable keyspace notifications on a cluster node");
+            tracing::warn!(error = %e, "could not enable keyspace notifications again");
         }
     }
     let mut pubsub = client.get_async_pubsub().await?;

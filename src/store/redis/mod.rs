@@ -49,15 +49,35 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Value};
 
-use super::{Entry, Range, Replay, Retention, Store, StoreError, TailBatch, Trimmed};
+use super::{
+    check_resume, AppendOptions, Appended, Entry, History, Range, Replay, Retention, Store, StoreError,
+    TailBatch, Trimmed,
+};
 use crate::channel::Channel;
-use crate::id::StreamId;
+use crate::id::{Epoch, Position, StreamId};
 
-/// Defines `state(key)` for the scripts below: `{last, max_deleted, first, removed}` of an existing
-/// stream, `removed` being 1 when it has lost entries (`entries-added` > `length`). Trimming does
-/// not update `max-deleted-entry-id` (only `XDEL` does), so `removed` and `first` are what tell
-/// that history was trimmed: see [`StreamState::removed_upto`].
+// A stream's epoch is the name of a consumer group tidings creates with the stream,
+// `tidings-epoch:<epoch>`: it lives in the stream's own key, so it is deleted, evicted, expired,
+// persisted, replicated and migrated together with the entries, and costs nothing per entry. No
+// consumer ever reads through it. A stream tidings did not create (or created before epochs) has
+// no epoch; its positions are checked by id alone.
+
+/// Defines `epoch(key)` (the stream's epoch, `''` when it has none) and `state(key)` for the
+/// scripts below: `{last, max_deleted, first, removed, epoch}` of an existing stream, `removed`
+/// being 1 when it has lost entries (`entries-added` > `length`). Trimming does not update
+/// `max-deleted-entry-id` (only `XDEL` does), so `removed` and `first` are what tell that history
+/// was trimmed: see [`StreamState::removed_upto`].
 const STATE_LUA: &str = r#"
+local function epoch(key)
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+    for i = 1, #g, 2 do
+      if g[i] == 'name' and string.sub(g[i + 1], 1, 14) == 'tidings-epoch:' then
+        return string.sub(g[i + 1], 15)
+      end
+    end
+  end
+  return ''
+end
 local function state(key)
   local info = redis.call('XINFO', 'STREAM', key)
   local last, maxdel, first, added, len = '0-0', '0-0', '', 0, 0
@@ -74,23 +94,62 @@ local function state(key)
   end
   local removed = 0
   if added > len then removed = 1 end
-  return {last, maxdel, first, removed}
+  return {last, maxdel, first, removed, epoch(key)}
 end
 "#;
 
 /// Reads the stream's trim state and a page of entries in one atomic step, so the answer to
 /// "was anything after this cursor trimmed?" and the entries returned describe the same moment.
-/// (`XRANGE (<max id>` is an error, and nothing can follow the largest id anyway.)
+/// A cursor in another epoch (`ARGV[3]`, `''` for none) reads from the start: nothing of this
+/// history was seen. (`XRANGE (<max id>` is an error, and nothing can follow the largest id.)
 const REPLAY_LUA: &str = r#"
 local key = KEYS[1]
 if redis.call('EXISTS', key) == 0 then return {0} end
 local out = state(key)
+local from = '(' .. ARGV[1]
+if ARGV[3] ~= '' and ARGV[1] ~= '0-0' and ARGV[3] ~= out[5] then from = '-' end
 local page = {}
-if ARGV[1] ~= '18446744073709551615-18446744073709551615' then
-  page = redis.call('XRANGE', key, '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+if from ~= '(18446744073709551615-18446744073709551615' then
+  page = redis.call('XRANGE', key, from, '+', 'COUNT', ARGV[2])
 end
-out[5] = page
+out[6] = page
 return out
+"#;
+
+/// `{}` for no stream, else `{id of the newest entry or '0-0', epoch}`.
+const POSITION_LUA: &str = r#"
+local key = KEYS[1]
+if redis.call('EXISTS', key) == 0 then return {} end
+local newest = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+local id = '0-0'
+if #newest > 0 then id = newest[1][1] end
+return {id, epoch(key)}
+"#;
+
+/// `{epoch, page}`: `XRANGE` or `XREVRANGE` (`ARGV[1]`) from `ARGV[2]` to `ARGV[3]`, at most
+/// `ARGV[4]` entries.
+const HISTORY_LUA: &str = r#"
+local key = KEYS[1]
+if redis.call('EXISTS', key) == 0 then return {'', {}} end
+return {epoch(key), redis.call(ARGV[1], key, ARGV[2], ARGV[3], 'COUNT', ARGV[4])}
+"#;
+
+/// The append that is more than one `XADD`: it creates the stream with its epoch (`ARGV[1]`),
+/// refreshes the TTL (`ARGV[5]` ms, `0` for none), and, with an idempotency record key
+/// (`KEYS[2]`, in the stream's slot), stores at most once per key within `ARGV[6]` ms. Returns
+/// `{id, 1}` for a key already seen (storing nothing), else `{id, 0}`.
+const APPEND_LUA: &str = r#"
+local key = KEYS[1]
+if KEYS[2] then
+  local first = redis.call('GET', KEYS[2])
+  if first then return {first, 1} end
+end
+local fresh = redis.call('EXISTS', key) == 0
+local id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[3], 'd', ARGV[4])
+if fresh then redis.call('XGROUP', 'CREATE', key, 'tidings-epoch:' .. ARGV[1], '$') end
+if ARGV[5] ~= '0' then redis.call('PEXPIRE', key, ARGV[5]) end
+if KEYS[2] then redis.call('SET', KEYS[2], id, 'PX', ARGV[6]) end
+return {id, 0}
 "#;
 
 /// For each stream and position: `{0}` when the entry at the position still exists (so nothing
@@ -178,6 +237,29 @@ impl RedisOptions {
         }
     }
 
+    /// Where [`RedisOptions::url`] points, for logs and errors: `host:port` (or the socket path)
+    /// of each seed, never a user name or password.
+    ///
+    /// ```
+    /// let opts = tidings::RedisOptions::new("redis://:s3cret@10.0.0.5:6380/2");
+    /// assert_eq!(opts.address(), "10.0.0.5:6380");
+    /// ```
+    pub fn address(&self) -> String {
+        use redis::IntoConnectionInfo;
+        let Ok(seeds) = cluster::Seeds::parse(&self.url) else {
+            return "(no Redis URL)".to_string();
+        };
+        seeds
+            .urls
+            .iter()
+            .map(|u| match u.as_str().into_connection_info() {
+                Ok(info) => info.addr().to_string(),
+                Err(_) => "(an invalid URL)".to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Sets [`RedisOptions::tail_mode`].
     pub fn tail_mode(mut self, mode: TailMode) -> Self {
         self.tail_mode = mode;
@@ -248,6 +330,9 @@ pub struct RedisStore {
     wake_key: String,
     replay: redis::Script,
     gaps: redis::Script,
+    position: redis::Script,
+    history: redis::Script,
+    append: redis::Script,
     tail: tokio::sync::Mutex<TailState>,
     timeout: Duration,
     /// Present in keyspace mode.
@@ -284,6 +369,7 @@ impl RedisStore {
             .set_connection_timeout(Some(opts.timeout))
             .set_number_of_retries(2);
         let mut conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        check_version(&mut conn).await?;
         if cluster::is_cluster_node(&mut conn).await {
             tracing::info!("the Redis server is a cluster node: using it as a cluster seed");
             drop(conn);
@@ -298,7 +384,7 @@ impl RedisStore {
             mode => match keyspace::enable(&mut conn).await {
                 Ok(()) => {
                     let db = client.get_connection_info().redis_settings().db();
-                    Some(keyspace::listen(client.clone(), db, &opts.key_prefix).await?)
+                    Some(keyspace::listen(client.clone(), db, &opts.key_prefix, opts.timeout).await?)
                 }
                 Err(e) if mode == TailMode::Auto => {
                     tracing::warn!(error = %e, "keyspace notifications unavailable; tailing with XREAD");
@@ -333,7 +419,8 @@ impl RedisStore {
                 urls.join(","),
             ));
         }
-        let (conn, template) = cluster::connect(urls, opts.timeout).await?;
+        let (mut conn, template) = cluster::connect(urls, opts.timeout).await?;
+        check_version(&mut conn).await?;
         let (keyspace, masters) =
             keyspace::listen_cluster(conn.clone(), template, &opts.key_prefix, opts.timeout).await?;
         tracing::info!(
@@ -368,6 +455,9 @@ impl RedisStore {
             wake_key,
             replay: redis::Script::new(&format!("{STATE_LUA}{REPLAY_LUA}")),
             gaps: redis::Script::new(&format!("{STATE_LUA}{GAP_LUA}")),
+            position: redis::Script::new(&format!("{STATE_LUA}{POSITION_LUA}")),
+            history: redis::Script::new(&format!("{STATE_LUA}{HISTORY_LUA}")),
+            append: redis::Script::new(APPEND_LUA),
             tail: tokio::sync::Mutex::new(TailState { conn: None, wake_pos }),
             timeout: opts.timeout,
             keyspace,
@@ -399,6 +489,14 @@ impl RedisStore {
         format!("{}{}", self.prefix, channel.as_str())
     }
 
+    /// The key of an idempotency record: in the stream's hash slot (a Redis Cluster runs a
+    /// script only over keys of one slot), so its hash tag is the stream key's own tag, or the
+    /// whole stream key when it has none. Channel names hold no braces; a prefix may.
+    fn idempotency_key(&self, stream_key: &str, key: &str) -> String {
+        let tag = hash_tag(stream_key).unwrap_or(stream_key);
+        format!("{{{tag}}}#idem:{key}")
+    }
+
     async fn tail_conn(&self, state: &mut TailState) -> Result<MultiplexedConnection, StoreError> {
         if let Some(conn) = &state.conn {
             return Ok(conn.clone());
@@ -420,12 +518,61 @@ impl RedisStore {
     }
 }
 
+/// The part of `key` Redis Cluster hashes, when it is not the whole key: what lies between the
+/// first `{` and the next `}`, if that is not empty.
+fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let len = key[open + 1..].find('}')?;
+    (len > 0).then(|| &key[open + 1..open + 1 + len])
+}
+
+/// Refuses a Redis older than 7.0: trim detection reads `XINFO STREAM` fields 7.0 added. On a
+/// cluster `INFO` answers for every node, and every node must do.
+async fn check_version(conn: &mut impl redis::aio::ConnectionLike) -> Result<(), StoreError> {
+    let info: Value = redis::cmd("INFO").arg("server").query_async(conn).await?;
+    let texts: Vec<&Value> = match &info {
+        Value::Map(nodes) => nodes.iter().map(|(_, v)| v).collect(),
+        one => vec![one],
+    };
+    for text in texts {
+        let text = match text {
+            Value::VerbatimString { text, .. } => Some(text.as_str()),
+            other => self::text(other),
+        };
+        let version = text
+            .unwrap_or("")
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .map(str::trim)
+            .unwrap_or("");
+        let major: u32 = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if major < 7 {
+            return Err(StoreError::Unsupported(format!(
+                "Redis {} is too old: tidings needs Redis 7.0 or newer (it reads the XINFO STREAM fields \
+                 entries-added and max-deleted-entry-id, which tell it when history was trimmed)",
+                if version.is_empty() {
+                    "(version unknown)"
+                } else {
+                    version
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn random_node_id() -> String {
     use rand::Rng;
     let n: u64 = rand::rng().random();
     format!("{n:016x}")
 }
 
+/// The id of the newest entry of the stream at `key` (the wake stream's; its entries carry no
+/// event fields, so only ids are read).
 async fn last_entry_id(conn: &mut Conn, key: &str) -> Result<StreamId, StoreError> {
     let v: Value = redis::cmd("XREVRANGE")
         .arg(key)
@@ -435,7 +582,13 @@ async fn last_entry_id(conn: &mut Conn, key: &str) -> Result<StreamId, StoreErro
         .arg(1)
         .query_async(conn)
         .await?;
-    Ok(parse_entries(key, v)?.last().map_or(StreamId::ZERO, |e| e.id))
+    match v {
+        Value::Array(items) => match items.first() {
+            Some(Value::Array(parts)) if !parts.is_empty() => parse_id(key, &parts[0]),
+            _ => Ok(StreamId::ZERO),
+        },
+        _ => Ok(StreamId::ZERO),
+    }
 }
 
 fn text(v: &Value) -> Option<&str> {
@@ -466,15 +619,23 @@ struct StreamState {
     max_deleted: StreamId,
     oldest: Option<StreamId>,
     removed: bool,
+    epoch: Option<Epoch>,
+}
+
+/// Reads an epoch as the scripts return it (`''` for none). A group name that is not an epoch
+/// tidings wrote counts as none.
+fn parse_epoch(v: &Value) -> Option<Epoch> {
+    text(v).and_then(|t| t.parse().ok())
 }
 
 impl StreamState {
-    /// Parses `[last, max_deleted, first or "", removed]`.
+    /// Parses `[last, max_deleted, first or "", removed, epoch or ""]`.
     fn parse(channel: &str, parts: &[Value]) -> Result<StreamState, StoreError> {
-        let [last, max_deleted, first, removed] = parts else {
+        let [last, max_deleted, first, removed, epoch] = parts else {
             return Err(malformed(channel, "?", "stream state has the wrong length"));
         };
         Ok(StreamState {
+            epoch: parse_epoch(epoch),
             last: parse_id(channel, last)?,
             max_deleted: parse_id(channel, max_deleted)?,
             oldest: match text(first) {
@@ -508,7 +669,9 @@ fn predecessor(id: StreamId) -> StreamId {
     }
 }
 
-/// Parses an `XRANGE`-shaped reply: `[[id, [field, value, …]], …]`.
+/// Parses an `XRANGE`-shaped reply: `[[id, [field, value, …]], …]`. An entry without tidings'
+/// fields, or whose data is not JSON, keeps its place as [`Entry::unreadable`] (and is logged):
+/// readers move past it, so no single entry can stall a channel.
 fn parse_entries(channel: &str, v: Value) -> Result<Vec<Entry>, StoreError> {
     let items = match v {
         Value::Array(items) => items,
@@ -533,16 +696,28 @@ fn parse_entries(channel: &str, v: Value) -> Result<Vec<Entry>, StoreError> {
             }
         }
         let (Some(event), Some(data)) = (event, data) else {
-            return Err(malformed(
+            super::skip::note(
                 channel,
-                &id.to_string(),
-                "missing field e (event) or d (data)",
-            ));
+                &id,
+                "no field e (event) or d (data): not written by tidings",
+            );
+            out.push(Entry::unreadable(id));
+            continue;
         };
+        let Some(data) = crate::envelope::one_line_json(data) else {
+            super::skip::note(channel, &id, "field d (data) is not JSON");
+            out.push(Entry::unreadable(id));
+            continue;
+        };
+        if event.is_empty() {
+            super::skip::note(channel, &id, "field e (event) is empty");
+            out.push(Entry::unreadable(id));
+            continue;
+        }
         out.push(Entry {
             id,
             event: Arc::from(event),
-            data: Arc::from(crate::envelope::one_line_json(data).as_ref()),
+            data: Arc::from(data.as_ref()),
         });
     }
     Ok(out)
@@ -558,41 +733,63 @@ impl Store for RedisStore {
         channel: &'a Channel,
         event: &'a str,
         data: &'a str,
-    ) -> BoxFuture<'a, Result<StreamId, StoreError>> {
+        opts: AppendOptions<'a>,
+    ) -> BoxFuture<'a, Result<Appended, StoreError>> {
         async move {
             let key = self.key(channel);
-            let mut conn = self.conn.clone();
-            // Sized up front: at a few hundred thousand appends a second, growing the buffer
-            // shows up in profiles.
-            let mut xadd = redis::Cmd::with_capacity(10, key.len() + event.len() + data.len() + 48);
-            xadd.arg("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.retention.max_len)
-                .arg("*")
-                .arg("e")
-                .arg(event)
-                .arg("d")
-                .arg(data);
-            let id: Value = match (self.retention.ttl, &self.batcher) {
-                (None, Some(batcher)) => batcher.send(xadd).await?,
-                (None, None) => xadd.query_async(&mut conn).await?,
-                // XADD and PEXPIRE stay one MULTI, outside the batches.
-                (Some(ttl), _) => {
-                    let (id,): (Value,) = redis::pipe()
-                        .atomic()
-                        .add_command(xadd)
-                        .cmd("PEXPIRE")
-                        .arg(&key)
-                        .arg(ttl.as_millis() as u64)
-                        .ignore()
-                        .query_async(&mut conn)
-                        .await?;
-                    id
+            if self.retention.ttl.is_none() && opts.idempotency_key.is_none() {
+                // The common case is one pipelined XADD. NOMKSTREAM leaves a missing stream
+                // alone: it is created by the script below, with its epoch.
+                // Sized up front: at a few hundred thousand appends a second, growing the buffer
+                // shows up in profiles.
+                let mut xadd = redis::Cmd::with_capacity(11, key.len() + event.len() + data.len() + 58);
+                xadd.arg("XADD")
+                    .arg(&key)
+                    .arg("NOMKSTREAM")
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(self.retention.max_len)
+                    .arg("*")
+                    .arg("e")
+                    .arg(event)
+                    .arg("d")
+                    .arg(data);
+                let id: Value = match &self.batcher {
+                    Some(batcher) => batcher.send(xadd).await?,
+                    None => xadd.query_async(&mut self.conn.clone()).await?,
+                };
+                if id != Value::Nil {
+                    return Ok(Appended {
+                        id: parse_id(channel.as_str(), &id)?,
+                        duplicate: false,
+                    });
                 }
+            }
+            let mut invocation = self.append.prepare_invoke();
+            invocation.key(&key);
+            if let Some(k) = opts.idempotency_key {
+                invocation.key(self.idempotency_key(&key, k));
+            }
+            let ttl_ms = self.retention.ttl.map_or(0, |t| t.as_millis().max(1) as u64);
+            invocation
+                .arg(Epoch::random().to_string())
+                .arg(self.retention.max_len)
+                .arg(event)
+                .arg(data)
+                .arg(ttl_ms)
+                .arg(opts.idempotency_window.as_millis().max(1) as u64);
+            let reply: Vec<Value> = invocation.invoke_async(&mut self.conn.clone()).await?;
+            let [id, duplicate] = reply.as_slice() else {
+                return Err(malformed(
+                    channel.as_str(),
+                    "?",
+                    "append reply has the wrong length",
+                ));
             };
-            parse_id(channel.as_str(), &id)
+            Ok(Appended {
+                id: parse_id(channel.as_str(), id)?,
+                duplicate: matches!(duplicate, Value::Int(1)),
+            })
         }
         .boxed()
     }
@@ -602,10 +799,8 @@ impl Store for RedisStore {
         channel: &'a Channel,
         range: Range,
         limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>> {
+    ) -> BoxFuture<'a, Result<History, StoreError>> {
         async move {
-            let key = self.key(channel);
-            let mut conn = self.conn.clone();
             let (cmd, start, end, reverse) = match range {
                 Range::Latest => ("XREVRANGE", "+".to_string(), "-".to_string(), true),
                 Range::After(id) => ("XRANGE", format!("({id}"), "+".to_string(), false),
@@ -616,21 +811,34 @@ impl Store for RedisStore {
             if matches!(range, Range::Before(id) if id == StreamId::ZERO)
                 || matches!(range, Range::After(id) if id == max)
             {
-                return Ok(Vec::new());
+                let epoch = self.position(channel).await?.epoch;
+                return Ok(History {
+                    entries: Vec::new(),
+                    epoch,
+                });
             }
-            let v: Value = redis::cmd(cmd)
-                .arg(&key)
+            let v: Value = self
+                .history
+                .key(self.key(channel))
+                .arg(cmd)
                 .arg(start)
                 .arg(end)
-                .arg("COUNT")
                 .arg(limit)
-                .query_async(&mut conn)
+                .invoke_async(&mut self.conn.clone())
                 .await?;
-            let mut entries = parse_entries(channel.as_str(), v)?;
+            let name = channel.as_str();
+            let Value::Array(mut parts) = v else {
+                return Err(malformed(name, "?", "history reply is not an array"));
+            };
+            if parts.len() != 2 {
+                return Err(malformed(name, "?", "history reply has the wrong length"));
+            }
+            let mut entries = parse_entries(name, parts.pop().unwrap_or(Value::Nil))?;
+            let epoch = parse_epoch(&parts[0]);
             if reverse {
                 entries.reverse();
             }
-            Ok(entries)
+            Ok(History { entries, epoch })
         }
         .boxed()
     }
@@ -638,17 +846,17 @@ impl Store for RedisStore {
     fn replay<'a>(
         &'a self,
         channel: &'a Channel,
-        after: StreamId,
+        after: Position,
         limit: usize,
     ) -> BoxFuture<'a, Result<Replay, StoreError>> {
         async move {
-            let mut conn = self.conn.clone();
             let v: Value = self
                 .replay
                 .key(self.key(channel))
-                .arg(after.to_string())
+                .arg(after.id.to_string())
                 .arg(limit)
-                .invoke_async(&mut conn)
+                .arg(after.epoch.map_or(String::new(), |e| e.to_string()))
+                .invoke_async(&mut self.conn.clone())
                 .await?;
             let name = channel.as_str();
             let Value::Array(mut parts) = v else {
@@ -658,48 +866,52 @@ impl Store for RedisStore {
                 // No stream: a cursor past zero points into history that no longer exists.
                 return Ok(Replay {
                     entries: Vec::new(),
-                    trimmed: (after > StreamId::ZERO).then_some(Trimmed {
+                    trimmed: (after.id > StreamId::ZERO).then_some(Trimmed {
                         oldest: None,
-                        resume_from: after,
+                        resume_from: after.id,
+                        reason: super::Lost::Trimmed,
                     }),
+                    epoch: None,
                 });
             }
-            if parts.len() != 5 {
+            if parts.len() != 6 {
                 return Err(malformed(name, "?", "replay reply has the wrong length"));
             }
-            let entries = parse_entries(name, parts.pop().unwrap_or(Value::Nil))?;
+            let page = parts.pop().unwrap_or(Value::Nil);
             let state = StreamState::parse(name, &parts)?;
-            let (last, oldest) = (state.last, state.oldest);
-            let removed_upto = state.removed_upto();
-            let trimmed = if after > last {
-                Some(Trimmed {
-                    oldest,
-                    resume_from: last,
-                })
-            } else if removed_upto > after {
-                Some(Trimmed {
-                    oldest,
-                    resume_from: removed_upto,
-                })
-            } else {
-                None
-            };
-            Ok(Replay { entries, trimmed })
+            let trimmed = check_resume(after, state.epoch, state.last, state.oldest, state.removed_upto());
+            Ok(Replay {
+                entries: parse_entries(name, page)?,
+                trimmed,
+                epoch: state.epoch,
+            })
         }
         .boxed()
     }
 
-    fn last_id<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<StreamId, StoreError>> {
+    fn position<'a>(&'a self, channel: &'a Channel) -> BoxFuture<'a, Result<Position, StoreError>> {
         async move {
-            let mut conn = self.conn.clone();
-            last_entry_id(&mut conn, &self.key(channel)).await
+            let v: Vec<Value> = self
+                .position
+                .key(self.key(channel))
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            match v.as_slice() {
+                [] => Ok(Position::ZERO),
+                [id, epoch] => Ok(Position::new(parse_id(channel.as_str(), id)?, parse_epoch(epoch))),
+                _ => Err(malformed(
+                    channel.as_str(),
+                    "?",
+                    "position reply has the wrong length",
+                )),
+            }
         }
         .boxed()
     }
 
     fn tail<'a>(
         &'a self,
-        positions: &'a [(Channel, StreamId)],
+        positions: &'a [(Channel, Position)],
         wait: Duration,
         count: usize,
     ) -> BoxFuture<'a, Result<Vec<TailBatch>, StoreError>> {
@@ -719,7 +931,7 @@ impl Store for RedisStore {
             }
             cmd.arg(&self.wake_key);
             for (_, pos) in positions {
-                cmd.arg(pos.to_string());
+                cmd.arg(pos.id.to_string());
             }
             cmd.arg(state.wake_pos.to_string());
             let reply: Value = match cmd.query_async(&mut conn).await {
@@ -766,12 +978,13 @@ impl Store for RedisStore {
                 let Some(&i) = key.strip_prefix(&self.prefix).and_then(|name| index.get(name)) else {
                     continue;
                 };
-                let channel = &positions[i].0;
+                let (channel, pos) = &positions[i];
                 let entries = parse_entries(channel.as_str(), entries_v)?;
                 if !entries.is_empty() {
                     batches.push(TailBatch {
                         channel: channel.clone(),
                         entries,
+                        epoch: pos.epoch,
                         gap: false,
                     });
                 }
@@ -828,7 +1041,7 @@ impl RedisStore {
     /// re-reads from its own cursor, which answers exactly.
     async fn check_gaps(
         &self,
-        positions: &[(Channel, StreamId)],
+        positions: &[(Channel, Position)],
         index: &HashMap<&str, usize>,
         batches: &mut [TailBatch],
     ) -> Result<(), StoreError> {
@@ -837,7 +1050,7 @@ impl RedisStore {
         }
         let starts: Vec<StreamId> = batches
             .iter()
-            .map(|batch| positions[index[batch.channel.as_str()]].1)
+            .map(|batch| positions[index[batch.channel.as_str()]].1.id)
             .collect();
         let states: Vec<Value> = match &self.conn {
             Conn::Single(_) => {
@@ -876,12 +1089,15 @@ impl RedisStore {
             }
         };
         for ((batch, pos), state) in batches.iter_mut().zip(starts).zip(states) {
-            batch.gap = match state {
-                Value::Array(parts) if parts.len() == 4 => {
-                    StreamState::parse(batch.channel.as_str(), &parts)?.removed_upto() > pos
+            // `{0}`: the entry at the position is still there, so the batch follows on from it
+            // in the same history, and keeps the epoch it was given.
+            if let Value::Array(parts) = state {
+                if parts.len() == 5 {
+                    let state = StreamState::parse(batch.channel.as_str(), &parts)?;
+                    batch.gap = state.removed_upto() > pos;
+                    batch.epoch = state.epoch;
                 }
-                _ => false,
-            };
+            }
         }
         Ok(())
     }
@@ -922,7 +1138,7 @@ impl RedisStore {
     async fn tail_keyspace(
         &self,
         ks: &keyspace::Listener,
-        positions: &[(Channel, StreamId)],
+        positions: &[(Channel, Position)],
         wait: Duration,
         count: usize,
     ) -> Result<Vec<TailBatch>, StoreError> {
@@ -977,7 +1193,7 @@ impl RedisStore {
     /// batch is contiguous; otherwise the trim state decides ([`RedisStore::check_gaps`]).
     async fn read_positions(
         &self,
-        positions: &[(Channel, StreamId)],
+        positions: &[(Channel, Position)],
         targets: &[usize],
         count: usize,
         signals: &keyspace::Signals,
@@ -986,6 +1202,7 @@ impl RedisStore {
         let mut reads = Vec::with_capacity(targets.len());
         for &i in targets {
             let (channel, pos) = &positions[i];
+            let pos = &pos.id;
             let mut cmd = redis::cmd("XRANGE");
             cmd.arg(self.key(channel));
             if *pos == StreamId::ZERO {
@@ -999,7 +1216,8 @@ impl RedisStore {
         let mut batches = Vec::new();
         let mut suspects = Vec::new();
         for (&i, reply) in targets.iter().zip(replies) {
-            let (channel, pos) = &positions[i];
+            let (channel, start) = &positions[i];
+            let pos = &start.id;
             let mut entries = parse_entries(channel.as_str(), reply)?;
             let contiguous = *pos != StreamId::ZERO && entries.first().map(|e| e.id) == Some(*pos);
             if contiguous {
@@ -1014,6 +1232,7 @@ impl RedisStore {
             let batch = TailBatch {
                 channel: channel.clone(),
                 entries,
+                epoch: start.epoch,
                 gap: false,
             };
             if contiguous {
