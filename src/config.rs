@@ -154,6 +154,9 @@ pub struct Config {
     /// Redis that does not answer at start (with backoff, logging each attempt), before it fails.
     /// Zero tries once. Default 30 s.
     pub redis_wait: Duration,
+    /// Appends that may wait for Redis at once, and their bytes; beyond either, an emit answers
+    /// 503 `store_busy` at once. Default 10,000 and 64 MiB.
+    pub redis_max_pending: (usize, usize),
     /// How long an emit's idempotency key is remembered per channel: a retry with the same key
     /// within it stores nothing and returns the first id. Default 5 minutes.
     pub idempotency_window: Duration,
@@ -201,6 +204,7 @@ impl std::fmt::Debug for Config {
             .field("redis_timeout", &self.redis_timeout)
             .field("redis_tail", &self.redis_tail)
             .field("redis_wait", &self.redis_wait)
+            .field("redis_max_pending", &self.redis_max_pending)
             .field("idempotency_window", &self.idempotency_window)
             .field("retention", &self.retention)
             .field("emit_key", &self.emit_key.as_ref().map(|_| "<set>"))
@@ -225,6 +229,7 @@ impl Default for Config {
             redis_timeout: Duration::from_secs(2),
             redis_tail: TailMode::Auto,
             redis_wait: Duration::from_secs(30),
+            redis_max_pending: (10_000, 64 << 20),
             idempotency_window: crate::store::DEFAULT_IDEMPOTENCY_WINDOW,
             retention: Retention::default(),
             emit_key: None,
@@ -262,6 +267,12 @@ impl Config {
     /// Sets [`Config::redis_wait`].
     pub fn redis_wait(mut self, wait: Duration) -> Self {
         self.redis_wait = wait;
+        self
+    }
+
+    /// Sets [`Config::redis_max_pending`].
+    pub fn redis_max_pending(mut self, appends: usize, bytes: usize) -> Self {
+        self.redis_max_pending = (appends.max(1), bytes.max(1));
         self
     }
 

@@ -95,6 +95,16 @@ impl ApiError {
     }
 
     fn store(e: StoreError) -> Self {
+        if let StoreError::Busy { max_count, .. } = &e {
+            tracing::warn!(error = %e, "refusing an emit: too many are waiting for Redis");
+            return ApiError::limit(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_busy",
+                format!("{e}; nothing was stored (--redis-max-pending)"),
+                *max_count,
+            )
+            .retry_after_secs(1);
+        }
         tracing::error!(error = %e, "store failed");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

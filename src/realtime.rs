@@ -130,7 +130,8 @@ impl Tidings {
                     .key_prefix(config.key_prefix.clone())
                     .retention(config.retention.clone())
                     .timeout(config.redis_timeout)
-                    .tail_mode(config.redis_tail);
+                    .tail_mode(config.redis_tail)
+                    .max_pending(config.redis_max_pending.0, config.redis_max_pending.1);
                 Arc::new(connect_redis(opts, config.redis_wait).await?)
             }
             None => Arc::new(MemoryStore::new(config.retention.clone())),

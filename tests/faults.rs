@@ -312,3 +312,82 @@ async fn redis_killed_and_restarted_with_aof_loses_no_acknowledged_event() {
     }
     assert_eq!(got, acked, "exactly once, in order");
 }
+
+/// Redis stalls (`CLIENT PAUSE … WRITE`): appends waiting for it are bounded, emits beyond the
+/// bound answer 503 `store_busy` at once instead of piling up, and every emit answered 200 is
+/// stored when Redis resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_bounds_the_appends_waiting_for_it() {
+    let redis = RedisServer::start();
+    let node = Spawn::new()
+        .redis(&redis.url())
+        .args(&["--redis-max-pending", "20"])
+        .start()
+        .await;
+    emit(&node, "busy", "warm-up").await;
+    let mut conn = redis.client().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("WRITE")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let (http, url) = (http.clone(), node.url("/emit"));
+            tokio::spawn(async move {
+                let r = http
+                    .post(url)
+                    .bearer_auth(EMIT_KEY)
+                    .json(&serde_json::json!({ "channel": "busy", "event": "chat.message", "data": msg(&format!("e{i}")) }))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let body: Value = r.json().await.unwrap_or_default();
+                (i, status, body, started.elapsed())
+            })
+        })
+        .collect();
+    let mut acked = Vec::new();
+    let mut busy = 0;
+    for t in tasks {
+        let (i, status, body, took) = t.await.unwrap();
+        match status {
+            200 => acked.push(format!("e{i}")),
+            503 if body["error"] == "store_busy" => {
+                busy += 1;
+                assert!(
+                    took < Duration::from_millis(1000),
+                    "refused at once, not after the stall: {took:?}"
+                );
+                assert!(body["message"].as_str().unwrap().contains("20"), "{body}");
+            }
+            other => panic!("{other} {body}"),
+        }
+    }
+    assert!(busy >= 150, "at most the bound waited: {busy} of 200 refused");
+    assert!(
+        !acked.is_empty(),
+        "the ones within the bound were stored once Redis resumed"
+    );
+    let r: Value = reqwest::get(node.url("/history?channel=busy&limit=1000"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut held: Vec<String> = r["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"]["text"].as_str().unwrap().to_string())
+        .filter(|t| t != "warm-up")
+        .collect();
+    held.sort();
+    acked.sort();
+    assert_eq!(held, acked, "exactly the acknowledged emits are stored");
+}

@@ -105,6 +105,12 @@ struct ServeArgs {
     /// (each attempt is logged); 0 tries once.
     #[arg(long, env = "TIDINGS_REDIS_WAIT", default_value_t = 30)]
     redis_wait: u64,
+    /// Emits that may wait for Redis at once (a stalled Redis); beyond, 503 store_busy at once.
+    #[arg(long, env = "TIDINGS_REDIS_MAX_PENDING", default_value_t = 10_000)]
+    redis_max_pending: usize,
+    /// Bytes of payload those emits may hold.
+    #[arg(long, env = "TIDINGS_REDIS_MAX_PENDING_BYTES", default_value_t = 64 << 20)]
+    redis_max_pending_bytes: usize,
     /// Seconds an emit's Idempotency-Key is remembered per channel: a retry with the same key
     /// within it stores nothing and answers the first id.
     #[arg(long, env = "TIDINGS_IDEMPOTENCY_WINDOW", default_value_t = 300)]
@@ -304,6 +310,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .key_prefix(args.key_prefix)
         .redis_tail(args.redis_tail)
         .redis_wait(Duration::from_secs(args.redis_wait))
+        .redis_max_pending(args.redis_max_pending, args.redis_max_pending_bytes)
         .idempotency_window(Duration::from_secs(args.idempotency_window.max(1)))
         .limits(limits);
     if let Some(url) = &args.redis {

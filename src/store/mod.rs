@@ -318,6 +318,19 @@ pub enum StoreError {
     /// Redis answered with an error or the connection failed.
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
+    /// Too many appends are already waiting for the store (a stalled Redis): refused at once
+    /// rather than queued without bound. Nothing was stored; retry later.
+    #[error("{waiting} appends ({bytes} bytes) are already waiting for Redis, the most allowed ({max_count} appends, {max_bytes} bytes); retry later")]
+    Busy {
+        /// Appends waiting.
+        waiting: usize,
+        /// Their bytes.
+        bytes: usize,
+        /// The bound on appends.
+        max_count: usize,
+        /// The bound on bytes.
+        max_bytes: usize,
+    },
     /// The store cannot be used (a Redis too old, say); the message says what is needed.
     #[error("{0}")]
     Unsupported(String),
@@ -340,6 +353,7 @@ impl StoreError {
             StoreError::Redis(e) => {
                 e.is_timeout() || e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal()
             }
+            StoreError::Busy { .. } => true,
             StoreError::Malformed { .. } | StoreError::Unsupported(_) => false,
         }
     }

@@ -223,6 +223,11 @@ pub struct RedisOptions {
     pub timeout: Duration,
     /// How live entries are found. Default [`TailMode::Auto`].
     pub tail_mode: TailMode,
+    /// Appends that may wait for Redis at once (sent, or queued to be); beyond, an append fails
+    /// at once with [`StoreError::Busy`]. Default 10,000.
+    pub max_pending: usize,
+    /// Bytes (event names and payloads) those appends may hold. Default 64 MiB.
+    pub max_pending_bytes: usize,
 }
 
 impl RedisOptions {
@@ -234,7 +239,17 @@ impl RedisOptions {
             retention: Retention::default(),
             timeout: Duration::from_secs(2),
             tail_mode: TailMode::Auto,
+            max_pending: 10_000,
+            max_pending_bytes: 64 << 20,
         }
+    }
+
+    /// Sets [`RedisOptions::max_pending`] and [`RedisOptions::max_pending_bytes`] (each at
+    /// least 1).
+    pub fn max_pending(mut self, appends: usize, bytes: usize) -> Self {
+        self.max_pending = appends.max(1);
+        self.max_pending_bytes = bytes.max(1);
+        self
     }
 
     /// Where [`RedisOptions::url`] points, for logs and errors: `host:port` (or the socket path)
@@ -344,6 +359,53 @@ pub struct RedisStore {
     /// One server: appends leave in pipelines ([`batch`]). `None` on a cluster, where commands
     /// are routed one by one.
     batcher: Option<batch::Batcher>,
+    /// Appends waiting for Redis, bounded.
+    pending: Pending,
+}
+
+/// Counts the appends waiting for Redis and their bytes, and refuses one more beyond the bounds:
+/// a stalled Redis (`CLIENT PAUSE`, a long `DEBUG SLEEP`, a slow fsync) must not turn into a
+/// queue that grows until memory runs out.
+struct Pending {
+    count: std::sync::atomic::AtomicUsize,
+    bytes: std::sync::atomic::AtomicUsize,
+    max_count: usize,
+    max_bytes: usize,
+}
+
+/// One append's place among the pending ones; released on drop (the reply came, or the caller
+/// gave up).
+struct PendingSlot<'a> {
+    pending: &'a Pending,
+    bytes: usize,
+}
+
+impl Pending {
+    fn enter(&self, bytes: usize) -> Result<PendingSlot<'_>, StoreError> {
+        use std::sync::atomic::Ordering::AcqRel;
+        let count = self.count.fetch_add(1, AcqRel) + 1;
+        let total = self.bytes.fetch_add(bytes, AcqRel) + bytes;
+        let slot = PendingSlot { pending: self, bytes };
+        // One append alone is always let through, however large (the payload limit bounds it).
+        if count > 1 && (count > self.max_count || total > self.max_bytes) {
+            drop(slot);
+            return Err(StoreError::Busy {
+                waiting: count - 1,
+                bytes: total - bytes,
+                max_count: self.max_count,
+                max_bytes: self.max_bytes,
+            });
+        }
+        Ok(slot)
+    }
+}
+
+impl Drop for PendingSlot<'_> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::AcqRel;
+        self.pending.count.fetch_sub(1, AcqRel);
+        self.pending.bytes.fetch_sub(self.bytes, AcqRel);
+    }
 }
 
 struct TailState {
@@ -460,6 +522,12 @@ impl RedisStore {
             append: redis::Script::new(APPEND_LUA),
             tail: tokio::sync::Mutex::new(TailState { conn: None, wake_pos }),
             timeout: opts.timeout,
+            pending: Pending {
+                count: std::sync::atomic::AtomicUsize::new(0),
+                bytes: std::sync::atomic::AtomicUsize::new(0),
+                max_count: opts.max_pending,
+                max_bytes: opts.max_pending_bytes,
+            },
             keyspace,
             known: tokio::sync::Mutex::new(HashSet::new()),
             woken: tokio::sync::Notify::new(),
@@ -736,6 +804,7 @@ impl Store for RedisStore {
         opts: AppendOptions<'a>,
     ) -> BoxFuture<'a, Result<Appended, StoreError>> {
         async move {
+            let _slot = self.pending.enter(event.len() + data.len())?;
             let key = self.key(channel);
             if self.retention.ttl.is_none() && opts.idempotency_key.is_none() {
                 // The common case is one pipelined XADD. NOMKSTREAM leaves a missing stream
