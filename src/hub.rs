@@ -46,17 +46,17 @@ struct Subscriber {
 }
 
 struct Watched {
-    /// The last entry handed out for this channel, and the epoch of its history.
-    pos: Position,
-    subs: Vec<Arc<Subscriber>>,
+    /// The last entry handed out for this channel, and the epoch of its history; `None` while
+    /// the first subscribers read where the channel ends (the tail leaves it alone until then).
+    pos: Option<Position>,
+    /// By id: a subscriber leaves in O(1), so dropping many at once is not quadratic.
+    subs: HashMap<u64, Arc<Subscriber>>,
 }
 
 struct Inner {
     store: Arc<dyn Store>,
+    /// Only ever locked for map work, never across a store round trip.
     channels: Mutex<HashMap<Channel, Watched>>,
-    /// Serializes subscribe and the removal of unwatched channels, so a channel is never removed
-    /// while a subscriber is between looking it up and registering on it.
-    registry: tokio::sync::Mutex<()>,
     queue: usize,
     next_id: AtomicU64,
     known: Known,
@@ -94,9 +94,17 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         let mut map = lock(&self.hub.channels);
         for channel in &self.channels {
-            if let Some(w) = map.get_mut(channel) {
-                w.subs.retain(|s| s.id != self.id);
-            }
+            leave(&mut map, channel, self.id);
+        }
+    }
+}
+
+/// Takes subscriber `id` off `channel`, and forgets the channel when no one is left on it.
+fn leave(map: &mut HashMap<Channel, Watched>, channel: &Channel, id: u64) {
+    if let Some(w) = map.get_mut(channel) {
+        w.subs.remove(&id);
+        if w.subs.is_empty() {
+            map.remove(channel);
         }
     }
 }
@@ -114,7 +122,6 @@ impl Hub {
         let inner = Arc::new(Inner {
             store,
             channels: Mutex::new(HashMap::new()),
-            registry: tokio::sync::Mutex::new(()),
             queue: queue.max(1),
             next_id: AtomicU64::new(1),
             known,
@@ -124,6 +131,11 @@ impl Hub {
     }
 
     /// Registers a subscriber on `channels`.
+    ///
+    /// Registering is one short critical section; a channel nobody watched yet has its end read
+    /// from the store afterwards, outside any lock, so a reconnect storm's subscribes do not
+    /// queue behind each other's round trips. Until a channel's end is known the tail leaves it
+    /// alone, so nothing after that end is missed.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot say where a newly watched channel ends.
@@ -138,57 +150,57 @@ impl Hub {
             channels: channels.to_vec(),
             kicked: kicked.clone(),
         });
-        let guard = inner.registry.lock().await;
-        let missing: Vec<Channel> = {
+        let mut start: Vec<(Channel, Option<Position>)> = {
             let mut map = lock(&inner.channels);
-            map.retain(|_, w| !w.subs.is_empty());
             channels
                 .iter()
-                .filter(|c| !map.contains_key(*c))
-                .cloned()
+                .map(|channel| {
+                    let w = map.entry(channel.clone()).or_insert_with(|| Watched {
+                        pos: None,
+                        subs: HashMap::new(),
+                    });
+                    w.subs.insert(id, me.clone());
+                    (channel.clone(), w.pos)
+                })
                 .collect()
         };
-        let mut fresh = Vec::with_capacity(missing.len());
-        for channel in missing {
-            let pos = inner.store.position(&channel).await?;
-            fresh.push((channel, pos));
-        }
-        let woke = !fresh.is_empty();
-        let start = {
-            let mut map = lock(&inner.channels);
-            for (channel, pos) in fresh {
-                map.insert(
-                    channel,
-                    Watched {
-                        pos,
-                        subs: Vec::new(),
-                    },
-                );
-            }
-            let mut start = Vec::with_capacity(channels.len());
-            for channel in channels {
-                if let Some(w) = map.get_mut(channel) {
-                    w.subs.push(me.clone());
-                    start.push((channel.clone(), w.pos));
-                }
-            }
-            start
-        };
-        if woke {
-            if let Err(e) = inner.store.wake().await {
-                tracing::warn!(error = %e, "could not wake the tail reader; new channels start within {TAIL_WAIT:?}");
-            }
-        }
-        drop(guard);
         drop(me);
-        Ok(Subscription {
+        // From here on, dropping `sub` (an error below) unregisters it.
+        let mut sub = Subscription {
             hub: inner.clone(),
             id,
             channels: channels.to_vec(),
             kicked,
             rx,
-            start,
-        })
+            start: Vec::new(),
+        };
+        let unknown: Vec<usize> = (0..start.len()).filter(|&i| start[i].1.is_none()).collect();
+        if !unknown.is_empty() {
+            let reads = unknown.iter().map(|&i| inner.store.position(&start[i].0));
+            let mut found = Vec::with_capacity(unknown.len());
+            for pos in futures_util::future::join_all(reads).await {
+                found.push(pos?);
+            }
+            {
+                let mut map = lock(&inner.channels);
+                for (&i, pos) in unknown.iter().zip(found) {
+                    // This subscriber is on the channel, so its entry is there. The first read
+                    // to land sets the position; later ones take it, so every subscriber of a
+                    // channel starts where the tail does.
+                    if let Some(w) = map.get_mut(&start[i].0) {
+                        start[i].1 = Some(*w.pos.get_or_insert(pos));
+                    }
+                }
+            }
+            if let Err(e) = inner.store.wake().await {
+                tracing::warn!(error = %e, "could not wake the tail reader; new channels start within {TAIL_WAIT:?}");
+            }
+        }
+        sub.start = start
+            .into_iter()
+            .map(|(c, pos)| (c, pos.unwrap_or(Position::ZERO)))
+            .collect();
+        Ok(sub)
     }
 
     /// Channels watched and subscribers registered, for `/health`.
@@ -196,7 +208,7 @@ impl Hub {
         let map = lock(&self.inner.channels);
         // One connection on several channels is one subscriber, listed under each channel.
         let subs: std::collections::HashSet<u64> =
-            map.values().flat_map(|w| w.subs.iter().map(|s| s.id)).collect();
+            map.values().flat_map(|w| w.subs.keys().copied()).collect();
         (map.len(), subs.len())
     }
 }
@@ -205,12 +217,9 @@ async fn tail_loop(hub: Weak<Inner>) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(inner) = hub.upgrade() else { return };
-        if let Ok(_guard) = inner.registry.try_lock() {
-            lock(&inner.channels).retain(|_, w| !w.subs.is_empty());
-        }
         let positions: Vec<(Channel, Position)> = lock(&inner.channels)
             .iter()
-            .map(|(c, w)| (c.clone(), w.pos))
+            .filter_map(|(c, w)| w.pos.map(|p| (c.clone(), p)))
             .collect();
         match inner.store.tail(&positions, TAIL_WAIT, TAIL_COUNT).await {
             Ok(batches) => {
@@ -230,12 +239,14 @@ async fn tail_loop(hub: Weak<Inner>) {
 fn dispatch(inner: &Inner, batches: Vec<TailBatch>) {
     let mut map = lock(&inner.channels);
     let mut dropped: Vec<Arc<Subscriber>> = Vec::new();
+    let mut emptied = false;
     for batch in batches {
         let Some(w) = map.get_mut(&batch.channel) else {
             continue;
         };
+        let Some(pos) = w.pos.as_mut() else { continue };
         // A channel first seen without a stream takes the epoch of the stream created since.
-        let replaced = batch.epoch != w.pos.epoch && w.pos.id > StreamId::ZERO;
+        let replaced = batch.epoch != pos.epoch && pos.id > StreamId::ZERO;
         if batch.gap || replaced {
             // Entries may be missing between our position and this batch: every subscriber of
             // the channel re-reads from its own cursor, which answers exactly.
@@ -244,22 +255,23 @@ fn dispatch(inner: &Inner, batches: Vec<TailBatch>) {
             } else {
                 tracing::warn!(channel = %batch.channel, "tail fell behind trimming; subscribers will resume from their cursors");
             }
-            dropped.append(&mut w.subs);
+            dropped.extend(w.subs.drain().map(|(_, s)| s));
+            emptied = true;
             if let Some(last) = batch.entries.last() {
-                w.pos = if replaced {
+                *pos = if replaced {
                     Position::new(last.id, batch.epoch)
                 } else {
-                    Position::new(w.pos.id.max(last.id), batch.epoch)
+                    Position::new(pos.id.max(last.id), batch.epoch)
                 };
             }
             continue;
         }
-        w.pos.epoch = batch.epoch;
+        pos.epoch = batch.epoch;
         for entry in batch.entries {
-            if entry.id <= w.pos.id {
+            if entry.id <= pos.id {
                 continue;
             }
-            w.pos.id = entry.id;
+            pos.id = entry.id;
             if w.subs.is_empty() {
                 continue;
             }
@@ -279,7 +291,7 @@ fn dispatch(inner: &Inner, batches: Vec<TailBatch>) {
                 entry,
                 epoch: batch.epoch,
             });
-            w.subs.retain(|s| match s.tx.try_send(delivery.clone()) {
+            w.subs.retain(|_, s| match s.tx.try_send(delivery.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     dropped.push(s.clone());
@@ -287,15 +299,21 @@ fn dispatch(inner: &Inner, batches: Vec<TailBatch>) {
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
+            emptied |= w.subs.is_empty();
         }
     }
+    // A dropped subscriber leaves every channel it watched: O(its channels), however many are
+    // dropped at once.
     for sub in dropped {
         sub.kicked.store(true, Ordering::Release);
         for channel in &sub.channels {
-            if let Some(w) = map.get_mut(channel) {
-                w.subs.retain(|s| s.id != sub.id);
-            }
+            leave(&mut map, channel, sub.id);
         }
+    }
+    // A channel whose subscribers all went (kicked, or queues closed) is forgotten; the
+    // subscribers' own drops would do it, but they may be gone already.
+    if emptied {
+        map.retain(|_, w| !w.subs.is_empty());
     }
 }
 
@@ -399,7 +417,6 @@ mod tests {
         let inner = Inner {
             store: Arc::new(MemoryStore::new(Retention::default().max_len(3))),
             channels: Mutex::new(HashMap::new()),
-            registry: tokio::sync::Mutex::new(()),
             queue: 8,
             next_id: AtomicU64::new(1),
             known,
@@ -412,7 +429,13 @@ mod tests {
             channels: vec![ch("x")],
             kicked: kicked.clone(),
         });
-        lock(&inner.channels).insert(ch("x"), Watched { pos, subs: vec![sub] });
+        lock(&inner.channels).insert(
+            ch("x"),
+            Watched {
+                pos: Some(pos),
+                subs: HashMap::from([(1, sub)]),
+            },
+        );
         (inner, rx, kicked)
     }
 
@@ -445,8 +468,8 @@ mod tests {
                 rx.recv().await.is_none(),
                 "nothing delivered across a gap; the queue is closed"
             );
-            let pos = lock(&inner.channels)[&ch("x")].pos;
-            assert_eq!(pos, Position::new(StreamId::new(9, 0), epoch));
+            // Its subscribers gone, the channel is forgotten: the next subscriber reads its end.
+            assert!(!lock(&inner.channels).contains_key(&ch("x")));
         }
     }
 
@@ -458,7 +481,7 @@ mod tests {
         assert!(!kicked.load(Ordering::Acquire));
         let d = rx.recv().await.unwrap();
         assert_eq!((d.entry.id, d.epoch), (StreamId::new(9, 0), e1));
-        assert_eq!(lock(&inner.channels)[&ch("x")].pos.epoch, e1);
+        assert_eq!(lock(&inner.channels)[&ch("x")].pos.unwrap().epoch, e1);
     }
 
     #[tokio::test]
@@ -474,10 +497,124 @@ mod tests {
         assert!(!kicked.load(Ordering::Acquire));
         assert_eq!(rx.recv().await.unwrap().entry.id, StreamId::new(4, 0));
         assert!(rx.try_recv().is_err(), "only the readable, known entry");
-        assert_eq!(lock(&inner.channels)[&ch("x")].pos.id, StreamId::new(4, 0));
+        assert_eq!(
+            lock(&inner.channels)[&ch("x")].pos.unwrap().id,
+            StreamId::new(4, 0)
+        );
         assert!(
             crate::store::skipped_entries() > before,
             "the unknown event is counted"
         );
+    }
+
+    /// The memory store, with `position` of channel `slow` held until `release` is notified.
+    struct SlowPosition {
+        inner: MemoryStore,
+        release: tokio::sync::Notify,
+    }
+
+    impl Store for SlowPosition {
+        fn kind(&self) -> &'static str {
+            "slow"
+        }
+        fn append<'a>(
+            &'a self,
+            c: &'a Channel,
+            e: &'a str,
+            d: &'a str,
+            o: crate::store::AppendOptions<'a>,
+        ) -> futures_util::future::BoxFuture<'a, Result<crate::store::Appended, StoreError>> {
+            self.inner.append(c, e, d, o)
+        }
+        fn history<'a>(
+            &'a self,
+            c: &'a Channel,
+            r: crate::store::Range,
+            n: usize,
+        ) -> futures_util::future::BoxFuture<'a, Result<crate::store::History, StoreError>> {
+            self.inner.history(c, r, n)
+        }
+        fn replay<'a>(
+            &'a self,
+            c: &'a Channel,
+            a: Position,
+            n: usize,
+        ) -> futures_util::future::BoxFuture<'a, Result<crate::store::Replay, StoreError>> {
+            self.inner.replay(c, a, n)
+        }
+        fn position<'a>(
+            &'a self,
+            c: &'a Channel,
+        ) -> futures_util::future::BoxFuture<'a, Result<Position, StoreError>> {
+            use futures_util::FutureExt;
+            async move {
+                if c.as_str() == "slow" {
+                    self.release.notified().await;
+                }
+                self.inner.position(c).await
+            }
+            .boxed()
+        }
+        fn tail<'a>(
+            &'a self,
+            p: &'a [(Channel, Position)],
+            w: Duration,
+            n: usize,
+        ) -> futures_util::future::BoxFuture<'a, Result<Vec<TailBatch>, StoreError>> {
+            self.inner.tail(p, w, n)
+        }
+        fn wake(&self) -> futures_util::future::BoxFuture<'_, Result<(), StoreError>> {
+            self.inner.wake()
+        }
+        fn ping(&self) -> futures_util::future::BoxFuture<'_, Result<(), StoreError>> {
+            self.inner.ping()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscribe_waiting_for_the_store_holds_up_no_other() {
+        let store = Arc::new(SlowPosition {
+            inner: MemoryStore::default(),
+            release: tokio::sync::Notify::new(),
+        });
+        let hub = Hub::start(store.clone(), 16, any());
+        let slow = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.subscribe(&[ch("slow")]).await.map(|s| s.start.clone()) }
+        });
+        tokio::task::yield_now().await;
+        // While the first waits for the store, others subscribe, to new channels and to the one
+        // it is reading.
+        for name in ["a", "b", "c"] {
+            let sub = tokio::time::timeout(Duration::from_secs(2), hub.subscribe(&[ch(name)]))
+                .await
+                .expect("not held up by the pending subscribe")
+                .unwrap();
+            assert_eq!(sub.start[0].1, Position::ZERO);
+        }
+        assert!(!slow.is_finished());
+        let id = add(&*store, &ch("slow"), "1").await;
+        store.release.notify_one();
+        let start = slow.await.unwrap().unwrap();
+        assert_eq!(start[0].1.id, id, "the end read after registering");
+    }
+
+    #[tokio::test]
+    async fn dropping_many_subscribers_at_once_is_not_quadratic() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let hub = Hub::start(store, 4, any());
+        let mut took = Vec::new();
+        for n in [2_000, 20_000] {
+            let mut subs = Vec::with_capacity(n);
+            for _ in 0..n {
+                subs.push(hub.subscribe(&[ch("x"), ch("y")]).await.unwrap());
+            }
+            let started = std::time::Instant::now();
+            drop(subs);
+            took.push(started.elapsed());
+            assert_eq!(hub.stats(), (0, 0));
+        }
+        // Ten times the subscribers: about ten times the time, not a hundred.
+        assert!(took[1] < took[0] * 40 + Duration::from_millis(100), "{took:?}");
     }
 }
