@@ -252,11 +252,13 @@ if [[ $QUICK == 1 ]]; then
   : "${FAN_SUBS:=100}" "${FAN_EVENTS:=500}" "${FAN_RATE:=500}"
   : "${BIG_SUBS:=300}" "${BIG_EVENTS:=40}" "${BIG_RATE:=40}"
   : "${DELIV_SUBS:=20}" "${DELIV_EVENTS:=1000}"
+  : "${STORM_SUBS:=200}" "${STORM_CHANNELS:=20}" "${STORM_EVENTS:=400}" "${STORM_MISSED:=200}"
 else
   : "${XADD_N:=200000}" "${EMIT_EVENTS:=200000}" "${INPROC_EVENTS:=400000}"
   : "${FAN_SUBS:=1000}" "${FAN_EVENTS:=20000}" "${FAN_RATE:=2000}"
   : "${BIG_SUBS:=10000}" "${BIG_EVENTS:=50}" "${BIG_RATE:=5}"
   : "${DELIV_SUBS:=200}" "${DELIV_EVENTS:=20000}"
+  : "${STORM_SUBS:=10000}" "${STORM_CHANNELS:=1000}" "${STORM_EVENTS:=4000}" "${STORM_MISSED:=2000}"
 fi
 EMIT_CONC=${EMIT_CONC:-64} INPROC_TASKS=${INPROC_TASKS:-1024}
 
@@ -283,6 +285,13 @@ scenario fan1k-memory memory -- --subscribers "$FAN_SUBS" --channels "$FAN_SUBS"
 scenario fan10k-memory memory -- --subscribers "$BIG_SUBS" --channels 1 --events "$BIG_EVENTS" \
   --rate "$BIG_RATE" --concurrency 4
 scenario deliver-memory memory -- --subscribers "$DELIV_SUBS" --channels 1 --events "$DELIV_EVENTS" --concurrency 16
+# A reconnect storm: every subscriber drops at once, misses STORM_MISSED events (spread over the
+# channels), and all reconnect at once with their cursors, as after a node restart behind a load
+# balancer; measured until the last one has its replay and tidings.ready.
+scenario storm-redis redis -- --subscribers "$STORM_SUBS" --channels "$STORM_CHANNELS" --events "$STORM_EVENTS" \
+  --storm-events "$STORM_MISSED" --concurrency 16
+scenario storm-memory memory -- --subscribers "$STORM_SUBS" --channels "$STORM_CHANNELS" --events "$STORM_EVENTS" \
+  --storm-events "$STORM_MISSED" --concurrency 16
 
 END_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 KEYSPACE=$(redis-cli -p "$REDIS_PORT" config get notify-keyspace-events | tail -n 1)
@@ -291,8 +300,8 @@ KEYSPACE=$(redis-cli -p "$REDIS_PORT" config get notify-keyspace-events | tail -
 GIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git status --porcelain -- src 2>/dev/null) ]]; then GIT="$GIT with uncommitted changes in src/"; fi
 export GIT REDIS_VERSION FD_NOTE START_LOAD END_LOAD KEYSPACE RUNS QUICK
-export EMIT_CONC INPROC_TASKS FAN_SUBS FAN_RATE BIG_SUBS BIG_RATE DELIV_SUBS
-export SIZES="xadd n=$XADD_N; emit events=$EMIT_EVENTS conc=$EMIT_CONC; inproc events=$INPROC_EVENTS tasks=$INPROC_TASKS; fan1k subs=$FAN_SUBS events=$FAN_EVENTS rate=$FAN_RATE/s; fan10k subs=$BIG_SUBS events=$BIG_EVENTS rate=$BIG_RATE/s; deliver subs=$DELIV_SUBS events=$DELIV_EVENTS"
+export EMIT_CONC INPROC_TASKS FAN_SUBS FAN_RATE BIG_SUBS BIG_RATE DELIV_SUBS STORM_SUBS STORM_CHANNELS STORM_MISSED
+export SIZES="xadd n=$XADD_N; emit events=$EMIT_EVENTS conc=$EMIT_CONC; inproc events=$INPROC_EVENTS tasks=$INPROC_TASKS; fan1k subs=$FAN_SUBS events=$FAN_EVENTS rate=$FAN_RATE/s; fan10k subs=$BIG_SUBS events=$BIG_EVENTS rate=$BIG_RATE/s; deliver subs=$DELIV_SUBS events=$DELIV_EVENTS; storm subs=$STORM_SUBS channels=$STORM_CHANNELS events=$STORM_EVENTS missed=$STORM_MISSED"
 python3 - "$RESULTS" <<'PY' | tee "$OUT/report.md"
 import json, os, statistics, sys
 
@@ -329,6 +338,8 @@ def fmt(v, unit=""):
         return f"{v:,.0f} B"
     if unit == "%":
         return f"{v:.0f} %"
+    if unit == "s":
+        return f"{v:.2f} s"
     return f"{v:,.0f}{unit}"
 
 cpu = open("/proc/cpuinfo").read()
@@ -349,6 +360,9 @@ BIG = f"{n('BIG_SUBS')} subs, 1 channel, {n('BIG_RATE')} emits/s"
 DEL = f"deliveries, {n('DELIV_SUBS')} subs, 1 channel"
 EMIT = f"HTTP emit, validated, {n('EMIT_CONC')} conc."
 INPROC = f"in-process typed emit, {n('INPROC_TASKS')} tasks"
+STORM = f"reconnect storm, {n('STORM_SUBS')} clients with cursors on {n('STORM_CHANNELS')} channels, {n('STORM_MISSED')} events missed"
+STORM_S = lambda r: r["result"]["storm"]["secs_to_last_ready"]
+STORM_CPU = lambda r: r["result"]["storm"]["server_cpu_secs"]
 
 p1 = med("xadd-p1", lambda r: r["result"]["requests_per_sec"])
 p16 = med("xadd-p16", lambda r: r["result"]["requests_per_sec"])
@@ -388,6 +402,10 @@ rows = [
      lambda v: v <= 10000, None),
     ("deliver-memory", f"{DEL}, memory (deliveries/s)", R("deliveries_per_sec"), "",
      "(≥ 300,000)", lambda v: v >= 300000, None),
+    ("storm-redis", f"{STORM}, Redis: until the last is ready", STORM_S, "s", "(information)", None, None),
+    ("storm-redis", f"{STORM}, Redis: tidings CPU in that time", STORM_CPU, "s", "(information)", None, None),
+    ("storm-memory", f"{STORM}, memory: until the last is ready", STORM_S, "s", "(information)", None, None),
+    ("storm-memory", f"{STORM}, memory: tidings CPU in that time", STORM_CPU, "s", "(information)", None, None),
 ]
 
 print("| scenario | median | target | ratio to ceiling | lost | duplicated | runs (ok/all: each run) |")

@@ -68,6 +68,12 @@ struct Args {
     /// Exit non-zero when any event was lost or duplicated.
     #[arg(long)]
     strict: bool,
+    /// A reconnect storm: after the first events are delivered, every subscriber drops its
+    /// connection, this many of the events are emitted while they are away, and all reconnect at
+    /// once with their cursors (as after a node restart behind a load balancer). Reports the
+    /// time until the last one is ready again and the server CPU it took (with --server-pid).
+    #[arg(long, default_value_t = 0)]
+    storm_events: u64,
 }
 
 fn main() -> Result<()> {
@@ -126,6 +132,16 @@ struct Shared {
     events: u64,
     prefix: String,
     ready: AtomicUsize,
+    /// Subscribers ready again after the storm, and when the last one was.
+    storm_ready: AtomicUsize,
+    storm_last_ready_ns: AtomicU64,
+    /// Subscribers whose connection is closed for the storm.
+    storm_away: AtomicUsize,
+    /// 0 before the storm, 1 while subscribers stay away, 2 once they reconnect.
+    storm: tokio::sync::watch::Receiver<u8>,
+    /// Events from this one on are emitted while subscribers are away: their latency is not
+    /// counted.
+    storm_from: u64,
     delivered: AtomicU64,
     last_delivery_ns: AtomicU64,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -135,11 +151,18 @@ async fn http(args: Args) -> Result<()> {
     let (host, addr) = host_port(&args.url).await?;
     let prefix = format!("load{}:", now_ns() % 1_000_000_007);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (storm_tx, storm_rx) = tokio::sync::watch::channel(0u8);
+    let storm_events = args.storm_events.min(args.events);
     let shared = Arc::new(Shared {
         channels: args.channels.max(1),
         events: args.events,
         prefix,
         ready: AtomicUsize::new(0),
+        storm_ready: AtomicUsize::new(0),
+        storm_last_ready_ns: AtomicU64::new(0),
+        storm_away: AtomicUsize::new(0),
+        storm: storm_rx,
+        storm_from: args.events - storm_events,
         delivered: AtomicU64::new(0),
         last_delivery_ns: AtomicU64::new(0),
         stop: stop_rx,
@@ -177,22 +200,30 @@ async fn http(args: Args) -> Result<()> {
         None => None,
     };
 
-    // Emit.
+    // Emit (all of it, or up to the storm).
     let emit_start = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let mut emitters = Vec::new();
-    for _ in 0..args.concurrency.max(1) {
-        let (next, failed, shared) = (next.clone(), failed.clone(), shared.clone());
-        let (host, key, rate) = (host.clone(), args.key.clone(), args.rate);
-        emitters.push(tokio::spawn(async move {
-            emitter(addr, host, key, rate, emit_start, next, failed, shared).await
-        }));
-    }
-    for e in emitters {
+    let emit_all = |limit: u64| {
+        let mut emitters = Vec::new();
+        for _ in 0..args.concurrency.max(1) {
+            let (next, failed, shared) = (next.clone(), failed.clone(), shared.clone());
+            let (host, key, rate) = (host.clone(), args.key.clone(), args.rate);
+            emitters.push(tokio::spawn(async move {
+                emitter(addr, host, key, rate, emit_start, limit, next, failed, shared).await
+            }));
+        }
+        emitters
+    };
+    for e in emit_all(args.events - storm_events) {
         e.await??;
     }
     let emit_secs = emit_start.elapsed().as_secs_f64();
+    let storm = if storm_events > 0 {
+        Some(storm_phase(&args, &shared, &storm_tx, storm_events, || emit_all(args.events)).await?)
+    } else {
+        None
+    };
 
     // Wait for deliveries to stop growing (or all to arrive).
     let expected: u64 = (0..args.subscribers)
@@ -269,6 +300,7 @@ async fn http(args: Args) -> Result<()> {
         "server_rss_kb": { "before": rss_before, "connected": rss_connected, "after": rss_after },
         "rss_per_connection_bytes": per_conn,
         "redis_connections": redis_connections,
+        "storm": storm,
     });
     if args.json {
         println!("{result}");
@@ -279,6 +311,86 @@ async fn http(args: Args) -> Result<()> {
         bail!("{lost} lost, {duplicated} duplicated");
     }
     Ok(())
+}
+
+/// The reconnect storm: waits until the events so far are delivered, sends every subscriber
+/// away, emits the rest while they are, then lets them all reconnect at once with their cursors.
+async fn storm_phase<F>(
+    args: &Args,
+    shared: &Arc<Shared>,
+    storm: &tokio::sync::watch::Sender<u8>,
+    missed: u64,
+    emit_rest: F,
+) -> Result<serde_json::Value>
+where
+    F: FnOnce() -> Vec<tokio::task::JoinHandle<Result<()>>>,
+{
+    let before: u64 = (0..args.subscribers)
+        .map(|i| expected_for(i % shared.channels, shared.channels, args.events - missed))
+        .sum();
+    let deadline = Instant::now() + Duration::from_secs(args.drain_secs);
+    while shared.delivered.load(Ordering::Acquire) < before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    storm.send_replace(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shared.storm_away.load(Ordering::Acquire) < args.subscribers {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} subscribers left for the storm",
+                shared.storm_away.load(Ordering::Acquire)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for e in emit_rest() {
+        e.await??;
+    }
+    let cpu_before = args.server_pid.and_then(cpu_ticks);
+    let started = Instant::now();
+    let started_ns = now_ns();
+    storm.send_replace(2);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while shared.storm_ready.load(Ordering::Acquire) < args.subscribers {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {} subscribers were ready again after the storm",
+                shared.storm_ready.load(Ordering::Acquire),
+                args.subscribers
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let last = shared
+        .storm_last_ready_ns
+        .load(Ordering::Acquire)
+        .saturating_sub(started_ns) as f64
+        / 1e9;
+    let cpu = match (cpu_before, args.server_pid.and_then(cpu_ticks)) {
+        (Some(a), Some(b)) => Some(round3((b - a) as f64 / clock_ticks())),
+        _ => None,
+    };
+    Ok(serde_json::json!({
+        "clients": args.subscribers,
+        "missed_events": missed,
+        "secs_to_last_ready": round3(last.min(wall)),
+        "server_cpu_secs": cpu,
+    }))
+}
+
+/// User and system CPU of a process, in clock ticks, from /proc.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`); 100 on Linux.
+fn clock_ticks() -> f64 {
+    100.0
 }
 
 fn round3(x: f64) -> f64 {
@@ -321,6 +433,7 @@ async fn emitter(
     key: String,
     rate: u64,
     start: Instant,
+    limit: u64,
     next: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     shared: Arc<Shared>,
@@ -330,7 +443,9 @@ async fn emitter(
     let mut buf = Vec::with_capacity(4096);
     loop {
         let seq = next.fetch_add(1, Ordering::AcqRel);
-        if seq >= shared.events {
+        if seq >= limit {
+            // Not taken: the next phase starts from here.
+            next.fetch_min(limit, Ordering::AcqRel);
             return Ok(());
         }
         if let Some(offset) = (seq * 1_000_000_000).checked_div(rate) {
@@ -426,6 +541,9 @@ async fn subscriber(
     let mut last_id: Option<String> = None;
     let mut counted_ready = false;
     let mut stop = shared.stop.clone();
+    let mut storm = shared.storm.clone();
+    let mut storm_done = false;
+    let mut storm_counted = false;
     loop {
         let mut permit = if counted_ready {
             None
@@ -457,9 +575,27 @@ async fn subscriber(
         let mut reader = SseReader::default();
         let mut chunk = vec![0u8; 16 * 1024];
         let ended = loop {
-            let n = tokio::select! {
-                r = conn.read(&mut chunk) => r.unwrap_or(0),
-                _ = stop.changed() => return Ok(stats),
+            enum Woke {
+                Read(usize),
+                Stop,
+                Storm,
+            }
+            let woke = tokio::select! {
+                r = conn.read(&mut chunk) => Woke::Read(r.unwrap_or(0)),
+                _ = stop.changed() => Woke::Stop,
+                _ = storm.wait_for(|s| *s == 1), if !storm_done => Woke::Storm,
+            };
+            let n = match woke {
+                Woke::Read(n) => n,
+                Woke::Stop => return Ok(stats),
+                Woke::Storm => {
+                    // The storm: close the connection, stay away, then come back at once.
+                    drop(conn);
+                    storm_done = true;
+                    shared.storm_away.fetch_add(1, Ordering::AcqRel);
+                    let _ = storm.wait_for(|s| *s == 2).await;
+                    break false;
+                }
             };
             if n == 0 {
                 break true;
@@ -474,6 +610,11 @@ async fn subscriber(
                         drop(permit.take());
                         shared.ready.fetch_add(1, Ordering::AcqRel);
                     }
+                    Some("tidings.ready") if storm_done && !storm_counted => {
+                        storm_counted = true;
+                        shared.storm_last_ready_ns.fetch_max(now_ns(), Ordering::AcqRel);
+                        shared.storm_ready.fetch_add(1, Ordering::AcqRel);
+                    }
                     Some("tidings.lagged") => stats.lagged += 1,
                     Some("tidings.reset") => stats.resets += 1,
                     Some("notification.alert") => {
@@ -484,8 +625,10 @@ async fn subscriber(
                                     *slot = 1;
                                     shared.delivered.fetch_add(1, Ordering::AcqRel);
                                     shared.last_delivery_ns.fetch_max(now, Ordering::AcqRel);
-                                    let us = now.saturating_sub(sent) / 1000;
-                                    stats.latencies_us.push(us.min(u32::MAX as u64) as u32);
+                                    if seq < shared.storm_from {
+                                        let us = now.saturating_sub(sent) / 1000;
+                                        stats.latencies_us.push(us.min(u32::MAX as u64) as u32);
+                                    }
                                 }
                                 Some(_) => stats.duplicates += 1,
                                 None => {}
