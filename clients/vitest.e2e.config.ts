@@ -16,7 +16,5 @@ export default defineConfig({
     hookTimeout: 300_000,
     testTimeout: 60_000,
     teardownTimeout: 30_000,
-    // The suites skip themselves without this, so a run of the unit config (test/**) does not start them.
-    env: { TIDINGS_E2E: "1" },
   },
 });

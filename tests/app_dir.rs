@@ -104,9 +104,8 @@ async fn serves_the_app_its_assets_and_index_for_client_routes() {
         &["POST", "/app/", "GET"],
     );
 
-    // Nothing outside the directory.
-    let (status, _, body) = get(&server.url("/app/..%2fCargo.toml")).await;
-    assert!(!body.contains("[package]"), "{status}: {body}");
+    // Nothing outside the directory: `tests/security.rs` checks that with a sentinel file beside
+    // the app directory (this one has nothing beside it to find).
 
     // The API is unchanged.
     let (status, _, _) = get(&server.url("/health")).await;

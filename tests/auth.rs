@@ -403,3 +403,74 @@ async fn cors_is_same_origin_by_default_and_allows_listed_origins() {
     let s = server(|c| c).await;
     cors_on(&s.url(""), false).await;
 }
+
+/// A token that is not valid yet (`nbf` in the future) is refused, on both read paths.
+#[tokio::test]
+async fn a_token_not_valid_yet_is_401() {
+    let s = server(jwt_config).await;
+    let early = hs256(
+        json!({ "sub": "ada", "exp": unix_now() + 600, "nbf": unix_now() + 300, "subscribe": ["room:*"] }),
+    );
+    let now = hs256(
+        json!({ "sub": "ada", "exp": unix_now() + 600, "nbf": unix_now() - 5, "subscribe": ["room:*"] }),
+    );
+    for path in ["/realtime?channel=room:1", "/history?channel=room:1"] {
+        let (status, _, body) = get_json(&s.url(path), &[("authorization", &bearer(&early))]).await;
+        assert_error(status, &body, 401, "unauthenticated", &[]);
+        assert_eq!(
+            get_json(&s.url(path), &[("authorization", &bearer(&now))])
+                .await
+                .0,
+            200,
+            "{path}"
+        );
+    }
+}
+
+/// A private pattern filled with an empty `sub` names no owner: `user:` and `admin` are not
+/// readable by a token whose `sub` is "".
+#[tokio::test]
+async fn an_empty_sub_owns_no_private_channel() {
+    let s = server(|c| jwt_config(c).private_channel("admin")).await;
+    let nobody = hs256(claims("", &["user:*", "admin", "room:*"], &[]));
+    for channel in ["user:", "admin"] {
+        for path in ["realtime", "history"] {
+            let (status, _, body) = get_json(
+                &s.url(&format!("/{path}?channel={channel}")),
+                &[("authorization", &bearer(&nobody))],
+            )
+            .await;
+            assert_error(status, &body, 403, "forbidden", &[]);
+        }
+    }
+    let url = s.url("/realtime?channel=room:1");
+    assert_eq!(
+        get_json(&url, &[("authorization", &bearer(&nobody))]).await.0,
+        200
+    );
+}
+
+/// A hook that answers with an identity whose credential already expired: refused on the read
+/// paths, not served until the stream notices.
+struct Expired;
+
+impl Authorizer for Expired {
+    fn authorize<'a>(
+        &'a self,
+        _req: &'a AuthRequest,
+        _action: Action<'a>,
+    ) -> BoxFuture<'a, Result<Identity, AuthError>> {
+        Box::pin(async move {
+            Ok(Identity::user("ada").expires_at(std::time::SystemTime::now() - Duration::from_secs(1)))
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_identity_already_expired_is_401_on_history_and_realtime() {
+    let s = server(|c| c.authorizer(Expired)).await;
+    for path in ["/realtime?channel=room:1", "/history?channel=room:1"] {
+        let (status, _, body) = get_json(&s.url(path), &[]).await;
+        assert_error(status, &body, 401, "unauthenticated", &["expired"]);
+    }
+}

@@ -31,8 +31,46 @@ on_both_backends!(
     unknown_routes_are_404_json,
     typed_api_emits_validates_and_delivers,
     an_idempotency_key_stores_an_emit_once,
+    history_defaults_to_100_entries_and_caps_at_1000,
+    get_schema_is_the_loaded_schema_document,
     history_after_a_position_from_another_epoch_says_reset,
 );
+
+/// On a channel holding more than 1,000 entries: no `limit` gives the newest 100, and any larger
+/// `limit` is capped to 1,000 (the defaults of `max_history`).
+async fn history_defaults_to_100_entries_and_caps_at_1000(b: Backend) {
+    let retention = Retention::default().max_len(2000);
+    let s = TestServer::start(b.store(retention.clone(), "t:").await, |c| c.retention(retention)).await;
+    let room = s.rt.channel("room:1");
+    for i in 1..=1200 {
+        let alert: tidings_test_events::NotificationAlert = format!("a{i}").parse().unwrap();
+        room.emit(alert).await.unwrap();
+    }
+    let data = |page: Vec<Value>| -> Vec<String> {
+        page.iter()
+            .map(|e| e["data"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let want = |r: std::ops::RangeInclusive<i32>| -> Vec<String> { r.map(|i| format!("a{i}")).collect() };
+    assert_eq!(data(history_page(&s, "channel=room:1").await), want(1101..=1200));
+    assert_eq!(
+        data(history_page(&s, "channel=room:1&limit=5000").await),
+        want(201..=1200)
+    );
+    assert_eq!(
+        data(history_page(&s, "channel=room:1&after=0-0&limit=1000000").await),
+        want(1..=1000)
+    );
+}
+
+async fn get_schema_is_the_loaded_schema_document(b: Backend) {
+    let s = start(&b, |c| c).await;
+    let (status, body) = get(&s.url("/schema")).await;
+    assert_eq!(status, 200, "{body}");
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(tidings_test_events::SCHEMA_PATH).unwrap()).unwrap();
+    assert_eq!(body, file, "the schema file the server loaded, as JSON");
+}
 
 /// POST /emit with an `Idempotency-Key`; returns (status, body).
 async fn emit_keyed(s: &TestServer, key: &[u8], text: &str) -> (u16, Value) {

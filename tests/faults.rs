@@ -391,3 +391,36 @@ async fn a_stalled_redis_bounds_the_appends_waiting_for_it() {
     acked.sort();
     assert_eq!(held, acked, "exactly the acknowledged emits are stored");
 }
+
+/// Keyspace notifications turned off under a live stream (issue 14): events still arrive,
+/// through the full read every tail call makes when it waits its whole time (5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_keyspace_notifications_delay_events_but_lose_none() {
+    let redis = RedisServer::start();
+    let node = Spawn::new().redis(&redis.url()).start().await;
+    let mut live = SseReader::open(&node.realtime(&[ROOM]), None).await;
+    live.until("tidings.ready").await;
+    emit(&node, ROOM, "with notifications").await;
+    assert_eq!(texts(&[live.next().await.unwrap()]), ["with notifications"]);
+    let mut conn = redis.client().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg("")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    emit(&node, ROOM, "without").await;
+    // A heartbeat (no `tidings.ping` reaches here: SseReader skips them) or the event.
+    let f = live
+        .next_timeout(Duration::from_secs(8))
+        .await
+        .expect("delivered within the sweep's bound");
+    assert_eq!(texts(&[f]), ["without"]);
+    assert!(
+        sent.elapsed() <= Duration::from_millis(6_000),
+        "{:?}: the bound is one tail wait",
+        sent.elapsed()
+    );
+}

@@ -510,11 +510,23 @@ async fn no_gap_between_replay_and_live(b: Backend) {
     const PER_CHANNEL: usize = 80;
     let s = start(&b).await;
     let log: Arc<Mutex<Vec<Ev>>> = Arc::default();
+    // Clients connect during the first half of the emits; the second half waits until all are
+    // ready, so a client that connected late still has events after its start (issue 14: a
+    // live client started after the last emit waited for an event that never came).
+    let readied = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let emitter = tokio::spawn({
         let rt = s.rt.clone();
         let log = log.clone();
+        let readied = readied.clone();
         async move {
             for n in 1..=PER_CHANNEL {
+                if n == PER_CHANNEL / 2 {
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    while readied.load(std::sync::atomic::Ordering::Acquire) < 8 {
+                        assert!(std::time::Instant::now() < deadline, "clients did not get ready");
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
                 for room in ROOMS {
                     let m = ChatMessage {
                         text: format!("{room}#{n}").parse().unwrap(),
@@ -547,6 +559,7 @@ async fn no_gap_between_replay_and_live(b: Backend) {
             cursor.to_string()
         });
         let url = realtime_url(&s, &ROOMS, None);
+        let readied = readied.clone();
         clients.push(tokio::spawn(async move {
             let mut sse = SseReader::open(&url, cursor.as_deref()).await;
             let mut start = cursor.as_deref().map(|c| Cursor::parse(c).unwrap());
@@ -559,8 +572,11 @@ async fn no_gap_between_replay_and_live(b: Backend) {
             while !done(&got) {
                 let f = sse.next().await.expect("stream ended early");
                 match f.event.as_deref() {
-                    Some("tidings.ready") if start.is_none() => {
-                        start = Some(Cursor::parse(f.id.as_deref().unwrap()).unwrap());
+                    Some("tidings.ready") => {
+                        readied.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                        if start.is_none() {
+                            start = Some(Cursor::parse(f.id.as_deref().unwrap()).unwrap());
+                        }
                     }
                     Some("tidings.reset") => panic!("unexpected reset {f:?}"),
                     _ if is_event(&f) => got.push(ev(&f)),

@@ -508,13 +508,17 @@ async fn refusing_thousands_of_channels_is_cheap() {
             }
         }
     }
-    let url = s.url(&format!("/realtime?channel={}", names.join(",")));
+    // The mechanism, not a clock: a name that is not allowed sits at the very end, so a refusal
+    // for too many channels shows that reading stopped at the 101st distinct name (checking
+    // every name first, or de-duplicating them all before the limit, reaches the bad one).
+    let url = s.url(&format!("/realtime?channel={},bad%20name", names.join(",")));
     let started = Instant::now();
     let (status, body) = get(&url).await;
     let took = started.elapsed();
     assert_error(status, &body, 400, "too_many_channels", &["at most 100"]);
+    // A bound no loaded machine misses, for a request that used to take 1.7 s.
     assert!(
-        took < Duration::from_millis(1000),
+        took < Duration::from_secs(5),
         "{} channels refused in {took:?}",
         names.len()
     );
@@ -1334,20 +1338,19 @@ async fn a_sub_ending_in_a_star_is_not_a_wildcard() {
     assert!(stored.is_empty(), "{stored:?}");
 }
 
-/// A validly signed token whose `exp` is past what the clock can represent (2^64 - 1 seconds):
-/// an answer (accepted, or 401), never a 500.
+/// A validly signed token whose `exp` is past what the clock can represent (2^64 - 1 seconds)
+/// never expires (SECURITY.md): accepted everywhere, and its stream opens.
 #[tokio::test]
-async fn a_token_with_an_exp_out_of_range_is_answered_not_a_500() {
+async fn a_token_with_an_exp_out_of_range_never_expires() {
     let s = memory(jwt).await;
     let t = hs256(json!({ "sub": "ada", "exp": u64::MAX, "subscribe": ["room:*"], "publish": ["room:*"] }));
     let bearer = format!("Bearer {t}");
-    for path in ["/realtime?channel=room:1", "/history?channel=room:1"] {
-        let (status, body) = get_with(&s.url(path), &[("authorization", bearer.as_bytes())]).await;
-        assert!(status == 200 || status == 401, "{path}: {status} {body}");
-        if status == 401 {
-            assert_eq!(body["error"], "unauthenticated");
-        }
-    }
+    let (status, body) = get_with(
+        &s.url("/history?channel=room:1"),
+        &[("authorization", bearer.as_bytes())],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
     let (status, body) = post_emit_raw(
         &s,
         Some(&bearer),
@@ -1355,7 +1358,18 @@ async fn a_token_with_an_exp_out_of_range_is_answered_not_a_500() {
         r#"{"channel":"room:1","event":"notification.alert","data":"x"}"#,
     )
     .await;
-    assert!(status == 200 || status == 401, "emit: {status} {body}");
+    assert_eq!(status, 200, "emit: {body}");
+    let mut sse = SseReader::open(
+        &s.url(&format!("/realtime?channel=room:1&cursor=room:1=0-0&token={t}")),
+        None,
+    )
+    .await;
+    let frames = sse.until("tidings.ready").await;
+    let alerts: Vec<_> = frames
+        .iter()
+        .filter(|f| f.event.as_deref() == Some("notification.alert"))
+        .collect();
+    assert_eq!(alerts.len(), 1, "the stream opens and replays: {frames:?}");
     assert_serving(&s).await;
 }
 

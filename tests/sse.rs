@@ -37,6 +37,80 @@ async fn redis_subscriber_that_falls_behind_gets_lagged_then_resumes() {
     lagged(Backend::redis()).await;
 }
 
+/// Single-threaded so the hub hands out a whole burst before the stream task runs.
+#[tokio::test(flavor = "current_thread")]
+async fn redis_xread_subscriber_that_falls_behind_gets_lagged_then_resumes() {
+    lagged(Backend::redis_xread()).await;
+}
+
+/// The subscriber queue is clamped to half the history kept (issue 14): with a history of 10
+/// and the default queue (256), a burst of 10 overflows a queue of 5, so the subscriber is told
+/// it lagged while its cursor is still within history, and its resume needs no reset. Unclamped,
+/// the burst would sit in the queue.
+#[tokio::test(flavor = "current_thread")]
+async fn the_subscriber_queue_is_clamped_to_half_the_history() {
+    let retention = Retention::default().max_len(10);
+    let store = std::sync::Arc::new(tidings::MemoryStore::new(retention.clone()));
+    let s = TestServer::start(store, |c| c.retention(retention)).await;
+    assert_eq!(Config::default().limits.subscriber_queue, 256);
+    let mut sse = SseReader::open(&s.url("/realtime?channel=room:1"), None).await;
+    sse.until("tidings.ready").await;
+    let room = s.rt.channel("room:1");
+    for i in 0..10 {
+        let alert: NotificationAlert = format!("burst {i}").parse().unwrap();
+        room.emit(alert)
+            .now_or_never()
+            .expect("the memory store appends without waiting")
+            .unwrap();
+    }
+    let frames = tokio::time::timeout(Duration::from_secs(10), sse.until("tidings.lagged"))
+        .await
+        .expect("tidings.lagged, not a queue that holds the whole burst");
+    let lagged = frames.last().unwrap().id.clone().unwrap();
+    let delivered = frames
+        .iter()
+        .filter(|f| f.event.as_deref() == Some("notification.alert"))
+        .count();
+    assert_eq!(delivered, 5, "the queue held half the history");
+    let mut resumed = SseReader::open(&s.url("/realtime?channel=room:1"), Some(&lagged)).await;
+    let frames = resumed.until("tidings.ready").await;
+    assert!(
+        frames.iter().all(|f| f.event.as_deref() != Some("tidings.reset")),
+        "{frames:?}"
+    );
+    let rest: Vec<Value> = frames
+        .iter()
+        .filter(|f| f.event.as_deref() == Some("notification.alert"))
+        .map(|f| f.json()["data"].clone())
+        .collect();
+    let want: Vec<Value> = (5..10).map(|i| json!(format!("burst {i}"))).collect();
+    assert_eq!(rest, want, "the other half, from history");
+}
+
+/// A replay of three pages and more (a page is 500 entries) reaches `tidings.ready` with every
+/// entry once: each page starts after the last (issue 14: a page cursor that does not move spins
+/// without a frame, and the reader's per-frame bound fails the test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_of_many_pages_reaches_ready() {
+    let retention = Retention::default().max_len(5000);
+    let store = std::sync::Arc::new(tidings::MemoryStore::new(retention.clone()));
+    let s = TestServer::start(store, |c| c.retention(retention)).await;
+    let room = s.rt.channel("room:1");
+    for i in 0..1_600 {
+        let alert: NotificationAlert = format!("e{i}").parse().unwrap();
+        room.emit(alert).await.unwrap();
+    }
+    let mut sse = SseReader::open(&s.url("/realtime?channel=room:1"), Some("room:1=0-0")).await;
+    let frames = sse.until("tidings.ready").await;
+    let got: Vec<Value> = frames
+        .iter()
+        .filter(|f| f.event.as_deref() == Some("notification.alert"))
+        .map(|f| f.json()["data"].clone())
+        .collect();
+    let want: Vec<Value> = (0..1_600).map(|i| json!(format!("e{i}"))).collect();
+    assert_eq!(got, want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_data_written_by_another_tool_travels_on_one_line() {
     foreign_multiline_data(Backend::redis()).await;

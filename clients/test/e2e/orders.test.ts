@@ -66,8 +66,9 @@ async function recordStates(p: Page): Promise<() => Promise<Record<string, strin
   return () => p.evaluate(() => (window as unknown as { states: Record<string, string[]> }).states);
 }
 
-// Only under vitest.e2e.config.ts, which sets TIDINGS_E2E.
-describe.skipIf(!process.env.TIDINGS_E2E)("the orders example in Chromium", () => {
+// Runs under vitest.e2e.config.ts only (the unit config excludes test/e2e): no guard that could
+// turn the whole suite into "skipped" when an environment variable goes missing.
+describe("the orders example in Chromium", () => {
   let scratch = "";
   let shop: { child: ChildProcess; log: string; base: string } | undefined;
   let browser: Browser | undefined;
