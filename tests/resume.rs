@@ -507,8 +507,80 @@ async fn long_replays_page_and_merge_channels_in_id_order(b: Backend) {
 /// per channel, every event after its start position, once, in order — whether it arrived by
 /// replay or live.
 async fn no_gap_between_replay_and_live(b: Backend) {
+    no_gap_on(start(&b).await).await;
+}
+
+/// The memory store, whose resume reads take 40 ms: entries emitted meanwhile reach a new
+/// subscriber both in its replay and in its live queue, every time, so the overlap between the
+/// two is really there to be removed (issue 14: on the plain memory store the window is too
+/// short to open, and a stream that sent the overlap twice passed).
+struct SlowReplay(tidings::MemoryStore);
+
+impl tidings::Store for SlowReplay {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+    fn append<'a>(
+        &'a self,
+        c: &'a Channel,
+        e: &'a str,
+        d: &'a str,
+        o: tidings::store::AppendOptions<'a>,
+    ) -> futures_util::future::BoxFuture<'a, Result<tidings::Appended, tidings::StoreError>> {
+        self.0.append(c, e, d, o)
+    }
+    fn history<'a>(
+        &'a self,
+        c: &'a Channel,
+        r: tidings::Range,
+        n: usize,
+    ) -> futures_util::future::BoxFuture<'a, Result<tidings::store::History, tidings::StoreError>> {
+        self.0.history(c, r, n)
+    }
+    fn replay<'a>(
+        &'a self,
+        c: &'a Channel,
+        a: tidings::Position,
+        n: usize,
+    ) -> futures_util::future::BoxFuture<'a, Result<tidings::store::Replay, tidings::StoreError>> {
+        use futures_util::FutureExt;
+        async move {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            self.0.replay(c, a, n).await
+        }
+        .boxed()
+    }
+    fn position<'a>(
+        &'a self,
+        c: &'a Channel,
+    ) -> futures_util::future::BoxFuture<'a, Result<tidings::Position, tidings::StoreError>> {
+        self.0.position(c)
+    }
+    fn tail<'a>(
+        &'a self,
+        p: &'a [(Channel, tidings::Position)],
+        w: Duration,
+        n: usize,
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<tidings::store::TailBatch>, tidings::StoreError>>
+    {
+        self.0.tail(p, w, n)
+    }
+    fn wake(&self) -> futures_util::future::BoxFuture<'_, Result<(), tidings::StoreError>> {
+        self.0.wake()
+    }
+    fn ping(&self) -> futures_util::future::BoxFuture<'_, Result<(), tidings::StoreError>> {
+        self.0.ping()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_gap_between_replay_and_live_when_they_overlap() {
+    let store = Arc::new(SlowReplay(tidings::MemoryStore::default()));
+    no_gap_on(TestServer::start(store, |c| c).await).await;
+}
+
+async fn no_gap_on(s: TestServer) {
     const PER_CHANNEL: usize = 80;
-    let s = start(&b).await;
     let log: Arc<Mutex<Vec<Ev>>> = Arc::default();
     // Clients connect during the first half of the emits; the second half waits until all are
     // ready, so a client that connected late still has events after its start (issue 14: a

@@ -1453,9 +1453,22 @@ mod redis_only {
     }
 
     #[tokio::test]
-    async fn server_gone_gives_transient_errors() {
+    async fn server_gone_gives_transient_errors_with_keyspace_tailing() {
+        server_gone_gives_transient_errors(TailMode::Keyspace).await;
+    }
+
+    /// The same with XREAD tailing, where a wake is a write to Redis and must fail too.
+    #[tokio::test]
+    async fn server_gone_gives_transient_errors_with_xread_tailing() {
+        server_gone_gives_transient_errors(TailMode::Xread).await;
+    }
+
+    async fn server_gone_gives_transient_errors(mode: TailMode) {
         let server = RedisServer::start();
-        let store = connect(&server, "t:").await;
+        let store = RedisStore::connect(RedisOptions::new(server.url()).key_prefix("t:").tail_mode(mode))
+            .await
+            .unwrap();
+        assert_eq!(store.tail_mode(), mode);
         let room = ch("room:1");
         let id = store
             .append(&room, "chat.message", "{}", AppendOptions::default())

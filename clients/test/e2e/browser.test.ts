@@ -353,6 +353,12 @@ describe("the demo app in Chromium", () => {
     expect(seen[seen.length - 1]).toBe("connected");
     expect(shown.map((m) => m.text)).toEqual(expected);
     expect(shown.map((m) => m.id)).toEqual(ids);
+    // The list merges by id; the raw deliveries to the page's own handler must be once each too.
+    const raw = await p.evaluate(
+      () => (window as unknown as { tidingsDeliveries?: Record<string, number> }).tidingsDeliveries ?? {},
+    );
+    expect(Object.keys(raw).sort()).toEqual([...ids].sort());
+    expect(Object.entries(raw).filter(([, n]) => n !== 1), "ids handed to onData more than once").toEqual([]);
     for (let i = 1; i < shown.length; i++) {
       const [prev, cur] = [shown[i - 1], shown[i]];
       expect(prev && cur && idLess(prev.id, cur.id), `ids increase at ${i}: ${prev?.id} then ${cur?.id}`).toBe(

@@ -1,6 +1,6 @@
 import { useEffect, useRef, useState, type FormEvent } from "react";
 import type { ResetInfo } from "@tidings/client";
-import { useHistory, useNotificationAlert, useStatus } from "./tidings/react.js";
+import { useChatMessage, useHistory, useNotificationAlert, useStatus } from "./tidings/react.js";
 
 export interface AppProps {
   /** The chat channel, e.g. `room:1`. */
@@ -21,6 +21,15 @@ export function App({ room, emitKey }: AppProps) {
   // reset (history trimmed past our cursor) the list reloads.
   const messages = useHistory(room, { limit: 100, events: ["chat.message"], onReset: countReset });
   useNotificationAlert(ALERTS, (text) => setAlert(text), { onReset: countReset });
+
+  // How often each message was handed to this page, by id, as `window.tidingsDeliveries`: the
+  // list above merges by id and would hide a duplicate, so the browser test checks these.
+  const deliveries = useRef(new Map<string, number>());
+  useChatMessage(room, (_message, envelope) => {
+    deliveries.current.set(envelope.id, (deliveries.current.get(envelope.id) ?? 0) + 1);
+    (window as unknown as { tidingsDeliveries: Record<string, number> }).tidingsDeliveries =
+      Object.fromEntries(deliveries.current);
+  });
 
   const list = useRef<HTMLUListElement>(null);
   useEffect(() => {
