@@ -149,7 +149,16 @@ async fn get_error(url: &str, last_event_id: Option<&[u8]>) -> (u16, String, Val
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default();
-    (status, content_type, r.json().await.unwrap_or(Value::Null))
+    // A request that should have been refused but opened a stream must fail the test, not hang
+    // reading a body that never ends.
+    assert_ne!(
+        content_type, "text/event-stream",
+        "{url}: a stream opened ({status})"
+    );
+    let body = tokio::time::timeout(std::time::Duration::from_secs(10), r.json())
+        .await
+        .unwrap_or_else(|_| panic!("{url}: no complete body within 10 s"));
+    (status, content_type, body.unwrap_or(Value::Null))
 }
 
 /// Checks the framing of everything a stream sent: blocks end with a blank line; a block is the
