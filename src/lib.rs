@@ -28,7 +28,9 @@
 //! - `events` (feature `demo` only): the types generated from this repository's demo schema.
 //! - [`store`]: the [`Store`] trait, [`RedisStore`] and [`MemoryStore`].
 //! - [`Tidings`] and [`ChannelHandle`]: the handle an application emits through.
-//! - [`router`] and [`serve`]: the HTTP and SSE endpoints.
+//! - [`router`] and [`serve`]: the HTTP and SSE endpoints. Inside, a connection's session decides
+//!   what to tell the client as frames (the `frame` module: event, ready, reset, lagged, expired,
+//!   ping), and the SSE transport encodes them.
 //! - [`auth`]: the [`Authorizer`] hook, the built-in [`JwtAuthorizer`], private channels.
 //! - [`Limits`]: what one request, client or publisher may ask for (channels, bytes, streams per
 //!   node and per identity, emits per second), each refusal a JSON 4xx naming the limit.
@@ -53,6 +55,7 @@ mod channel;
 mod config;
 mod cursor;
 mod envelope;
+mod frame;
 mod http;
 mod hub;
 mod id;

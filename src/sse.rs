@@ -26,7 +26,6 @@
 //! ```
 
 use std::collections::{HashSet, VecDeque};
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +34,7 @@ use tokio::sync::mpsc;
 
 use crate::channel::Channel;
 use crate::cursor::Cursor;
-use crate::envelope::write_envelope;
+use crate::frame::Frame;
 use crate::hub::{Delivery, Known, Subscription};
 use crate::id::{Epoch, Position, StreamId};
 use crate::store::{Entry, Store, StoreError, Trimmed};
@@ -44,8 +43,6 @@ use crate::store::{Entry, Store, StoreError, Trimmed};
 const REPLAY_PAGE: usize = 500;
 /// Frames are gathered into chunks of about this size before they are written.
 const CHUNK: usize = 32 * 1024;
-/// The heartbeat frame.
-const PING: &str = "event: tidings.ping\ndata: {}\n\n";
 
 /// What one SSE connection asked for, already checked.
 pub(crate) struct StreamRequest {
@@ -126,20 +123,10 @@ impl<S: Sink> Writer<S> {
         Ok(())
     }
 
-    fn frame(&mut self, cursor: &Cursor, event: &str, data: impl FnOnce(&mut String)) {
-        let _ = write!(self.buf, "id: {cursor}\nevent: {event}\ndata: ");
-        data(&mut self.buf);
-        self.buf.push_str("\n\n");
+    /// Adds a frame to the buffer, as SSE text.
+    fn send(&mut self, frame: Frame<'_>) {
+        frame.write_sse(&mut self.buf);
     }
-
-    fn entry(&mut self, cursor: &Cursor, channel: &Channel, entry: &Entry) {
-        let event = entry.event.clone();
-        self.frame(cursor, &event, |b| write_envelope(b, channel, entry));
-    }
-}
-
-fn json_str(s: &str) -> String {
-    serde_json::Value::from(s).to_string()
 }
 
 /// One channel's replay in progress.
@@ -172,19 +159,11 @@ fn reset<S: Sink>(
     epoch: Option<Epoch>,
 ) {
     cursor.set(channel, at(t.resume_from, epoch));
-    let text = cursor.to_string();
-    let oldest = t
-        .oldest
-        .map_or("null".to_string(), |id| json_str(&id.to_string()));
-    w.frame(cursor, "tidings.reset", |b| {
-        let _ = write!(
-            b,
-            r#"{{"channel":{},"oldest":{},"cursor":{},"reason":"{}"}}"#,
-            json_str(channel.as_str()),
-            oldest,
-            json_str(&text),
-            t.reason.as_str()
-        );
+    w.send(Frame::Reset {
+        cursor,
+        channel,
+        oldest: t.oldest,
+        reason: t.reason,
     });
 }
 
@@ -223,7 +202,7 @@ pub(crate) async fn run<S: Sink>(
         buf: String::new(),
         write_timeout: settings.write_timeout,
     };
-    let _ = write!(w.buf, "retry: {}\n\n", settings.retry.as_millis());
+    w.send(Frame::Retry(settings.retry));
     let mut cursor = Cursor::default();
     for (channel, pos) in &sub.start {
         cursor.set(channel, *pos);
@@ -258,16 +237,10 @@ pub(crate) async fn run<S: Sink>(
         }
     }
 
-    let channels: Vec<String> = req.channels.iter().map(|c| json_str(c.as_str())).collect();
-    let text = cursor.to_string();
-    w.frame(&cursor, "tidings.ready", |b| {
-        let _ = write!(
-            b,
-            r#"{{"cursor":{},"channels":[{}],"heartbeat_ms":{}}}"#,
-            json_str(&text),
-            channels.join(","),
-            settings.heartbeat.as_millis()
-        );
+    w.send(Frame::Ready {
+        cursor: &cursor,
+        channels: &req.channels,
+        heartbeat: settings.heartbeat,
     });
     if w.flush().await.is_err() {
         return;
@@ -300,10 +273,7 @@ pub(crate) async fn run<S: Sink>(
                     } else {
                         "server is shutting down; reconnect with Last-Event-ID to resume"
                     };
-                    let text = cursor.to_string();
-                    w.frame(&cursor, "tidings.lagged", |b| {
-                        let _ = write!(b, r#"{{"reason":{},"cursor":{}}}"#, json_str(reason), json_str(&text));
-                    });
+                    w.send(Frame::Lagged { cursor: &cursor, reason });
                     let _ = w.flush().await;
                     return;
                 };
@@ -327,7 +297,7 @@ pub(crate) async fn run<S: Sink>(
                 // An event, not a comment: EventSource hides comments from the page, which then
                 // could not tell a dead link (a NAT that dropped the flow, a sleeping laptop)
                 // from a quiet channel. Clients that do not know it ignore it.
-                w.buf.push_str(PING);
+                w.send(Frame::Ping);
                 if w.flush().await.is_err() {
                     return;
                 }
@@ -338,10 +308,7 @@ pub(crate) async fn run<S: Sink>(
 
 /// The frame that ends a stream whose credential expired; its cursor resumes after what was sent.
 fn expired<S: Sink>(w: &mut Writer<S>, cursor: &Cursor) {
-    let text = cursor.to_string();
-    w.frame(cursor, "tidings.expired", |b| {
-        let _ = write!(b, r#"{{"reason":"token expired","cursor":{}}}"#, json_str(&text));
-    });
+    w.send(Frame::Expired { cursor });
 }
 
 /// Completes at `deadline`, or never.
@@ -365,7 +332,11 @@ fn live<S: Sink>(w: &mut Writer<S>, cursor: &mut Cursor, d: &Delivery, wanted: &
     }
     cursor.set(&d.channel, Position::new(d.entry.id, d.epoch));
     if wanted(&d.entry.event) {
-        w.entry(cursor, &d.channel, &d.entry);
+        w.send(Frame::Event {
+            cursor,
+            channel: &d.channel,
+            entry: &d.entry,
+        });
     }
 }
 
@@ -445,7 +416,11 @@ async fn replay<S: Sink>(
             // unknown to the schema), so a resume does not read them again.
             cursor.set(&state.channel, Position::new(entry.id, state.after.epoch));
             if wanted(&entry.event) && deliverable(&req.known, &state.channel, &entry) {
-                w.entry(cursor, &state.channel, &entry);
+                w.send(Frame::Event {
+                    cursor,
+                    channel: &state.channel,
+                    entry: &entry,
+                });
             }
         }
         if state.buf.is_empty() && !state.done {

@@ -1,0 +1,240 @@
+//! The frame model: what the server tells a client, whatever the transport.
+//!
+//! A session (replay, then live) decides *what* to say as [`Frame`]s; a transport decides how it
+//! looks on the wire. Server-Sent Events is one encoder ([`Frame::write_sse`]); a WebSocket
+//! transport is another encoder of the same frames. Frames borrow what they carry, so encoding an
+//! event allocates nothing beyond the output buffer.
+//!
+//! Every value written is one line: channel and event names come from checked character sets,
+//! payloads are one line of JSON, cursors are printable ASCII, and reasons are our own text.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::channel::Channel;
+use crate::cursor::Cursor;
+use crate::envelope::write_envelope;
+use crate::id::StreamId;
+use crate::store::{Entry, Lost};
+
+/// One thing the server tells a client.
+pub(crate) enum Frame<'a> {
+    /// The reconnect delay a client should use (SSE `retry:`), sent once, first.
+    Retry(Duration),
+    /// A stored event; `cursor` is the connection's cursor with it.
+    Event {
+        cursor: &'a Cursor,
+        channel: &'a Channel,
+        entry: &'a Entry,
+    },
+    /// Replay is done and the connection is live from `cursor`.
+    Ready {
+        cursor: &'a Cursor,
+        channels: &'a [Channel],
+        heartbeat: Duration,
+    },
+    /// History of `channel` after the client's cursor is gone.
+    Reset {
+        cursor: &'a Cursor,
+        channel: &'a Channel,
+        oldest: Option<StreamId>,
+        reason: Lost,
+    },
+    /// The connection ends because the client fell behind (or the server is going away);
+    /// resume from `cursor`.
+    Lagged { cursor: &'a Cursor, reason: &'a str },
+    /// The credential expired; the connection ends; resume from `cursor` with a new one.
+    Expired { cursor: &'a Cursor },
+    /// A heartbeat after a quiet interval.
+    Ping,
+}
+
+impl Frame<'_> {
+    /// The event name a client sees (`tidings.*` for control frames); `None` for `Retry`.
+    pub fn event_name(&self) -> Option<&str> {
+        Some(match self {
+            Frame::Retry(_) => return None,
+            Frame::Event { entry, .. } => &entry.event,
+            Frame::Ready { .. } => "tidings.ready",
+            Frame::Reset { .. } => "tidings.reset",
+            Frame::Lagged { .. } => "tidings.lagged",
+            Frame::Expired { .. } => "tidings.expired",
+            Frame::Ping => "tidings.ping",
+        })
+    }
+
+    /// The cursor the frame carries, if any (the SSE `id:`).
+    pub fn cursor(&self) -> Option<&Cursor> {
+        match self {
+            Frame::Event { cursor, .. }
+            | Frame::Ready { cursor, .. }
+            | Frame::Reset { cursor, .. }
+            | Frame::Lagged { cursor, .. }
+            | Frame::Expired { cursor } => Some(cursor),
+            Frame::Retry(_) | Frame::Ping => None,
+        }
+    }
+
+    /// The frame's JSON payload (the SSE `data:`), on one line.
+    pub fn write_data(&self, out: &mut String) {
+        match self {
+            Frame::Retry(_) => {}
+            Frame::Event { channel, entry, .. } => write_envelope(out, channel, entry),
+            Frame::Ready {
+                cursor,
+                channels,
+                heartbeat,
+            } => {
+                out.push_str(r#"{"cursor":"#);
+                json_str(out, &cursor.to_string());
+                out.push_str(r#","channels":["#);
+                for (i, c) in channels.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    json_str(out, c.as_str());
+                }
+                let _ = write!(out, r#"],"heartbeat_ms":{}}}"#, heartbeat.as_millis());
+            }
+            Frame::Reset {
+                cursor,
+                channel,
+                oldest,
+                reason,
+            } => {
+                out.push_str(r#"{"channel":"#);
+                json_str(out, channel.as_str());
+                out.push_str(r#","oldest":"#);
+                match oldest {
+                    Some(id) => json_str(out, &id.to_string()),
+                    None => out.push_str("null"),
+                }
+                out.push_str(r#","cursor":"#);
+                json_str(out, &cursor.to_string());
+                let _ = write!(out, r#","reason":"{}"}}"#, reason.as_str());
+            }
+            Frame::Lagged { cursor, reason } => {
+                out.push_str(r#"{"reason":"#);
+                json_str(out, reason);
+                out.push_str(r#","cursor":"#);
+                json_str(out, &cursor.to_string());
+                out.push('}');
+            }
+            Frame::Expired { cursor } => {
+                out.push_str(r#"{"reason":"token expired","cursor":"#);
+                json_str(out, &cursor.to_string());
+                out.push('}');
+            }
+            Frame::Ping => out.push_str("{}"),
+        }
+    }
+
+    /// Appends the frame as Server-Sent Events text.
+    pub fn write_sse(&self, out: &mut String) {
+        if let Frame::Retry(delay) = self {
+            let _ = write!(out, "retry: {}\n\n", delay.as_millis());
+            return;
+        }
+        if let Some(cursor) = self.cursor() {
+            let _ = writeln!(out, "id: {cursor}");
+        }
+        let _ = write!(out, "event: {}\ndata: ", self.event_name().unwrap_or_default());
+        self.write_data(out);
+        out.push_str("\n\n");
+    }
+}
+
+/// Appends `s` as a JSON string.
+fn json_str(out: &mut String, s: &str) {
+    // Serializing a str into a String cannot fail.
+    let _ = serde_json::to_writer(StringWriter(out), s);
+}
+
+/// `io::Write` into a `String`, for serde_json (which only ever writes UTF-8).
+struct StringWriter<'a>(&'a mut String);
+
+impl std::io::Write for StringWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = std::str::from_utf8(buf).map_err(std::io::Error::other)?;
+        self.0.push_str(text);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::Position;
+
+    fn cursor() -> Cursor {
+        Cursor::parse("room:1=5-0@0000abcd,room:2=0-0").unwrap()
+    }
+
+    #[test]
+    fn control_frames_in_sse() {
+        let c = cursor();
+        let room = Channel::new("room:1").unwrap();
+        let mut out = String::new();
+        Frame::Retry(Duration::from_millis(2000)).write_sse(&mut out);
+        Frame::Ready {
+            cursor: &c,
+            channels: &[room.clone(), Channel::new("room:2").unwrap()],
+            heartbeat: Duration::from_secs(15),
+        }
+        .write_sse(&mut out);
+        Frame::Reset {
+            cursor: &c,
+            channel: &room,
+            oldest: Some(StreamId::new(4, 0)),
+            reason: Lost::Trimmed,
+        }
+        .write_sse(&mut out);
+        Frame::Ping.write_sse(&mut out);
+        Frame::Lagged {
+            cursor: &c,
+            reason: "a \"quoted\" reason",
+        }
+        .write_sse(&mut out);
+        Frame::Expired { cursor: &c }.write_sse(&mut out);
+        let id = "id: room:1=5-0@0000abcd,room:2=0-0\n";
+        let cur = r#""cursor":"room:1=5-0@0000abcd,room:2=0-0""#;
+        assert_eq!(
+            out,
+            format!(
+                "retry: 2000\n\n\
+                 {id}event: tidings.ready\ndata: {{{cur},\"channels\":[\"room:1\",\"room:2\"],\"heartbeat_ms\":15000}}\n\n\
+                 {id}event: tidings.reset\ndata: {{\"channel\":\"room:1\",\"oldest\":\"4-0\",{cur},\"reason\":\"trimmed\"}}\n\n\
+                 event: tidings.ping\ndata: {{}}\n\n\
+                 {id}event: tidings.lagged\ndata: {{\"reason\":\"a \\\"quoted\\\" reason\",{cur}}}\n\n\
+                 {id}event: tidings.expired\ndata: {{\"reason\":\"token expired\",{cur}}}\n\n"
+            )
+        );
+    }
+
+    #[test]
+    fn an_event_is_its_envelope_under_its_own_name() {
+        let mut c = Cursor::default();
+        let room = Channel::new("room:1").unwrap();
+        c.set(&room, Position::new(StreamId::new(7, 1), None));
+        let entry = Entry {
+            id: StreamId::new(7, 1),
+            event: "chat.message".into(),
+            data: r#"{"text":"hi"}"#.into(),
+        };
+        let mut out = String::new();
+        Frame::Event {
+            cursor: &c,
+            channel: &room,
+            entry: &entry,
+        }
+        .write_sse(&mut out);
+        assert_eq!(
+            out,
+            "id: room:1=7-1\nevent: chat.message\ndata: {\"id\":\"7-1\",\"channel\":\"room:1\",\"event\":\"chat.message\",\"data\":{\"text\":\"hi\"}}\n\n"
+        );
+    }
+}
