@@ -424,3 +424,38 @@ async fn lost_keyspace_notifications_delay_events_but_lose_none() {
         sent.elapsed()
     );
 }
+
+/// A node started while Redis loads its dataset after a restart (`-LOADING`) waits for it
+/// instead of exiting: the chaos soak found nodes that never came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_while_redis_loads_its_dataset_waits() {
+    let mut redis = RedisServer::start_with(&["--save", "3600 1", "--enable-debug-command", "yes"]);
+    // A blocking connection: populating and saving take seconds, longer than async timeouts.
+    let mut conn = redis.client().get_connection().unwrap();
+    let _: () = redis::cmd("DEBUG")
+        .arg("POPULATE")
+        .arg(3_000_000)
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("SAVE").query(&mut conn).unwrap();
+    drop(conn);
+    redis.restart_loading();
+    let mut probe = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let loading = redis::cmd("XREVRANGE")
+        .arg("tidings:x")
+        .arg("+")
+        .arg("-")
+        .query_async::<redis::Value>(&mut probe)
+        .await;
+    let Err(e) = loading else {
+        panic!("the dataset loaded before the node started; the test needs a bigger one");
+    };
+    assert!(e.to_string().to_lowercase().contains("loading"), "{e}");
+    let node = Spawn::new().redis(&redis.url()).start().await;
+    assert!(node.log().contains("retrying"), "{}", node.log());
+    emit(&node, ROOM, "after loading").await;
+}

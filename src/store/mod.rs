@@ -351,7 +351,23 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Redis(e) => {
-                e.is_timeout() || e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal()
+                use ::redis::{ErrorKind, ServerErrorKind};
+                // A Redis that is loading its dataset (after a restart), a cluster between
+                // masters or slots on the move: all answer again soon.
+                let passing = matches!(
+                    e.kind(),
+                    ErrorKind::Server(
+                        ServerErrorKind::BusyLoading
+                            | ServerErrorKind::TryAgain
+                            | ServerErrorKind::ClusterDown
+                            | ServerErrorKind::MasterDown
+                    )
+                );
+                passing
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_io_error()
+                    || e.is_connection_refusal()
             }
             StoreError::Busy { .. } => true,
             StoreError::Malformed { .. } | StoreError::Unsupported(_) => false,

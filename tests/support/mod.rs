@@ -179,6 +179,18 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
+    /// Like [`RedisServer::restart`], but returns as soon as the server accepts connections,
+    /// while it may still be loading its dataset (answering `-LOADING`).
+    pub fn restart_loading(&mut self) {
+        self.kill();
+        self.child = spawn_redis(self.port, self._dir.path(), &self.extra);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen again");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Starts the server again on the same port, in the same directory (so with whatever its
     /// persistence wrote), after [`RedisServer::kill`].
     pub fn restart(&mut self) {

@@ -152,6 +152,7 @@ impl World {
             .args(["--emit-key-rate", "0", "--max-connections-per-identity", "100000"])
             .env("TIDINGS_EMIT_KEY", KEY)
             .env("TIDINGS_LOG", "tidings=info,warn")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -183,7 +184,14 @@ impl World {
                 }
             }
             if Instant::now() > deadline {
-                bail!("node {i} did not become healthy");
+                let log =
+                    std::fs::read_to_string(self.dir.path().join(format!("node{i}.log"))).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!(
+                    "node {i} did not become healthy in 60 s; its log ends:\n{}",
+                    tail.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
