@@ -275,15 +275,7 @@ fn dispatch(inner: &Inner, batches: Vec<TailBatch>) {
             if w.subs.is_empty() {
                 continue;
             }
-            if !entry.is_readable() {
-                continue; // the store said why when it read it
-            }
-            if !(inner.known)(&entry.event) {
-                crate::store::skip::note(
-                    batch.channel.as_str(),
-                    &entry.id,
-                    &format!("event {:?} is not in the loaded schema", &*entry.event),
-                );
+            if !crate::store::skip::deliverable(batch.channel.as_str(), &entry, &*inner.known) {
                 continue;
             }
             let delivery = Arc::new(Delivery {

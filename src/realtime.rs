@@ -219,18 +219,7 @@ impl Tidings {
     /// True when a stored entry can be handed to a client: readable, and an event the loaded
     /// schema knows (others are counted and skipped).
     pub(crate) fn deliverable(&self, channel: &Channel, entry: &crate::store::Entry) -> bool {
-        if !entry.is_readable() {
-            return false;
-        }
-        if self.inner.registry.contains(&entry.event) {
-            return true;
-        }
-        crate::store::skip::note(
-            channel.as_str(),
-            &entry.id,
-            &format!("event {:?} is not in the loaded schema", &*entry.event),
-        );
-        false
+        crate::store::skip::deliverable(channel.as_str(), entry, &*self.inner.known)
     }
 
     /// Checks a channel name against the configured length limit.

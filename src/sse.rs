@@ -37,7 +37,7 @@ use crate::cursor::Cursor;
 use crate::frame::Frame;
 use crate::hub::{Delivery, Known, Subscription};
 use crate::id::{Epoch, Position, StreamId};
-use crate::store::{Entry, Store, StoreError, Trimmed};
+use crate::store::{skip, Entry, Store, StoreError, Trimmed};
 
 /// Entries read per channel per replay page.
 const REPLAY_PAGE: usize = 500;
@@ -171,22 +171,6 @@ fn reset<S: Sink>(
 /// nothing was seen).
 fn at(id: StreamId, epoch: Option<Epoch>) -> Position {
     Position::new(id, epoch.filter(|_| id > StreamId::ZERO))
-}
-
-/// True when `entry` can go to the client; an entry the schema does not know is counted.
-fn deliverable(known: &Known, channel: &Channel, entry: &Entry) -> bool {
-    if !entry.is_readable() {
-        return false; // the store said why when it read it
-    }
-    if known(&entry.event) {
-        return true;
-    }
-    crate::store::skip::note(
-        channel.as_str(),
-        &entry.id,
-        &format!("event {:?} is not in the loaded schema", &*entry.event),
-    );
-    false
 }
 
 /// Runs one connection until the client goes away, the hub drops it, or the store fails.
@@ -415,7 +399,7 @@ async fn replay<S: Sink>(
             // The cursor moves past entries that are not sent too (filtered out, unreadable,
             // unknown to the schema), so a resume does not read them again.
             cursor.set(&state.channel, Position::new(entry.id, state.after.epoch));
-            if wanted(&entry.event) && deliverable(&req.known, &state.channel, &entry) {
+            if wanted(&entry.event) && skip::deliverable(state.channel.as_str(), &entry, &*req.known) {
                 w.send(Frame::Event {
                     cursor,
                     channel: &state.channel,

@@ -61,7 +61,26 @@ pub(crate) mod skip {
     use std::sync::Mutex;
     use std::time::Instant;
 
+    use crate::store::Entry;
+
     pub(super) static COUNT: AtomicU64 = AtomicU64::new(0);
+
+    /// True when `entry` of `channel` can go to a client: readable (the store already noted it
+    /// otherwise), and an event `known` accepts (noted here otherwise).
+    pub(crate) fn deliverable(channel: &str, entry: &Entry, known: &dyn Fn(&str) -> bool) -> bool {
+        if !entry.is_readable() {
+            return false;
+        }
+        if known(&entry.event) {
+            return true;
+        }
+        note(
+            channel,
+            &entry.id,
+            &format!("event {:?} is not in the loaded schema", &*entry.event),
+        );
+        false
+    }
     static LAST_LOG: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
 
     /// Notes that the entry `id` of `channel` was skipped, and why.
