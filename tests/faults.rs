@@ -361,8 +361,8 @@ async fn a_stalled_redis_bounds_the_appends_waiting_for_it() {
             503 if body["error"] == "store_busy" => {
                 busy += 1;
                 assert!(
-                    took < Duration::from_millis(1000),
-                    "refused at once, not after the stall: {took:?}"
+                    took < Duration::from_millis(1500),
+                    "refused during the stall, not after it: {took:?}"
                 );
                 assert!(body["message"].as_str().unwrap().contains("20"), "{body}");
             }
@@ -412,14 +412,15 @@ async fn lost_keyspace_notifications_delay_events_but_lose_none() {
         .unwrap();
     let sent = Instant::now();
     emit(&node, ROOM, "without").await;
-    // A heartbeat (no `tidings.ping` reaches here: SseReader skips them) or the event.
+    // SseReader skips heartbeats: the next frame is the event.
     let f = live
-        .next_timeout(Duration::from_secs(8))
+        .next_timeout(Duration::from_secs(10))
         .await
         .expect("delivered within the sweep's bound");
     assert_eq!(texts(&[f]), ["without"]);
     assert!(
-        sent.elapsed() <= Duration::from_millis(6_000),
+        // One tail wait (5 s), with room for a loaded machine.
+        sent.elapsed() <= Duration::from_millis(7_500),
         "{:?}: the bound is one tail wait",
         sent.elapsed()
     );
