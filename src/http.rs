@@ -24,7 +24,7 @@ use crate::auth::{authorize_publish, authorize_read, AuthError, AuthRequest, Ide
 
 use crate::channel::Channel;
 use crate::cursor::Cursor;
-use crate::id::{Position, StreamId};
+use crate::id::Position;
 use crate::realtime::{EmitError, EmitOptions, Tidings};
 use crate::schema::ValidateError;
 use crate::sse::{Sink, StreamRequest, StreamSettings};
@@ -782,8 +782,7 @@ async fn history(
             let reset = replay.trimmed.map(|t| {
                 json!({
                     "oldest": t.oldest,
-                    // As a cursor writes it: no epoch at 0-0, where none is needed.
-                    "from": Position::new(t.resume_from, replay.epoch.filter(|_| t.resume_from > StreamId::ZERO)).to_string(),
+                    "from": Position::written(t.resume_from, replay.epoch).to_string(),
                     "reason": t.reason.as_str(),
                 })
             });

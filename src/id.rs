@@ -164,6 +164,12 @@ impl Position {
     pub const fn new(id: StreamId, epoch: Option<Epoch>) -> Position {
         Position { id, epoch }
     }
+
+    /// A position as cursors write it: at `0-0` without the epoch, where none is needed
+    /// (nothing was seen).
+    pub(crate) fn written(id: StreamId, epoch: Option<Epoch>) -> Position {
+        Position::new(id, epoch.filter(|_| id > StreamId::ZERO))
+    }
 }
 
 impl From<StreamId> for Position {

@@ -36,7 +36,7 @@ use crate::channel::Channel;
 use crate::cursor::Cursor;
 use crate::frame::Frame;
 use crate::hub::{Delivery, Known, Subscription};
-use crate::id::{Epoch, Position, StreamId};
+use crate::id::{Epoch, Position};
 use crate::store::{skip, Entry, Store, StoreError, Trimmed};
 
 /// Entries read per channel per replay page.
@@ -158,19 +158,13 @@ fn reset<S: Sink>(
     t: &Trimmed,
     epoch: Option<Epoch>,
 ) {
-    cursor.set(channel, at(t.resume_from, epoch));
+    cursor.set(channel, Position::written(t.resume_from, epoch));
     w.send(Frame::Reset {
         cursor,
         channel,
         oldest: t.oldest,
         reason: t.reason,
     });
-}
-
-/// The position at `id` in `epoch`, written without the epoch at `0-0` (where none is needed:
-/// nothing was seen).
-fn at(id: StreamId, epoch: Option<Epoch>) -> Position {
-    Position::new(id, epoch.filter(|_| id > StreamId::ZERO))
 }
 
 /// Runs one connection until the client goes away, the hub drops it, or the store fails.
@@ -375,7 +369,7 @@ async fn replay<S: Sink>(
         match &trimmed {
             Some(t) => reset(w, cursor, channel, t, state.after.epoch),
             // The position holds; it now names the channel's epoch.
-            None => cursor.set(channel, at(after.id, state.after.epoch)),
+            None => cursor.set(channel, Position::written(after.id, state.after.epoch)),
         }
         states.push(state);
     }

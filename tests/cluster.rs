@@ -20,22 +20,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use serde_json::Value;
-use support::{msg, Binary, Spawn, SseReader, EMIT_KEY};
+use support::{at, msg, pos, Binary, Spawn, SseReader, EMIT_KEY};
 use tidings::store::{AppendOptions, Position};
 use tidings::{Channel, Range, RedisOptions, RedisStore, Retention, Store, StreamId, TailMode};
-
-/// `id` in the channel's epoch now, as the server writes it in a cursor.
-async fn pos(store: &dyn Store, channel: &Channel, id: StreamId) -> Position {
-    Position::new(id, store.position(channel).await.unwrap().epoch)
-}
-
-/// Positions given by id alone (no epoch).
-fn at(positions: &[(Channel, StreamId)]) -> Vec<(Channel, Position)> {
-    positions
-        .iter()
-        .map(|(c, id)| (c.clone(), Position::from(*id)))
-        .collect()
-}
 
 /// "Promptly": well below every `wait` used when a tail is expected to return early.
 const PROMPT: Duration = Duration::from_secs(3);

@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{Backend, RedisServer};
+use support::{at, pos, Backend, RedisServer};
 use tidings::store::{AppendOptions, Position, Replay, TailBatch, Trimmed};
 use tidings::{
     Channel, Entry, Range, RedisOptions, RedisStore, Retention, Store, StoreError, StreamId, TailMode,
@@ -100,19 +100,6 @@ fn trim_of(replay: &Replay) -> &Trimmed {
         .trimmed
         .as_ref()
         .unwrap_or_else(|| panic!("expected a trim signal, got {replay:?}"))
-}
-
-/// `id` in the channel's epoch now, as the server writes it in a cursor.
-async fn pos(store: &dyn Store, channel: &Channel, id: StreamId) -> Position {
-    Position::new(id, store.position(channel).await.unwrap().epoch)
-}
-
-/// Positions given by id alone (no epoch), as the cases below write them.
-fn at(positions: &[(Channel, StreamId)]) -> Vec<(Channel, Position)> {
-    positions
-        .iter()
-        .map(|(c, id)| (c.clone(), Position::from(*id)))
-        .collect()
 }
 
 fn by_channel(mut batches: Vec<TailBatch>) -> Vec<TailBatch> {

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::{
     check_resume, AppendOptions, Appended, Entry, History, Range, Replay, Retention, Store, StoreError,
-    TailBatch, Trimmed,
+    TailBatch,
 };
 use crate::channel::Channel;
 use crate::id::{Epoch, Position, StreamId};
@@ -262,15 +262,7 @@ impl Store for MemoryStore {
         limit: usize,
     ) -> BoxFuture<'a, Result<Replay, StoreError>> {
         let replay = self.with_stream(channel, |stream| match stream {
-            None => Replay {
-                entries: Vec::new(),
-                trimmed: (after.id > StreamId::ZERO).then_some(Trimmed {
-                    oldest: None,
-                    resume_from: after.id,
-                    reason: super::Lost::Trimmed,
-                }),
-                epoch: None,
-            },
+            None => Replay::no_stream(after),
             Some(s) => {
                 let oldest = s.entries.front().map(|e| e.id);
                 let trimmed = check_resume(after, Some(s.epoch), s.last_id, oldest, s.max_deleted);

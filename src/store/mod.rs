@@ -158,6 +158,22 @@ pub struct Replay {
     pub epoch: Option<Epoch>,
 }
 
+impl Replay {
+    /// The answer for a channel that has no stream: a cursor past zero points into history that
+    /// no longer exists.
+    pub(crate) fn no_stream(after: Position) -> Replay {
+        Replay {
+            entries: Vec::new(),
+            trimmed: (after.id > StreamId::ZERO).then_some(Trimmed {
+                oldest: None,
+                resume_from: after.id,
+                reason: Lost::Trimmed,
+            }),
+            epoch: None,
+        }
+    }
+}
+
 /// A page of history and the epoch it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

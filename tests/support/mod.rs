@@ -298,6 +298,19 @@ impl Backend {
     }
 }
 
+/// `id` in the channel's epoch now, as the server writes it in a cursor.
+pub async fn pos(store: &dyn Store, channel: &tidings::Channel, id: tidings::StreamId) -> tidings::Position {
+    tidings::Position::new(id, store.position(channel).await.unwrap().epoch)
+}
+
+/// Positions given by id alone (no epoch), as a store's `tail` takes them.
+pub fn at(positions: &[(tidings::Channel, tidings::StreamId)]) -> Vec<(tidings::Channel, tidings::Position)> {
+    positions
+        .iter()
+        .map(|(c, id)| (c.clone(), tidings::Position::from(*id)))
+        .collect()
+}
+
 /// The keys in Redis (None on the memory backend), to check that a refusal wrote nothing.
 pub async fn redis_keys(b: &Backend) -> Option<std::collections::BTreeSet<String>> {
     let server = b.redis_server()?;

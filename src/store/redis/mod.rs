@@ -51,7 +51,7 @@ use redis::{AsyncConnectionConfig, Value};
 
 use super::{
     check_resume, AppendOptions, Appended, Entry, History, Range, Replay, Retention, Store, StoreError,
-    TailBatch, Trimmed,
+    TailBatch,
 };
 use crate::channel::Channel;
 use crate::id::{Epoch, Position, StreamId};
@@ -932,16 +932,7 @@ impl Store for RedisStore {
                 return Err(malformed(name, "?", "replay reply is not an array"));
             };
             if parts.len() == 1 {
-                // No stream: a cursor past zero points into history that no longer exists.
-                return Ok(Replay {
-                    entries: Vec::new(),
-                    trimmed: (after.id > StreamId::ZERO).then_some(Trimmed {
-                        oldest: None,
-                        resume_from: after.id,
-                        reason: super::Lost::Trimmed,
-                    }),
-                    epoch: None,
-                });
+                return Ok(Replay::no_stream(after));
             }
             if parts.len() != 6 {
                 return Err(malformed(name, "?", "replay reply has the wrong length"));
