@@ -111,6 +111,79 @@ async fn a_replay_of_many_pages_reaches_ready() {
     assert_eq!(got, want);
 }
 
+/// Cursors with epochs on the nested `router()` (the hyper path), through a parser we did not
+/// write: the `id:` names the epoch, a resume from it is exact, and a resume from another epoch
+/// gets `tidings.reset` with reason `replaced` before the history held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epoch_cursors_on_the_nested_router_with_eventsource_stream() {
+    let base = support::hyper_server(|c| c).await;
+    let emit = |text: &'static str| {
+        let url = format!("{base}/emit");
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(support::EMIT_KEY)
+                .json(&json!({ "channel": "room:1", "event": "chat.message", "data": msg(text) }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    let open = |last: Option<String>| {
+        let url = format!("{base}/realtime?channel=room:1&cursor=room:1%3D0-0");
+        async move {
+            let mut req = reqwest::Client::new().get(url);
+            if let Some(id) = last {
+                req = req.header("Last-Event-ID", id);
+            }
+            Box::pin(req.send().await.unwrap().bytes_stream().eventsource())
+        }
+    };
+    emit("one").await;
+    emit("two").await;
+    let mut stream = open(None).await;
+    let first = next_event(&mut stream).await;
+    assert_eq!(first.event, "chat.message");
+    let (_, position) = first.id.split_once('=').unwrap();
+    let (_, epoch) = position.split_once('@').expect("the id names the epoch");
+    assert_eq!(epoch.len(), 8, "{}", first.id);
+    drop(stream);
+
+    let mut stream = open(Some(first.id.clone())).await;
+    let next = next_event(&mut stream).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&next.data).unwrap()["data"]["text"],
+        "two"
+    );
+    assert_eq!(next_event(&mut stream).await.event, "tidings.ready");
+    drop(stream);
+
+    let other = if epoch == "00000000" {
+        "00000001"
+    } else {
+        "00000000"
+    };
+    let stale = first.id.replace(epoch, other);
+    let mut stream = open(Some(stale)).await;
+    let reset = next_event(&mut stream).await;
+    assert_eq!(reset.event, "tidings.reset");
+    assert_eq!(
+        serde_json::from_str::<Value>(&reset.data).unwrap()["reason"],
+        "replaced"
+    );
+    let texts: Vec<Value> = [next_event(&mut stream).await, next_event(&mut stream).await]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(&e.data).unwrap()["data"]["text"].clone())
+        .collect();
+    assert_eq!(
+        texts,
+        [json!("one"), json!("two")],
+        "everything the history holds"
+    );
+    assert_eq!(next_event(&mut stream).await.event, "tidings.ready");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_data_written_by_another_tool_travels_on_one_line() {
     foreign_multiline_data(Backend::redis()).await;
