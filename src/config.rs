@@ -54,8 +54,13 @@ pub struct Limits {
     /// `None`: no limit.
     pub emit_key_emits_per_second: Option<NonZeroU32>,
     /// How long a client may take to send its request head before it is dropped (slow-loris
-    /// clients). Default 10 s. Applies to [`serve`](crate::serve).
+    /// clients), and a WebSocket client its first `auth` message. Default 10 s. The request head
+    /// part applies to [`serve`](crate::serve).
     pub head_timeout: Duration,
+    /// Messages per second one WebSocket connection may send, with a burst of one second's
+    /// worth: beyond, each is refused with an `error` frame (`rate_limited`), and a connection
+    /// that keeps sending at twice the rate is closed (code 4008). Default 50.
+    pub ws_messages_per_second: NonZeroU32,
 }
 
 /// A combination of [`Limits`] that cannot work.
@@ -64,6 +69,13 @@ pub struct Limits {
 pub struct LimitsError(String);
 
 impl Limits {
+    /// The largest WebSocket message accepted, in bytes: an emit of the largest payload, or a
+    /// subscribe with the longest cursor, with room for the JSON around them. Larger messages
+    /// close the connection with code 1009.
+    pub fn max_ws_message_bytes(&self) -> usize {
+        self.max_payload_bytes.max(crate::cursor::MAX_CURSOR_LEN) + 16 * 1024
+    }
+
     /// Checks that the limits can work together.
     ///
     /// # Errors
@@ -121,6 +133,7 @@ impl Default for Limits {
             emits_per_second: NonZeroU32::new(100),
             emit_key_emits_per_second: None,
             head_timeout: Duration::from_secs(10),
+            ws_messages_per_second: NonZeroU32::new(50).expect("not zero"),
         }
     }
 }

@@ -87,6 +87,11 @@ impl Cursor {
         }
     }
 
+    /// Removes `channel`'s position, if any.
+    pub fn remove(&mut self, channel: &Channel) {
+        self.positions.retain(|(c, _)| c != channel);
+    }
+
     /// The positions, in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (&Channel, Position)> {
         self.positions.iter().map(|(c, id)| (c, *id))

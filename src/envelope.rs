@@ -62,12 +62,20 @@ fn json_string_raw(s: &str) -> Box<serde_json::value::RawValue> {
 }
 
 /// Writes the envelope JSON of `entry` on `channel` into `out`, on one line.
+#[cfg(test)]
 pub(crate) fn write_envelope(out: &mut String, channel: &Channel, entry: &Entry) {
+    out.push('{');
+    write_envelope_fields(out, channel, entry);
+    out.push('}');
+}
+
+/// Writes the envelope's members (`"id":…,"channel":…,"event":…,"data":…`) without braces.
+pub(crate) fn write_envelope_fields(out: &mut String, channel: &Channel, entry: &Entry) {
     // Channel and event names come from checked character sets (no quotes, backslashes or
     // control characters) and data is one line of JSON, so plain concatenation is valid JSON.
     let _ = write!(
         out,
-        r#"{{"id":"{}","channel":"{}","event":"{}","data":{}}}"#,
+        r#""id":"{}","channel":"{}","event":"{}","data":{}"#,
         entry.id, channel, entry.event, entry.data
     );
 }

@@ -1,9 +1,10 @@
 //! The frame model: what the server tells a client, whatever the transport.
 //!
 //! A session (replay, then live) decides *what* to say as [`Frame`]s; a transport decides how it
-//! looks on the wire. Server-Sent Events is one encoder ([`Frame::write_sse`]); a WebSocket
-//! transport is another encoder of the same frames. Frames borrow what they carry, so encoding an
-//! event allocates nothing beyond the output buffer.
+//! looks on the wire. Server-Sent Events is one encoder ([`Frame::write_sse`]: the frame's name
+//! as `event:`, its cursor as `id:`, its fields as `data:`); WebSocket is another
+//! ([`Frame::write_ws`]: one JSON text message `{"type": …, …fields}`). Frames borrow what they
+//! carry, so encoding an event allocates nothing beyond the output buffer.
 //!
 //! Every value written is one line: channel and event names come from checked character sets,
 //! payloads are one line of JSON, cursors are printable ASCII, and reasons are our own text.
@@ -13,9 +14,12 @@ use std::time::Duration;
 
 use crate::channel::Channel;
 use crate::cursor::Cursor;
-use crate::envelope::write_envelope;
+use crate::envelope::write_envelope_fields;
 use crate::id::StreamId;
 use crate::store::{Entry, Lost};
+
+/// A client's `ref` for a request, echoed in the answer: a JSON string or number, as sent.
+pub(crate) type Ref<'a> = Option<&'a serde_json::value::RawValue>;
 
 /// One thing the server tells a client.
 pub(crate) enum Frame<'a> {
@@ -32,6 +36,8 @@ pub(crate) enum Frame<'a> {
         cursor: &'a Cursor,
         channels: &'a [Channel],
         heartbeat: Duration,
+        /// The WebSocket `subscribe` this answers.
+        reference: Ref<'a>,
     },
     /// History of `channel` after the client's cursor is gone.
     Reset {
@@ -47,6 +53,41 @@ pub(crate) enum Frame<'a> {
     Expired { cursor: &'a Cursor },
     /// A heartbeat after a quiet interval.
     Ping,
+    /// WebSocket: the connection is open for `sub` (`None`: anonymous).
+    Welcome {
+        connection: &'a str,
+        sub: Option<&'a str>,
+        heartbeat: Duration,
+        max_channels: usize,
+        max_message_bytes: usize,
+        messages_per_second: u32,
+    },
+    /// WebSocket: a `subscribe` was accepted; its replay follows, then `Ready`.
+    Subscribed {
+        reference: Ref<'a>,
+        channels: &'a [Channel],
+    },
+    /// WebSocket: these channels are no longer watched; `cursor` no longer names them.
+    Unsubscribed {
+        reference: Ref<'a>,
+        channels: &'a [Channel],
+        cursor: &'a Cursor,
+    },
+    /// WebSocket: an `emit` was stored as `id` (or was a duplicate of `id`).
+    Emitted {
+        reference: Ref<'a>,
+        id: StreamId,
+        duplicate: bool,
+    },
+    /// WebSocket: a request was refused; `body` is the JSON error body HTTP would answer with
+    /// (`{"error", "message", …}`), `status` its HTTP status.
+    Error {
+        reference: Ref<'a>,
+        status: u16,
+        body: &'a serde_json::Map<String, serde_json::Value>,
+    },
+    /// WebSocket: the answer to a `ping`.
+    Pong { reference: Ref<'a> },
 }
 
 impl Frame<'_> {
@@ -60,7 +101,38 @@ impl Frame<'_> {
             Frame::Lagged { .. } => "tidings.lagged",
             Frame::Expired { .. } => "tidings.expired",
             Frame::Ping => "tidings.ping",
+            Frame::Welcome { .. } => "tidings.welcome",
+            Frame::Subscribed { .. } => "tidings.subscribed",
+            Frame::Unsubscribed { .. } => "tidings.unsubscribed",
+            Frame::Emitted { .. } => "tidings.emitted",
+            Frame::Error { .. } => "tidings.error",
+            Frame::Pong { .. } => "tidings.pong",
         })
+    }
+
+    /// The `type` of the frame as a WebSocket message: its event name without `tidings.`, and
+    /// `event` for stored events.
+    pub fn ws_type(&self) -> &str {
+        match self {
+            Frame::Event { .. } => "event",
+            other => other
+                .event_name()
+                .and_then(|n| n.strip_prefix("tidings."))
+                .unwrap_or(""),
+        }
+    }
+
+    /// The client's `ref` the frame answers.
+    fn reference(&self) -> Ref<'_> {
+        match self {
+            Frame::Ready { reference, .. }
+            | Frame::Subscribed { reference, .. }
+            | Frame::Unsubscribed { reference, .. }
+            | Frame::Emitted { reference, .. }
+            | Frame::Error { reference, .. }
+            | Frame::Pong { reference } => *reference,
+            _ => None,
+        }
     }
 
     /// The cursor the frame carries, if any (the SSE `id:`).
@@ -70,31 +142,35 @@ impl Frame<'_> {
             | Frame::Ready { cursor, .. }
             | Frame::Reset { cursor, .. }
             | Frame::Lagged { cursor, .. }
-            | Frame::Expired { cursor } => Some(cursor),
-            Frame::Retry(_) | Frame::Ping => None,
+            | Frame::Expired { cursor }
+            | Frame::Unsubscribed { cursor, .. } => Some(cursor),
+            _ => None,
         }
     }
 
     /// The frame's JSON payload (the SSE `data:`), on one line.
     pub fn write_data(&self, out: &mut String) {
+        out.push('{');
+        self.write_fields(out);
+        out.push('}');
+    }
+
+    /// The frame's fields as JSON object members (`"a":1,"b":2`, or nothing), on one line.
+    fn write_fields(&self, out: &mut String) {
         match self {
-            Frame::Retry(_) => {}
-            Frame::Event { channel, entry, .. } => write_envelope(out, channel, entry),
+            Frame::Retry(_) | Frame::Ping | Frame::Pong { .. } => {}
+            Frame::Event { channel, entry, .. } => write_envelope_fields(out, channel, entry),
             Frame::Ready {
                 cursor,
                 channels,
                 heartbeat,
+                ..
             } => {
-                out.push_str(r#"{"cursor":"#);
+                out.push_str(r#""cursor":"#);
                 json_str(out, &cursor.to_string());
-                out.push_str(r#","channels":["#);
-                for (i, c) in channels.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    json_str(out, c.as_str());
-                }
-                let _ = write!(out, r#"],"heartbeat_ms":{}}}"#, heartbeat.as_millis());
+                out.push_str(r#","channels":"#);
+                channel_list(out, channels);
+                let _ = write!(out, r#","heartbeat_ms":{}"#, heartbeat.as_millis());
             }
             Frame::Reset {
                 cursor,
@@ -102,7 +178,7 @@ impl Frame<'_> {
                 oldest,
                 reason,
             } => {
-                out.push_str(r#"{"channel":"#);
+                out.push_str(r#""channel":"#);
                 json_str(out, channel.as_str());
                 out.push_str(r#","oldest":"#);
                 match oldest {
@@ -111,22 +187,87 @@ impl Frame<'_> {
                 }
                 out.push_str(r#","cursor":"#);
                 json_str(out, &cursor.to_string());
-                let _ = write!(out, r#","reason":"{}"}}"#, reason.as_str());
+                let _ = write!(out, r#","reason":"{}""#, reason.as_str());
             }
             Frame::Lagged { cursor, reason } => {
-                out.push_str(r#"{"reason":"#);
+                out.push_str(r#""reason":"#);
                 json_str(out, reason);
                 out.push_str(r#","cursor":"#);
                 json_str(out, &cursor.to_string());
-                out.push('}');
             }
             Frame::Expired { cursor } => {
-                out.push_str(r#"{"reason":"token expired","cursor":"#);
+                out.push_str(r#""reason":"token expired","cursor":"#);
                 json_str(out, &cursor.to_string());
-                out.push('}');
             }
-            Frame::Ping => out.push_str("{}"),
+            Frame::Welcome {
+                connection,
+                sub,
+                heartbeat,
+                max_channels,
+                max_message_bytes,
+                messages_per_second,
+            } => {
+                out.push_str(r#""connection":"#);
+                json_str(out, connection);
+                out.push_str(r#","sub":"#);
+                match sub {
+                    Some(sub) => json_str(out, sub),
+                    None => out.push_str("null"),
+                }
+                let _ = write!(
+                    out,
+                    r#","heartbeat_ms":{},"limits":{{"max_channels":{max_channels},"max_message_bytes":{max_message_bytes},"messages_per_second":{messages_per_second}}}"#,
+                    heartbeat.as_millis()
+                );
+            }
+            Frame::Subscribed { channels, .. } => {
+                out.push_str(r#""channels":"#);
+                channel_list(out, channels);
+            }
+            Frame::Unsubscribed { channels, cursor, .. } => {
+                out.push_str(r#""channels":"#);
+                channel_list(out, channels);
+                out.push_str(r#","cursor":"#);
+                json_str(out, &cursor.to_string());
+            }
+            Frame::Emitted { id, duplicate, .. } => {
+                let _ = write!(out, r#""id":"{id}","duplicate":{duplicate}"#);
+            }
+            Frame::Error { status, body, .. } => {
+                let _ = write!(out, r#""status":{status}"#);
+                for (k, v) in body.iter() {
+                    out.push(',');
+                    json_str(out, k);
+                    out.push(':');
+                    let _ = serde_json::to_writer(StringWriter(out), v);
+                }
+            }
         }
+    }
+
+    /// Appends the frame as one WebSocket text message: `{"type":…,"ref":…,…fields}`. Stored
+    /// events carry the connection's `cursor` as a field (SSE carries it as `id:`); `Retry` is
+    /// SSE only and writes nothing.
+    pub fn write_ws(&self, out: &mut String) {
+        if let Frame::Retry(_) = self {
+            return;
+        }
+        let _ = write!(out, r#"{{"type":"{}""#, self.ws_type());
+        if let Some(reference) = self.reference() {
+            out.push_str(r#","ref":"#);
+            out.push_str(reference.get());
+        }
+        if let Frame::Event { cursor, .. } = self {
+            out.push_str(r#","cursor":"#);
+            json_str(out, &cursor.to_string());
+        }
+        let mark = out.len();
+        out.push(',');
+        self.write_fields(out);
+        if out.len() == mark + 1 {
+            out.truncate(mark); // no fields
+        }
+        out.push('}');
     }
 
     /// Appends the frame as Server-Sent Events text.
@@ -142,6 +283,18 @@ impl Frame<'_> {
         self.write_data(out);
         out.push_str("\n\n");
     }
+}
+
+/// Appends `channels` as a JSON array of strings.
+fn channel_list(out: &mut String, channels: &[Channel]) {
+    out.push('[');
+    for (i, c) in channels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_str(out, c.as_str());
+    }
+    out.push(']');
 }
 
 /// Appends `s` as a JSON string.
@@ -184,6 +337,7 @@ mod tests {
             cursor: &c,
             channels: &[room.clone(), Channel::new("room:2").unwrap()],
             heartbeat: Duration::from_secs(15),
+            reference: None,
         }
         .write_sse(&mut out);
         Frame::Reset {

@@ -66,7 +66,7 @@ impl ApiError {
     }
 
     /// A limit that refused the request: `"limit": value` goes into the body.
-    fn limit(
+    pub(crate) fn limit(
         status: StatusCode,
         code: &'static str,
         message: impl Into<String>,
@@ -75,12 +75,12 @@ impl ApiError {
         ApiError::new(status, code, message).with(json!({ "limit": limit.into() }))
     }
 
-    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     /// A channel name that is not allowed; a too-long one names the limit.
-    fn channel(e: crate::channel::ChannelError) -> Self {
+    pub(crate) fn channel(e: crate::channel::ChannelError) -> Self {
         match e {
             crate::channel::ChannelError::TooLong { max, .. } => {
                 ApiError::limit(StatusCode::BAD_REQUEST, "invalid_channel", e.to_string(), max)
@@ -94,7 +94,7 @@ impl ApiError {
         self
     }
 
-    fn store(e: StoreError) -> Self {
+    pub(crate) fn store(e: StoreError) -> Self {
         if let StoreError::Busy { max_count, .. } = &e {
             tracing::warn!(error = %e, "refusing an emit: too many are waiting for Redis");
             return ApiError::limit(
@@ -116,6 +116,11 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+
+    /// What was wrong, for people.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -252,6 +257,7 @@ pub fn router(rt: Tidings) -> Router {
         .route("/", get(index))
         .route("/emit", post(emit))
         .route("/realtime", get(realtime))
+        .route("/ws", get(crate::ws::upgrade))
         .route("/history", get(history))
         .route("/health", get(health))
         .route("/schema", get(schema));
@@ -349,7 +355,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!(
-            "{method} is not allowed on {}; routes are POST /emit, GET /realtime, GET /history, GET /health, GET /schema",
+            "{method} is not allowed on {}; routes are POST /emit, GET /realtime, GET /ws, GET /history, GET /health, GET /schema",
             uri.path()
         ),
     )
@@ -359,7 +365,7 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such route; routes are POST /emit, GET /realtime, GET /history, GET /health, GET /schema",
+        "no such route; routes are POST /emit, GET /realtime, GET /ws, GET /history, GET /health, GET /schema",
     )
 }
 
@@ -403,7 +409,7 @@ struct EmitBody {
     data: Value,
 }
 
-fn check_key(rt: &Tidings, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_key(rt: &Tidings, headers: &HeaderMap) -> Result<(), ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m.to_string());
     let value = headers
         .get(header::AUTHORIZATION)
@@ -419,7 +425,7 @@ fn check_key(rt: &Tidings, headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -494,7 +500,6 @@ async fn emit(State(rt): State<Tidings>, headers: HeaderMap, body: Body) -> Resu
             format!("{e}; expected {{\"channel\": string, \"event\": string, \"data\": payload}}"),
         )
     })?;
-    let channel = rt.parse_channel(&req.channel).map_err(ApiError::channel)?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => Some(
@@ -508,19 +513,43 @@ async fn emit(State(rt): State<Tidings>, headers: HeaderMap, body: Body) -> Resu
                 .to_string(),
         ),
     };
+    let auth = AuthRequest::new(headers, None);
+    let added = publish(
+        &rt,
+        &auth,
+        has_key,
+        &req.channel,
+        &req.event,
+        &req.data,
+        key.as_deref(),
+    )
+    .await?;
+    Ok(Json(json!({ "id": added.id, "duplicate": added.duplicate })))
+}
+
+/// An emit from a client, over HTTP or WebSocket: the channel checked, the publisher authorized
+/// (`has_key`: it holds the emit key) and rate limited, the payload validated, then stored.
+pub(crate) async fn publish(
+    rt: &Tidings,
+    auth: &AuthRequest,
+    has_key: bool,
+    channel: &str,
+    event: &str,
+    data: &Value,
+    idempotency_key: Option<&str>,
+) -> Result<crate::store::Appended, ApiError> {
+    let channel = rt.parse_channel(channel).map_err(ApiError::channel)?;
     if has_key {
         rt.inner.emit_rate.check_emit_key()?;
     } else {
-        let identity =
-            authorize_publish(&rt.inner.config, &AuthRequest::new(headers, None), &channel).await?;
+        let identity = authorize_publish(&rt.inner.config, auth, &channel).await?;
         rt.inner.emit_rate.check(identity.sub.as_deref().unwrap_or(""))?;
     }
     let mut opts = EmitOptions::default();
-    if let Some(key) = &key {
+    if let Some(key) = idempotency_key {
         opts = opts.idempotency_key(key);
     }
-    let added = rt.emit_json_with(&channel, &req.event, &req.data, opts).await?;
-    Ok(Json(json!({ "id": added.id, "duplicate": added.duplicate })))
+    Ok(rt.emit_json_with(&channel, event, data, opts).await?)
 }
 
 /// Query parameters, where `channel` may repeat.
@@ -591,61 +620,22 @@ pub(crate) fn prepare_stream(
 ) -> Result<StreamRequest, ApiError> {
     let query = parse_query(raw_query);
     known_keys(&query, &["channel", "events", "cursor", "token"])?;
-    let limits = &rt.inner.config.limits;
 
-    let mut channels: Vec<Channel> = Vec::new();
-    let mut seen: HashSet<Channel> = HashSet::new();
-    for (_, value) in query.iter().filter(|(k, _)| k == "channel") {
-        for name in value.split(',') {
-            let channel = rt.parse_channel(name).map_err(ApiError::channel)?;
-            if seen.insert(channel.clone()) {
-                channels.push(channel);
-                if channels.len() > limits.max_channels {
-                    // Refused as soon as it is known, without checking the rest.
-                    let requested: usize = query
-                        .iter()
-                        .filter(|(k, _)| k == "channel")
-                        .map(|(_, v)| v.split(',').count())
-                        .sum();
-                    return Err(ApiError::limit(
-                        StatusCode::BAD_REQUEST,
-                        "too_many_channels",
-                        format!(
-                            "{requested} channels requested; at most {} per connection (max_channels)",
-                            limits.max_channels
-                        ),
-                        limits.max_channels,
-                    ));
-                }
-            }
-        }
-    }
+    let names: Vec<&str> = query
+        .iter()
+        .filter(|(k, _)| k == "channel")
+        .flat_map(|(_, v)| v.split(','))
+        .collect();
+    let channels = check_channels(rt, &names, 0)?;
     if channels.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_channel",
             "no channel given; add ?channel=<name> (repeat it, or separate names with commas, for more)",
         ));
     }
-
     let events = match one(&query, "events")? {
         None | Some("") => None,
-        Some(list) => {
-            let mut set = HashSet::new();
-            for name in list.split(',') {
-                if !rt.registry().contains(name) {
-                    return Err(ApiError::bad_request(
-                        "unknown_event",
-                        format!(
-                            "unknown event {:?} in events; known events: {}",
-                            name.chars().take(64).collect::<String>(),
-                            rt.registry().event_names().collect::<Vec<_>>().join(", ")
-                        ),
-                    ));
-                }
-                set.insert(name.to_string());
-            }
-            Some(set)
-        }
+        Some(list) => Some(check_events(rt, list.split(','))?),
     };
 
     // A browser's reconnect sends the newest cursor as Last-Event-ID, while its URL still holds
@@ -680,6 +670,53 @@ pub(crate) fn prepare_stream(
         cursor,
         known: rt.inner.known.clone(),
     })
+}
+
+/// Checks channel names (duplicates dropped) for a connection that watches `watched` already:
+/// 400 `invalid_channel`, or `too_many_channels` beyond [`Limits::max_channels`] in all.
+pub(crate) fn check_channels(rt: &Tidings, names: &[&str], watched: usize) -> Result<Vec<Channel>, ApiError> {
+    let max = rt.inner.config.limits.max_channels;
+    let mut channels: Vec<Channel> = Vec::new();
+    let mut seen: HashSet<Channel> = HashSet::new();
+    for name in names {
+        let channel = rt.parse_channel(name).map_err(ApiError::channel)?;
+        if seen.insert(channel.clone()) {
+            channels.push(channel);
+            if watched + channels.len() > max {
+                // Refused as soon as it is known, without checking the rest.
+                let requested = watched + names.len();
+                return Err(ApiError::limit(
+                    StatusCode::BAD_REQUEST,
+                    "too_many_channels",
+                    format!("{requested} channels requested; at most {max} per connection (max_channels)"),
+                    max,
+                ));
+            }
+        }
+    }
+    Ok(channels)
+}
+
+/// Checks event names against the schema: 400 `unknown_event` naming the known ones.
+pub(crate) fn check_events<'a>(
+    rt: &Tidings,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<HashSet<String>, ApiError> {
+    let mut set = HashSet::new();
+    for name in names {
+        if !rt.registry().contains(name) {
+            return Err(ApiError::bad_request(
+                "unknown_event",
+                format!(
+                    "unknown event {:?} in events; known events: {}",
+                    name.chars().take(64).collect::<String>(),
+                    rt.registry().event_names().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        set.insert(name.to_string());
+    }
+    Ok(set)
 }
 
 /// Subscribes a checked SSE request and returns the task that streams it into `sink`; on error

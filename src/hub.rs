@@ -40,9 +40,14 @@ pub(crate) struct Delivery {
 struct Subscriber {
     id: u64,
     tx: mpsc::Sender<Arc<Delivery>>,
-    channels: Vec<Channel>,
+    /// The channels it is registered on (changed by [`Subscription::join`] and
+    /// [`Subscription::leave`]); a kicked subscriber leaves all of them at once.
+    channels: Mutex<Vec<Channel>>,
     /// Set when the hub dropped this subscriber (queue full, or a possible gap in the tail).
-    kicked: Arc<AtomicBool>,
+    kicked: AtomicBool,
+    /// Wakes the subscription's [`Subscription::recv`] when it is kicked: its own handle keeps
+    /// the queue open, so the queue alone would not end.
+    kick: tokio::sync::Notify,
 }
 
 struct Watched {
@@ -70,31 +75,120 @@ pub(crate) struct Hub {
 
 /// A registration with the hub; dropping it unregisters.
 ///
-/// Only the hub's lists hold the sending side of `rx`: once the hub drops this subscriber from
-/// every channel, `rx` ends after the entries it already holds.
+/// Its channels can change while it lives ([`Subscription::join`], [`Subscription::leave`]), as
+/// a WebSocket connection's do; an SSE stream joins its channels once.
 pub(crate) struct Subscription {
     hub: Arc<Inner>,
-    id: u64,
-    channels: Vec<Channel>,
-    kicked: Arc<AtomicBool>,
+    me: Arc<Subscriber>,
     /// New entries, in order per channel.
-    pub rx: mpsc::Receiver<Arc<Delivery>>,
+    rx: mpsc::Receiver<Arc<Delivery>>,
     /// Each channel's position when the subscription started: every later entry arrives in `rx`.
     pub start: Vec<(Channel, Position)>,
 }
 
 impl Subscription {
-    /// True when the hub dropped this subscriber; `rx` then ends after what it already holds.
+    /// True when the hub dropped this subscriber; [`Subscription::recv`] then ends after what
+    /// the queue already holds.
     pub fn kicked(&self) -> bool {
-        self.kicked.load(Ordering::Acquire)
+        self.me.kicked.load(Ordering::Acquire)
+    }
+
+    /// The next entry, in order per channel; `None` once the subscriber was kicked and its
+    /// queue is drained. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Arc<Delivery>> {
+        if self.kicked() {
+            return self.rx.try_recv().ok();
+        }
+        tokio::select! {
+            biased;
+            d = self.rx.recv() => d,
+            _ = self.me.kick.notified() => self.rx.try_recv().ok(),
+        }
+    }
+
+    /// The next entry if one is queued now.
+    pub fn try_recv(&mut self) -> Option<Arc<Delivery>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Registers on more `channels` and returns each one's position at that moment: every
+    /// later entry of theirs arrives in [`Subscription::recv`].
+    ///
+    /// Registering is one short critical section; a channel nobody watched yet has its end read
+    /// from the store afterwards, outside any lock, so a reconnect storm's subscribes do not
+    /// queue behind each other's round trips. Until a channel's end is known the tail leaves it
+    /// alone, so nothing after that end is missed.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot say where a newly watched channel ends; the
+    /// subscription is then not registered on any of `channels`.
+    pub async fn join(&mut self, channels: &[Channel]) -> Result<Vec<(Channel, Position)>, StoreError> {
+        let inner = &self.hub;
+        let id = self.me.id;
+        let mut start: Vec<(Channel, Option<Position>)> = {
+            let mut map = lock(&inner.channels);
+            lock(&self.me.channels).extend(channels.iter().cloned());
+            channels
+                .iter()
+                .map(|channel| {
+                    let w = map.entry(channel.clone()).or_insert_with(|| Watched {
+                        pos: None,
+                        subs: HashMap::new(),
+                    });
+                    w.subs.insert(id, self.me.clone());
+                    (channel.clone(), w.pos)
+                })
+                .collect()
+        };
+        let unknown: Vec<usize> = (0..start.len()).filter(|&i| start[i].1.is_none()).collect();
+        if !unknown.is_empty() {
+            let reads = unknown.iter().map(|&i| inner.store.position(&start[i].0));
+            let mut found = Vec::with_capacity(unknown.len());
+            for pos in futures_util::future::join_all(reads).await {
+                match pos {
+                    Ok(pos) => found.push(pos),
+                    Err(e) => {
+                        self.leave(channels);
+                        return Err(e);
+                    }
+                }
+            }
+            {
+                let mut map = lock(&inner.channels);
+                for (&i, pos) in unknown.iter().zip(found) {
+                    // This subscriber is on the channel, so its entry is there. The first read
+                    // to land sets the position; later ones take it, so every subscriber of a
+                    // channel starts where the tail does.
+                    if let Some(w) = map.get_mut(&start[i].0) {
+                        start[i].1 = Some(*w.pos.get_or_insert(pos));
+                    }
+                }
+            }
+            if let Err(e) = inner.store.wake().await {
+                tracing::warn!(error = %e, "could not wake the tail reader; new channels start within {TAIL_WAIT:?}");
+            }
+        }
+        Ok(start
+            .into_iter()
+            .map(|(c, pos)| (c, pos.unwrap_or(Position::ZERO)))
+            .collect())
+    }
+
+    /// Unregisters from `channels`; entries of theirs already queued still arrive.
+    pub fn leave(&mut self, channels: &[Channel]) {
+        let mut map = lock(&self.hub.channels);
+        lock(&self.me.channels).retain(|c| !channels.contains(c));
+        for channel in channels {
+            leave(&mut map, channel, self.me.id);
+        }
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut map = lock(&self.hub.channels);
-        for channel in &self.channels {
-            leave(&mut map, channel, self.id);
+        for channel in lock(&self.me.channels).iter() {
+            leave(&mut map, channel, self.me.id);
         }
     }
 }
@@ -130,76 +224,33 @@ impl Hub {
         Hub { inner }
     }
 
-    /// Registers a subscriber on `channels`.
-    ///
-    /// Registering is one short critical section; a channel nobody watched yet has its end read
-    /// from the store afterwards, outside any lock, so a reconnect storm's subscribes do not
-    /// queue behind each other's round trips. Until a channel's end is known the tail leaves it
-    /// alone, so nothing after that end is missed.
+    /// A subscription on no channel yet: [`Subscription::join`] adds them.
+    pub fn subscriber(&self) -> Subscription {
+        let inner = &self.inner;
+        let (tx, rx) = mpsc::channel(inner.queue);
+        let me = Arc::new(Subscriber {
+            id: inner.next_id.fetch_add(1, Ordering::Relaxed),
+            tx,
+            channels: Mutex::new(Vec::new()),
+            kicked: AtomicBool::new(false),
+            kick: tokio::sync::Notify::new(),
+        });
+        Subscription {
+            hub: inner.clone(),
+            me,
+            rx,
+            start: Vec::new(),
+        }
+    }
+
+    /// Registers a subscriber on `channels` ([`Hub::subscriber`], then
+    /// [`Subscription::join`]); its `start` holds each channel's position.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot say where a newly watched channel ends.
     pub async fn subscribe(&self, channels: &[Channel]) -> Result<Subscription, StoreError> {
-        let inner = &self.inner;
-        let (tx, rx) = mpsc::channel(inner.queue);
-        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let kicked = Arc::new(AtomicBool::new(false));
-        let me = Arc::new(Subscriber {
-            id,
-            tx,
-            channels: channels.to_vec(),
-            kicked: kicked.clone(),
-        });
-        let mut start: Vec<(Channel, Option<Position>)> = {
-            let mut map = lock(&inner.channels);
-            channels
-                .iter()
-                .map(|channel| {
-                    let w = map.entry(channel.clone()).or_insert_with(|| Watched {
-                        pos: None,
-                        subs: HashMap::new(),
-                    });
-                    w.subs.insert(id, me.clone());
-                    (channel.clone(), w.pos)
-                })
-                .collect()
-        };
-        drop(me);
-        // From here on, dropping `sub` (an error below) unregisters it.
-        let mut sub = Subscription {
-            hub: inner.clone(),
-            id,
-            channels: channels.to_vec(),
-            kicked,
-            rx,
-            start: Vec::new(),
-        };
-        let unknown: Vec<usize> = (0..start.len()).filter(|&i| start[i].1.is_none()).collect();
-        if !unknown.is_empty() {
-            let reads = unknown.iter().map(|&i| inner.store.position(&start[i].0));
-            let mut found = Vec::with_capacity(unknown.len());
-            for pos in futures_util::future::join_all(reads).await {
-                found.push(pos?);
-            }
-            {
-                let mut map = lock(&inner.channels);
-                for (&i, pos) in unknown.iter().zip(found) {
-                    // This subscriber is on the channel, so its entry is there. The first read
-                    // to land sets the position; later ones take it, so every subscriber of a
-                    // channel starts where the tail does.
-                    if let Some(w) = map.get_mut(&start[i].0) {
-                        start[i].1 = Some(*w.pos.get_or_insert(pos));
-                    }
-                }
-            }
-            if let Err(e) = inner.store.wake().await {
-                tracing::warn!(error = %e, "could not wake the tail reader; new channels start within {TAIL_WAIT:?}");
-            }
-        }
-        sub.start = start
-            .into_iter()
-            .map(|(c, pos)| (c, pos.unwrap_or(Position::ZERO)))
-            .collect();
+        let mut sub = self.subscriber();
+        sub.start = sub.join(channels).await?;
         Ok(sub)
     }
 
@@ -298,7 +349,8 @@ fn dispatch(inner: &Inner, batches: Vec<TailBatch>) {
     // dropped at once.
     for sub in dropped {
         sub.kicked.store(true, Ordering::Release);
-        for channel in &sub.channels {
+        sub.kick.notify_one();
+        for channel in lock(&sub.channels).iter() {
             leave(&mut map, channel, sub.id);
         }
     }
@@ -328,7 +380,7 @@ mod tests {
     }
 
     async fn recv(sub: &mut Subscription) -> Option<Arc<Delivery>> {
-        tokio::time::timeout(Duration::from_secs(5), sub.rx.recv())
+        tokio::time::timeout(Duration::from_secs(5), sub.recv())
             .await
             .expect("delivery within 5 s")
     }
@@ -349,7 +401,7 @@ mod tests {
         let id_y = add(&*store, &ch("y"), "2").await;
         assert_eq!(recv(&mut c).await.unwrap().entry.id, id_y);
         assert_eq!(recv(&mut b).await.unwrap().entry.id, id_y);
-        assert!(a.rx.try_recv().is_err(), "a does not watch y");
+        assert!(a.try_recv().is_none(), "a does not watch y");
         assert_eq!(hub.stats(), (2, 3), "two channels, three distinct subscribers");
     }
 
@@ -391,7 +443,7 @@ mod tests {
         add(&*store, &ch("y"), "z").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(hub.stats(), (1, 1));
-        assert!(slow.rx.try_recv().is_err(), "nothing after the kick");
+        assert!(slow.try_recv().is_none(), "nothing after the kick");
     }
 
     #[tokio::test]
@@ -408,7 +460,7 @@ mod tests {
     }
 
     /// A hub with one subscriber on `x` at `pos`, driven by hand through `dispatch`.
-    fn by_hand(pos: Position) -> (Inner, mpsc::Receiver<Arc<Delivery>>, Arc<AtomicBool>) {
+    fn by_hand(pos: Position) -> (Inner, mpsc::Receiver<Arc<Delivery>>, Arc<Subscriber>) {
         let known: Known = Arc::new(|event: &str| event != "unknown");
         let inner = Inner {
             store: Arc::new(MemoryStore::new(Retention::default().max_len(3))),
@@ -418,18 +470,19 @@ mod tests {
             known,
         };
         let (tx, rx) = mpsc::channel(8);
-        let kicked = Arc::new(AtomicBool::new(false));
         let sub = Arc::new(Subscriber {
             id: 1,
             tx,
-            channels: vec![ch("x")],
-            kicked: kicked.clone(),
+            channels: Mutex::new(vec![ch("x")]),
+            kicked: AtomicBool::new(false),
+            kick: tokio::sync::Notify::new(),
         });
+        let kicked = sub.clone();
         lock(&inner.channels).insert(
             ch("x"),
             Watched {
                 pos: Some(pos),
-                subs: HashMap::from([(1, sub)]),
+                subs: HashMap::from([(1, sub.clone())]),
             },
         );
         (inner, rx, kicked)
@@ -459,11 +512,8 @@ mod tests {
         for (epoch, gap) in [(e1, true), (e2, false), (None, false)] {
             let (inner, mut rx, kicked) = by_hand(Position::new(StreamId::new(1, 0), e1));
             dispatch(&inner, vec![batch(vec![entry(9, "e")], epoch, gap)]);
-            assert!(kicked.load(Ordering::Acquire), "{epoch:?} {gap}");
-            assert!(
-                rx.recv().await.is_none(),
-                "nothing delivered across a gap; the queue is closed"
-            );
+            assert!(kicked.kicked.load(Ordering::Acquire), "{epoch:?} {gap}");
+            assert!(rx.try_recv().is_err(), "nothing delivered across a gap");
             // Its subscribers gone, the channel is forgotten: the next subscriber reads its end.
             assert!(!lock(&inner.channels).contains_key(&ch("x")));
         }
@@ -474,7 +524,7 @@ mod tests {
         let e1 = "00000001".parse().ok();
         let (inner, mut rx, kicked) = by_hand(Position::ZERO);
         dispatch(&inner, vec![batch(vec![entry(9, "e")], e1, false)]);
-        assert!(!kicked.load(Ordering::Acquire));
+        assert!(!kicked.kicked.load(Ordering::Acquire));
         let d = rx.recv().await.unwrap();
         assert_eq!((d.entry.id, d.epoch), (StreamId::new(9, 0), e1));
         assert_eq!(lock(&inner.channels)[&ch("x")].pos.unwrap().epoch, e1);
@@ -490,7 +540,7 @@ mod tests {
             entry(4, "e"),
         ];
         dispatch(&inner, vec![batch(entries, None, false)]);
-        assert!(!kicked.load(Ordering::Acquire));
+        assert!(!kicked.kicked.load(Ordering::Acquire));
         assert_eq!(rx.recv().await.unwrap().entry.id, StreamId::new(4, 0));
         assert!(rx.try_recv().is_err(), "only the readable, known entry");
         assert_eq!(

@@ -64,8 +64,10 @@ mod payload;
 mod realtime;
 pub mod schema;
 mod server;
+mod session;
 mod sse;
 pub mod store;
+mod ws;
 
 pub use auth::{Action, AuthError, AuthRequest, Authorizer, Identity, JwtAuthorizer};
 pub use channel::{Channel, ChannelError, DEFAULT_MAX_CHANNEL_LEN, MAX_CHANNEL_LEN};

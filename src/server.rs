@@ -29,7 +29,8 @@ use tokio::sync::Notify;
 use crate::auth::{authorize_read, AuthRequest};
 use crate::http::{cors_allowed, open_stream, prepare_stream, router, ApiError};
 use crate::realtime::Tidings;
-use crate::sse::{Gone, Sink};
+use crate::session::Gone;
+use crate::sse::Sink;
 
 /// The longest request head read before deciding where a connection goes: room for the longest
 /// cursor in a `Last-Event-ID` header, and the rest of a browser's headers.

@@ -25,8 +25,7 @@
 //! data: {"reason":"…","cursor":"…"}
 //! ```
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -35,14 +34,12 @@ use tokio::sync::mpsc;
 use crate::channel::Channel;
 use crate::cursor::Cursor;
 use crate::frame::Frame;
-use crate::hub::{Delivery, Known, Subscription};
-use crate::id::{Epoch, Position};
-use crate::store::{skip, Entry, Store, StoreError, Trimmed};
+use crate::hub::{Known, Subscription};
+use crate::session::{closed, until, Gone, ReplayError, Session, Transport};
+use crate::store::Store;
 
-/// Entries read per channel per replay page.
-const REPLAY_PAGE: usize = 500;
 /// Frames are gathered into chunks of about this size before they are written.
-const CHUNK: usize = 32 * 1024;
+pub(crate) const CHUNK: usize = 32 * 1024;
 
 /// What one SSE connection asked for, already checked.
 pub(crate) struct StreamRequest {
@@ -77,9 +74,6 @@ pub(crate) trait Sink: Send + 'static {
     fn closed(&mut self) -> impl std::future::Future<Output = ()> + Send;
 }
 
-/// The client went away.
-pub(crate) struct Gone;
-
 /// The hyper path: chunks go into the response body's channel.
 impl Sink for mpsc::Sender<Bytes> {
     async fn send(&mut self, chunk: Bytes) -> Result<(), Gone> {
@@ -91,8 +85,8 @@ impl Sink for mpsc::Sender<Bytes> {
     }
 }
 
-/// Writes frames into `out` and sends them to the client as chunks.
-struct Writer<S> {
+/// The SSE transport: frames as event-stream text, gathered into chunks.
+pub(crate) struct SseOut<S> {
     out: S,
     buf: String,
     /// A chunk that cannot be written within this is a client that stopped reading, or a peer
@@ -100,7 +94,15 @@ struct Writer<S> {
     write_timeout: Duration,
 }
 
-impl<S: Sink> Writer<S> {
+impl<S: Sink> Transport for SseOut<S> {
+    fn push(&mut self, frame: Frame<'_>) {
+        frame.write_sse(&mut self.buf);
+    }
+
+    fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
     async fn flush(&mut self) -> Result<(), Gone> {
         if self.buf.is_empty() {
             return Ok(());
@@ -115,114 +117,55 @@ impl<S: Sink> Writer<S> {
             }
         }
     }
-
-    async fn maybe_flush(&mut self) -> Result<(), Gone> {
-        if self.buf.len() >= CHUNK {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// Adds a frame to the buffer, as SSE text.
-    fn send(&mut self, frame: Frame<'_>) {
-        frame.write_sse(&mut self.buf);
-    }
-}
-
-/// One channel's replay in progress.
-struct ReplayState {
-    channel: Channel,
-    buf: VecDeque<Entry>,
-    /// Where the next page starts.
-    after: Position,
-    done: bool,
-}
-
-/// Reads the next page of a channel's replay. Returns what was lost when the history moved on
-/// under a long replay (trimmed past the page, or replaced): the caller then sends a reset.
-async fn fill(store: &dyn Store, r: &mut ReplayState) -> Result<Option<Trimmed>, StoreError> {
-    let page = store.replay(&r.channel, r.after, REPLAY_PAGE).await?;
-    r.done = page.entries.len() < REPLAY_PAGE;
-    let from = page.trimmed.as_ref().map_or(r.after.id, |t| t.resume_from);
-    r.after = Position::new(page.entries.last().map_or(from, |e| e.id), page.epoch);
-    r.buf.extend(page.entries);
-    Ok(page.trimmed)
-}
-
-/// Writes the reset frame for `channel`, whose history after the cursor is gone, and moves the
-/// cursor to where reading goes on.
-fn reset<S: Sink>(
-    w: &mut Writer<S>,
-    cursor: &mut Cursor,
-    channel: &Channel,
-    t: &Trimmed,
-    epoch: Option<Epoch>,
-) {
-    cursor.set(channel, Position::written(t.resume_from, epoch));
-    w.send(Frame::Reset {
-        cursor,
-        channel,
-        oldest: t.oldest,
-        reason: t.reason,
-    });
 }
 
 /// Runs one connection until the client goes away, the hub drops it, or the store fails.
 pub(crate) async fn run<S: Sink>(
-    store: Arc<dyn Store>,
+    store: std::sync::Arc<dyn Store>,
     req: StreamRequest,
     mut sub: Subscription,
     mut settings: StreamSettings,
     out: S,
 ) {
-    let mut w = Writer {
+    let out = SseOut {
         out,
         buf: String::new(),
         write_timeout: settings.write_timeout,
     };
-    w.send(Frame::Retry(settings.retry));
-    let mut cursor = Cursor::default();
-    for (channel, pos) in &sub.start {
-        cursor.set(channel, *pos);
-    }
-    let wanted = |event: &str| req.events.as_ref().is_none_or(|set| set.contains(event));
-
-    if let Some(given) = &req.cursor {
-        match replay(
-            &*store,
-            &req,
-            given,
-            &mut cursor,
-            &mut w,
-            &wanted,
-            settings.deadline,
-        )
+    let mut s = Session::new(store, req.known, out);
+    s.send(Frame::Retry(settings.retry));
+    let start = std::mem::take(&mut sub.start);
+    let events = req.events.map(std::sync::Arc::new);
+    match s
+        .join(&start, events, req.cursor.as_ref(), settings.deadline)
         .await
-        {
-            Ok(()) => {}
-            Err(ReplayError::Gone) => return,
-            Err(ReplayError::Expired) => {
-                expired(&mut w, &cursor);
-                let _ = w.flush().await;
-                return;
-            }
-            Err(ReplayError::Store(e)) => {
-                // Ending the stream makes the client reconnect with its cursor and try again.
-                tracing::warn!(error = %e, "replay failed; closing the stream");
-                let _ = w.flush().await;
-                return;
-            }
+    {
+        Ok(()) => {}
+        Err(ReplayError::Gone) => return,
+        Err(ReplayError::Expired) => {
+            s.out.push(Frame::Expired { cursor: &s.cursor });
+            let _ = s.out.flush().await;
+            return;
+        }
+        Err(ReplayError::Store(e)) => {
+            // Ending the stream makes the client reconnect with its cursor and try again.
+            tracing::warn!(error = %e, "replay failed; closing the stream");
+            let _ = s.out.flush().await;
+            return;
         }
     }
+    drop(start);
 
-    w.send(Frame::Ready {
-        cursor: &cursor,
+    s.out.push(Frame::Ready {
+        cursor: &s.cursor,
         channels: &req.channels,
         heartbeat: settings.heartbeat,
+        reference: None,
     });
-    if w.flush().await.is_err() {
+    if s.out.flush().await.is_err() {
         return;
     }
+    drop(req.channels);
 
     let mut heartbeat = tokio::time::interval_at(
         tokio::time::Instant::now() + settings.heartbeat,
@@ -234,36 +177,36 @@ pub(crate) async fn run<S: Sink>(
     loop {
         tokio::select! {
             biased;
-            _ = w.out.closed() => return,
+            _ = s.out.out.closed() => return,
             _ = closed(&mut settings.closing) => {
-                let _ = w.flush().await;
+                let _ = s.out.flush().await;
                 return;
             }
             _ = &mut expiry => {
-                expired(&mut w, &cursor);
-                let _ = w.flush().await;
+                s.out.push(Frame::Expired { cursor: &s.cursor });
+                let _ = s.out.flush().await;
                 return;
             }
-            next = sub.rx.recv() => {
+            next = sub.recv() => {
                 let Some(d) = next else {
                     let reason = if sub.kicked() {
                         "fell behind the live stream; reconnect with Last-Event-ID (the id of this frame) to resume"
                     } else {
                         "server is shutting down; reconnect with Last-Event-ID to resume"
                     };
-                    w.send(Frame::Lagged { cursor: &cursor, reason });
-                    let _ = w.flush().await;
+                    s.out.push(Frame::Lagged { cursor: &s.cursor, reason });
+                    let _ = s.out.flush().await;
                     return;
                 };
-                live(&mut w, &mut cursor, &d, &wanted);
-                while w.buf.len() < CHUNK {
-                    match sub.rx.try_recv() {
-                        Ok(d) => live(&mut w, &mut cursor, &d, &wanted),
-                        Err(_) => break,
+                s.live(&d);
+                while s.out.pending() < CHUNK {
+                    match sub.try_recv() {
+                        Some(d) => s.live(&d),
+                        None => break,
                     }
                 }
-                if !w.buf.is_empty() {
-                    if w.flush().await.is_err() {
+                if s.out.pending() > 0 {
+                    if s.out.flush().await.is_err() {
                         return;
                     }
                     // The client just heard from us: the next heartbeat is due an interval
@@ -275,139 +218,11 @@ pub(crate) async fn run<S: Sink>(
                 // An event, not a comment: EventSource hides comments from the page, which then
                 // could not tell a dead link (a NAT that dropped the flow, a sleeping laptop)
                 // from a quiet channel. Clients that do not know it ignore it.
-                w.send(Frame::Ping);
-                if w.flush().await.is_err() {
+                s.out.push(Frame::Ping);
+                if s.out.flush().await.is_err() {
                     return;
                 }
             }
         }
     }
-}
-
-/// The frame that ends a stream whose credential expired; its cursor resumes after what was sent.
-fn expired<S: Sink>(w: &mut Writer<S>, cursor: &Cursor) {
-    w.send(Frame::Expired { cursor });
-}
-
-/// Completes at `deadline`, or never.
-async fn until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Completes when the server shuts down (or the instance is gone).
-async fn closed(closing: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = closing.wait_for(|closing| *closing).await.map(|_| ());
-}
-
-/// Writes a live entry. The hub hands out only readable entries of known events.
-fn live<S: Sink>(w: &mut Writer<S>, cursor: &mut Cursor, d: &Delivery, wanted: &impl Fn(&str) -> bool) {
-    let pos = cursor.get(&d.channel).unwrap_or(Position::ZERO);
-    if d.entry.id <= pos.id {
-        return; // already sent during replay
-    }
-    cursor.set(&d.channel, Position::new(d.entry.id, d.epoch));
-    if wanted(&d.entry.event) {
-        w.send(Frame::Event {
-            cursor,
-            channel: &d.channel,
-            entry: &d.entry,
-        });
-    }
-}
-
-enum ReplayError {
-    Gone,
-    Store(StoreError),
-    /// The credential expired part-way through a long replay.
-    Expired,
-}
-
-impl From<Gone> for ReplayError {
-    fn from(_: Gone) -> Self {
-        ReplayError::Gone
-    }
-}
-
-impl From<StoreError> for ReplayError {
-    fn from(e: StoreError) -> Self {
-        ReplayError::Store(e)
-    }
-}
-
-/// Sends every entry after the given cursor, merged across channels in id order, with a reset
-/// frame first for each channel whose history after the cursor is gone.
-async fn replay<S: Sink>(
-    store: &dyn Store,
-    req: &StreamRequest,
-    given: &Cursor,
-    cursor: &mut Cursor,
-    w: &mut Writer<S>,
-    wanted: &impl Fn(&str) -> bool,
-    deadline: Option<tokio::time::Instant>,
-) -> Result<(), ReplayError> {
-    // Every channel the client has a position for starts there, before any frame is written: a
-    // reset frame's id must not carry the live position of a channel replayed after it, or a
-    // client resuming from that frame would skip that channel's missed events.
-    for channel in &req.channels {
-        if let Some(after) = given.get(channel) {
-            cursor.set(channel, after);
-        }
-    }
-    let mut states = Vec::new();
-    for channel in &req.channels {
-        let Some(after) = given.get(channel) else { continue };
-        let mut state = ReplayState {
-            channel: channel.clone(),
-            buf: VecDeque::new(),
-            after,
-            done: false,
-        };
-        let trimmed = fill(store, &mut state).await?;
-        match &trimmed {
-            Some(t) => reset(w, cursor, channel, t, state.after.epoch),
-            // The position holds; it now names the channel's epoch.
-            None => cursor.set(channel, Position::written(after.id, state.after.epoch)),
-        }
-        states.push(state);
-    }
-    loop {
-        // Checked between entries (not by racing the replay against a timer, which could drop a
-        // chunk mid-send after the cursor moved past it): nothing is sent after expiry.
-        if deadline.is_some_and(|at| tokio::time::Instant::now() >= at) {
-            return Err(ReplayError::Expired);
-        }
-        // Take the oldest head among channels so a replay reads in the order events happened.
-        let next = states
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.buf.front().map(|e| (e.id, i)))
-            .min();
-        let Some((_, i)) = next else { break };
-        let state = &mut states[i];
-        let entry = state.buf.pop_front().expect("head exists");
-        let pos = cursor.get(&state.channel).unwrap_or(Position::ZERO);
-        if entry.id > pos.id {
-            // The cursor moves past entries that are not sent too (filtered out, unreadable,
-            // unknown to the schema), so a resume does not read them again.
-            cursor.set(&state.channel, Position::new(entry.id, state.after.epoch));
-            if wanted(&entry.event) && skip::deliverable(state.channel.as_str(), &entry, &*req.known) {
-                w.send(Frame::Event {
-                    cursor,
-                    channel: &state.channel,
-                    entry: &entry,
-                });
-            }
-        }
-        if state.buf.is_empty() && !state.done {
-            if let Some(t) = fill(store, state).await? {
-                // The history moved on under a long replay: say so before what follows.
-                reset(w, cursor, &state.channel, &t, state.after.epoch);
-            }
-        }
-        w.maybe_flush().await?;
-    }
-    Ok(())
 }

@@ -154,6 +154,10 @@ struct ServeArgs {
     /// POST /emit per second with the emit key, all together; beyond, 429. 0: no limit.
     #[arg(long, env = "TIDINGS_EMIT_KEY_RATE", default_value_t = 0)]
     emit_key_rate: u32,
+    /// Messages per second one WebSocket connection may send; beyond, error frames, and at
+    /// twice the rate the connection is closed (4008).
+    #[arg(long, env = "TIDINGS_WS_MESSAGE_RATE", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    ws_message_rate: u32,
     /// Seconds a client may take to send its request head (slow clients are dropped).
     #[arg(long, env = "TIDINGS_HEAD_TIMEOUT", default_value_t = 10)]
     head_timeout: u64,
@@ -302,6 +306,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     limits.emits_per_second = NonZeroU32::new(args.emit_rate);
     limits.emit_key_emits_per_second = NonZeroU32::new(args.emit_key_rate);
     limits.head_timeout = Duration::from_secs(args.head_timeout.max(1));
+    limits.ws_messages_per_second =
+        NonZeroU32::new(args.ws_message_rate).unwrap_or(limits.ws_messages_per_second);
     let mut config = Config::default()
         .schema(&args.schema)
         .retention(retention)

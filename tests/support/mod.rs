@@ -859,3 +859,124 @@ pub fn other_clients(redis: &RedisServer, probe: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// A WebSocket client on `GET /ws`, over tokio-tungstenite (a client we did not write): sends
+/// JSON messages and reads JSON frames. Heartbeat `ping` frames are counted and skipped.
+pub struct WsClient {
+    pub ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    pub pings: usize,
+    /// The close frame's code and reason, once the server closed.
+    pub closed: Option<(u16, String)>,
+}
+
+impl WsClient {
+    /// Connects to `base` (`http://host:port`, as [`TestServer::url`] or [`Binary::url`] give
+    /// it) at `/ws` plus `query`; panics when the upgrade is refused.
+    pub async fn connect(base: &str, query: &str) -> WsClient {
+        match WsClient::try_connect(base, query, &[]).await {
+            Ok(c) => c,
+            Err((status, body)) => panic!("GET /ws{query} refused: {status} {body}"),
+        }
+    }
+
+    /// Connects with extra request headers; an upgrade refused over HTTP gives its status and
+    /// JSON body.
+    pub async fn try_connect(
+        base: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WsClient, (u16, serde_json::Value)> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}/ws{query}", base.replacen("http://", "ws://", 1));
+        let mut request = url.into_client_request().unwrap();
+        for (k, v) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => Ok(WsClient {
+                ws,
+                pings: 0,
+                closed: None,
+            }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let status = response.status().as_u16();
+                let body = response
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(serde_json::Value::Null);
+                Err((status, body))
+            }
+            Err(e) => panic!("connecting to /ws: {e}"),
+        }
+    }
+
+    /// Sends `value` as a JSON text message.
+    pub async fn send(&mut self, value: serde_json::Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, text: &str) {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .expect("send on the WebSocket");
+    }
+
+    /// The next frame that is not a heartbeat `ping`, or `None` once the server closed (its
+    /// code and reason are then in `closed`). Panics after 10 s.
+    pub async fn next(&mut self) -> Option<serde_json::Value> {
+        self.next_timeout(Duration::from_secs(10)).await
+    }
+
+    pub async fn next_timeout(&mut self, timeout: Duration) -> Option<serde_json::Value> {
+        tokio::time::timeout(timeout, self.next_frame())
+            .await
+            .expect("timed out waiting for a WebSocket frame")
+    }
+
+    async fn next_frame(&mut self) -> Option<serde_json::Value> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    let v: serde_json::Value = serde_json::from_str(&text).expect("frames are JSON");
+                    if v["type"] == "ping" {
+                        self.pings += 1;
+                        continue;
+                    }
+                    return Some(v);
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    self.closed =
+                        Some(frame.map_or((1005, String::new()), |f| (f.code.into(), f.reason.to_string())));
+                    return None;
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Reads frames until one of `type`, returning every frame read (including it).
+    pub async fn until(&mut self, kind: &str) -> Vec<serde_json::Value> {
+        let mut frames = Vec::new();
+        loop {
+            let f = self
+                .next()
+                .await
+                .unwrap_or_else(|| panic!("closed ({:?}) before {kind}; got {frames:?}", self.closed));
+            let done = f["type"] == kind;
+            frames.push(f);
+            if done {
+                return frames;
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The session: what one connection has been told, whatever carries it.
+//!
+//! A session holds the connection's cursor (one position per channel it watches) and the events
+//! each channel wants, replays history from a client's cursor, and turns live entries from the
+//! hub into frames. It writes [`Frame`]s to a [`Transport`]: the SSE stream (`sse`) and the
+//! WebSocket connection (`ws`) are two transports of the same session, so both answer a cursor
+//! the same way, frame for frame.
+//!
+//! Channels can join a live session (a WebSocket `subscribe`) and leave it: each joins with its
+//! position at registration in the hub, replays from the client's cursor up to at least there,
+//! and is live from then on; the hub's entries after that position arrive in order, and the
+//! overlap is dropped by id.
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::channel::Channel;
+use crate::cursor::Cursor;
+use crate::frame::Frame;
+use crate::hub::{Delivery, Known};
+use crate::id::{Epoch, Position};
+use crate::store::{skip, Entry, Store, StoreError, Trimmed};
+
+/// Entries read per channel per replay page.
+const REPLAY_PAGE: usize = 500;
+
+/// The client went away (or stopped reading).
+pub(crate) struct Gone;
+
+/// Where a session's frames go: an encoder and the connection under it.
+pub(crate) trait Transport: Send {
+    /// Encodes `frame` into what is waiting to be written.
+    fn push(&mut self, frame: Frame<'_>);
+    /// Bytes waiting to be written.
+    fn pending(&self) -> usize;
+    /// Writes what is waiting; `Err` when the client is gone.
+    fn flush(&mut self) -> impl Future<Output = Result<(), Gone>> + Send;
+}
+
+/// The event names a channel's subscriber wants; `None`: every event.
+pub(crate) type Events = Option<Arc<HashSet<String>>>;
+
+/// One connection's cursor and channels, writing to transport `T`.
+pub(crate) struct Session<T> {
+    store: Arc<dyn Store>,
+    known: Known,
+    /// The position of every watched channel: what the client has been told, or has been
+    /// skipped past (filtered out, unreadable, unknown to the schema).
+    pub cursor: Cursor,
+    /// The channels watched, with the events each wants.
+    watched: Vec<(Channel, Events)>,
+    /// Frames are written here.
+    pub out: T,
+    /// True once a frame was pushed since [`Session::quiet`] was last asked.
+    spoke: bool,
+}
+
+/// Why a replay stopped.
+pub(crate) enum ReplayError {
+    /// The client went away.
+    Gone,
+    /// The store failed; the client should resume from its cursor later.
+    Store(StoreError),
+    /// The credential expired part-way through a long replay.
+    Expired,
+}
+
+impl From<Gone> for ReplayError {
+    fn from(_: Gone) -> Self {
+        ReplayError::Gone
+    }
+}
+
+impl From<StoreError> for ReplayError {
+    fn from(e: StoreError) -> Self {
+        ReplayError::Store(e)
+    }
+}
+
+/// One channel's replay in progress.
+struct ReplayState {
+    channel: Channel,
+    buf: VecDeque<Entry>,
+    /// Where the next page starts.
+    after: Position,
+    done: bool,
+}
+
+impl<T: Transport> Session<T> {
+    /// A session watching nothing yet.
+    pub fn new(store: Arc<dyn Store>, known: Known, out: T) -> Self {
+        Session {
+            store,
+            known,
+            cursor: Cursor::default(),
+            watched: Vec::new(),
+            out,
+            spoke: false,
+        }
+    }
+
+    /// Pushes a frame to the transport.
+    pub fn send(&mut self, frame: Frame<'_>) {
+        self.spoke = true;
+        self.out.push(frame);
+    }
+
+    /// Notes that a frame was pushed to `out` directly (one that borrows the cursor).
+    pub fn spoke(&mut self) {
+        self.spoke = true;
+    }
+
+    /// True when no frame was pushed since the last call: the connection has been quiet.
+    pub fn quiet(&mut self) -> bool {
+        !std::mem::take(&mut self.spoke)
+    }
+
+    /// True when `channel` is watched.
+    pub fn watches(&self, channel: &Channel) -> bool {
+        self.watched.iter().any(|(c, _)| c == channel)
+    }
+
+    /// Channels watched.
+    pub fn len(&self) -> usize {
+        self.watched.len()
+    }
+
+    /// Watches `start`'s channels (each with its position at registration in the hub) for
+    /// `events`, then replays whatever the client's `given` cursor says it missed on them:
+    /// entries merged across channels in id order, with a reset frame first for each channel
+    /// whose history after the cursor is gone. Channels `given` does not name start live.
+    ///
+    /// # Errors
+    /// [`ReplayError`]: the client left, the store failed, or `deadline` passed mid-replay.
+    /// The channels stay watched.
+    pub async fn join(
+        &mut self,
+        start: &[(Channel, Position)],
+        events: Events,
+        given: Option<&Cursor>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(), ReplayError> {
+        for (channel, pos) in start {
+            // Every channel the client has a position for starts there, before any frame is
+            // written: a reset frame's id must not carry the live position of a channel
+            // replayed after it, or a client resuming from that frame would skip that
+            // channel's missed events.
+            let from = given.and_then(|g| g.get(channel)).unwrap_or(*pos);
+            self.cursor.set(channel, from);
+            self.watched.push((channel.clone(), events.clone()));
+        }
+        let Some(given) = given else { return Ok(()) };
+        let mut states = Vec::new();
+        for (channel, _) in start {
+            let Some(after) = given.get(channel) else { continue };
+            let mut state = ReplayState {
+                channel: channel.clone(),
+                buf: VecDeque::new(),
+                after,
+                done: false,
+            };
+            let trimmed = fill(&*self.store, &mut state).await?;
+            match &trimmed {
+                Some(t) => self.reset(channel, t, state.after.epoch),
+                // The position holds; it now names the channel's epoch.
+                None => self
+                    .cursor
+                    .set(channel, Position::written(after.id, state.after.epoch)),
+            }
+            states.push(state);
+        }
+        loop {
+            // Checked between entries (not by racing the replay against a timer, which could
+            // drop a chunk mid-send after the cursor moved past it): nothing is sent after
+            // expiry.
+            if deadline.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                return Err(ReplayError::Expired);
+            }
+            // Take the oldest head among channels so a replay reads in the order events
+            // happened.
+            let next = states
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.buf.front().map(|e| (e.id, i)))
+                .min();
+            let Some((_, i)) = next else { break };
+            let state = &mut states[i];
+            let entry = state.buf.pop_front().expect("head exists");
+            let pos = self.cursor.get(&state.channel).unwrap_or(Position::ZERO);
+            if entry.id > pos.id {
+                // The cursor moves past entries that are not sent too (filtered out,
+                // unreadable, unknown to the schema), so a resume does not read them again.
+                self.cursor
+                    .set(&state.channel, Position::new(entry.id, state.after.epoch));
+                let wanted = self.wants(&state.channel, &entry.event);
+                if wanted && skip::deliverable(state.channel.as_str(), &entry, &*self.known) {
+                    self.spoke = true;
+                    self.out.push(Frame::Event {
+                        cursor: &self.cursor,
+                        channel: &state.channel,
+                        entry: &entry,
+                    });
+                }
+            }
+            if state.buf.is_empty() && !state.done {
+                if let Some(t) = fill(&*self.store, state).await? {
+                    // The history moved on under a long replay: say so before what follows.
+                    let (channel, epoch) = (state.channel.clone(), state.after.epoch);
+                    self.reset(&channel, &t, epoch);
+                }
+            }
+            if self.out.pending() >= crate::sse::CHUNK {
+                self.out.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops watching `channels`: their positions leave the cursor, and their entries still
+    /// queued are dropped.
+    pub fn leave(&mut self, channels: &[Channel]) {
+        self.watched.retain(|(c, _)| !channels.contains(c));
+        for channel in channels {
+            self.cursor.remove(channel);
+        }
+    }
+
+    /// Writes a live entry, unless it was replayed already or its channel is no longer watched.
+    /// The hub hands out only readable entries of known events.
+    pub fn live(&mut self, d: &Delivery) {
+        let Some(pos) = self.cursor.get(&d.channel) else {
+            return; // left the channel; the entry was queued before
+        };
+        if d.entry.id <= pos.id {
+            return; // already sent during replay
+        }
+        self.cursor.set(&d.channel, Position::new(d.entry.id, d.epoch));
+        if self.wants(&d.channel, &d.entry.event) {
+            self.spoke = true;
+            self.out.push(Frame::Event {
+                cursor: &self.cursor,
+                channel: &d.channel,
+                entry: &d.entry,
+            });
+        }
+    }
+
+    fn wants(&self, channel: &Channel, event: &str) -> bool {
+        self.watched
+            .iter()
+            .find(|(c, _)| c == channel)
+            .is_some_and(|(_, events)| events.as_ref().is_none_or(|set| set.contains(event)))
+    }
+
+    /// Writes the reset frame for `channel`, whose history after the cursor is gone, and moves
+    /// the cursor to where reading goes on.
+    fn reset(&mut self, channel: &Channel, t: &Trimmed, epoch: Option<Epoch>) {
+        self.cursor.set(channel, Position::written(t.resume_from, epoch));
+        self.spoke = true;
+        self.out.push(Frame::Reset {
+            cursor: &self.cursor,
+            channel,
+            oldest: t.oldest,
+            reason: t.reason,
+        });
+    }
+}
+
+/// Reads the next page of a channel's replay. Returns what was lost when the history moved on
+/// under a long replay (trimmed past the page, or replaced): the caller then sends a reset.
+async fn fill(store: &dyn Store, r: &mut ReplayState) -> Result<Option<Trimmed>, StoreError> {
+    let page = store.replay(&r.channel, r.after, REPLAY_PAGE).await?;
+    r.done = page.entries.len() < REPLAY_PAGE;
+    let from = page.trimmed.as_ref().map_or(r.after.id, |t| t.resume_from);
+    r.after = Position::new(page.entries.last().map_or(from, |e| e.id), page.epoch);
+    r.buf.extend(page.entries);
+    Ok(page.trimmed)
+}
+
+/// Completes at `deadline`, or never.
+pub(crate) async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes when the server shuts down (or the instance is gone).
+pub(crate) async fn closed(closing: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = closing.wait_for(|closing| *closing).await.map(|_| ());
+}
