@@ -3,7 +3,7 @@
 //! A team defines its events once, in a JSON Schema file (`schema/events.json`). From it,
 //! `tidings-codegen` writes Rust types and TypeScript typings; at run time every emit is
 //! validated against the same schema, appended to a capped stream per channel, and pushed to
-//! browsers over Server-Sent Events. A client that drops and reconnects gets exactly what it
+//! browsers over Server-Sent Events or WebSocket. A client that drops and reconnects gets exactly what it
 //! missed, no more and no less, or an explicit signal when history no longer reaches back.
 //!
 //! # How data flows
@@ -18,9 +18,10 @@
 //!  hub (one tail reader per node)       Store::tail over every watched channel
 //!    │  bounded queue per subscriber
 //!    ▼
-//!  sse (one task per connection)        replay from the cursor, then live; `id:` = cursor
-//!    ▼
-//!  browser EventSource                  reconnects with Last-Event-ID and resumes exactly
+//!  session (one task per connection)    replay from the cursor, then live; every frame
+//!    │                                  carries the connection's cursor
+//!    ▼  sse (GET /realtime) | ws (GET /ws)  two encoders of the same frames
+//!  browser EventSource / WebSocket      reconnects with its cursor and resumes exactly
 //! ```
 //!
 //! # The parts
@@ -28,9 +29,11 @@
 //! - `events` (feature `demo` only): the types generated from this repository's demo schema.
 //! - [`store`]: the [`Store`] trait, [`RedisStore`] and [`MemoryStore`].
 //! - [`Tidings`] and [`ChannelHandle`]: the handle an application emits through.
-//! - [`router`] and [`serve`]: the HTTP and SSE endpoints. Inside, a connection's session decides
-//!   what to tell the client as frames (the `frame` module: event, ready, reset, lagged, expired,
-//!   ping), and the SSE transport encodes them.
+//! - [`router`] and [`serve`]: the HTTP, SSE and WebSocket endpoints. Inside, a connection's
+//!   session (the `session` module) decides what to tell the client as frames (the `frame`
+//!   module: event, ready, reset, lagged, expired, ping, and the WebSocket answers), and a
+//!   transport encodes them: `sse` as an event stream, `ws` as JSON messages, which also reads
+//!   the client's requests (subscribe, unsubscribe, emit, ping).
 //! - [`auth`]: the [`Authorizer`] hook, the built-in [`JwtAuthorizer`], private channels.
 //! - [`Limits`]: what one request, client or publisher may ask for (channels, bytes, streams per
 //!   node and per identity, emits per second), each refusal a JSON 4xx naming the limit.

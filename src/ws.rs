@@ -16,7 +16,7 @@
 //! ```
 //!
 //! A refused request gets `{"type":"error","ref":…,"status":400,"error":"…","message":"…"}`,
-//! the body HTTP would answer with. Close codes: 1001 server shutting down (after `lagged`),
+//! the body HTTP would answer with. Close codes: 1001 server shutting down,
 //! 1009 message too large, 1011 internal error, 1013 node full / too many connections, 4001
 //! unauthenticated, 4002 lagged (resume with the cursor of the `lagged` frame), 4003 forbidden,
 //! 4004 token expired (after `expired`), 4008 too many messages, 4009 no answer to heartbeats.
@@ -483,13 +483,8 @@ impl Conn {
         loop {
             let step = tokio::select! {
                 biased;
-                _ = closed(&mut closing) => {
-                    self.s.out.push(Frame::Lagged {
-                        cursor: &self.s.cursor,
-                        reason: "server is shutting down; reconnect and subscribe with this cursor to resume",
-                    });
-                    Err(Some(Close::new(close_code::AWAY, "server is shutting down")))
-                }
+                // As an SSE stream: it ends, and the client resumes from the cursor it holds.
+                _ = closed(&mut closing) => Err(Some(Close::new(close_code::AWAY, "server is shutting down; reconnect with your cursor"))),
                 _ = &mut expiry => {
                     self.s.out.push(Frame::Expired { cursor: &self.s.cursor });
                     Err(Some(Close::new(code::EXPIRED, "token expired")))

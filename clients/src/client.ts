@@ -8,7 +8,9 @@ import {
   type EventSourceConstructor,
   type Frame,
   type Transport,
+  type WebSocketConstructor,
   watchNetwork,
+  webSocketTransport,
 } from "./transport.js";
 import type { Envelope, EventMap, EventName } from "./types.js";
 
@@ -64,10 +66,12 @@ export interface ClientOptions {
   /** Where tidings is served: `""` (same origin), `"/rt"`, or `"https://rt.example.com"`. */
   url: string;
   /**
-   * `"eventsource"` (default where `EventSource` exists; cookies only) or `"fetch"` (sends
-   * `headers`, e.g. `Authorization`), or a custom transport.
+   * `"eventsource"` (default where `EventSource` exists; cookies only), `"fetch"` (sends
+   * `headers`, e.g. `Authorization`), `"websocket"` (`GET /ws`; the token as `?token=`, and
+   * {@link Client.emit} over the same socket), or a custom transport. All give the same
+   * exactly-once delivery, resets, heartbeats and backoff.
    */
-  transport?: "eventsource" | "fetch" | Transport;
+  transport?: "eventsource" | "fetch" | "websocket" | Transport;
   /** Headers for the fetch transport and for `history()`; a function is called per request. */
   headers?: Record<string, string> | (() => Record<string, string> | Promise<Record<string, string>>);
   /**
@@ -106,6 +110,8 @@ export interface ClientOptions {
   EventSource?: EventSourceConstructor;
   /** A fetch implementation. */
   fetch?: typeof fetch;
+  /** A WebSocket implementation for `transport: "websocket"` (Node 20 has none built in: `ws`). */
+  WebSocket?: WebSocketConstructor;
   /**
    * Every event name of the app's schema. The generated `createClient` passes them; without them,
    * the client listens for the events its subscriptions name. That matters to the EventSource
@@ -153,6 +159,25 @@ export interface HistoryOptions {
   before?: string;
 }
 
+/** Options of {@link Client.emit}. */
+export interface EmitOptions {
+  /**
+   * Stores the event once however often it is sent with this key (within the server's
+   * `--idempotency-window`): retry an emit whose answer was lost with the same key.
+   */
+  idempotencyKey?: string;
+  /** Reject when no answer arrives within this many ms (default 10 000). */
+  timeoutMs?: number;
+}
+
+/** What the server answered to an emit. */
+export interface Emitted {
+  /** The event's id in its channel. */
+  id: string;
+  /** True when the idempotency key was seen before: `id` is the first emit's. */
+  duplicate: boolean;
+}
+
 /** A tidings client; `M` is the app's {@link EventMap}, which types what it delivers. */
 export interface Client<M extends EventMap = EventMap> {
   /** The connection's state now. */
@@ -176,6 +201,18 @@ export interface Client<M extends EventMap = EventMap> {
   cursor(): string;
   /** Reads stored events of one channel, oldest first. */
   history(channel: string, options?: HistoryOptions): Promise<Envelope<M>[]>;
+  /**
+   * Emits an event over the WebSocket connection (`transport: "websocket"`), through the same
+   * validation, authorization and rate limits as `POST /emit`: the token must grant publishing
+   * on the channel. The connection is open while something is subscribed; an emit made while it
+   * (re)connects waits for it.
+   *
+   * @throws TidingsError (the promise rejects) with the server's `status` and `code` when it
+   * refuses the emit (`invalid_payload`, `forbidden`, `rate_limited`, …); with code
+   * `"emit_unknown"` when the connection was lost before the answer (it may have been stored:
+   * retry with the same `idempotencyKey`); `"emit_timeout"` after `timeoutMs`.
+   */
+  emit<E extends EventName<M>>(channel: string, event: E, data: M[E], options?: EmitOptions): Promise<Emitted>;
   /** Closes the connection for good. */
   close(): void;
 }
@@ -269,6 +306,49 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
   // No connection before this time (ms since the epoch): set by a refusal with `Retry-After`, so
   // neither the backoff nor a change of subscriptions reconnects earlier than the server asked.
   let notBefore = 0;
+
+  // Emits waiting for their answer, by ref; `sent` once written to the current connection.
+  interface PendingEmit {
+    message: Record<string, unknown>;
+    sent: boolean;
+    resolve: (e: Emitted) => void;
+    reject: (e: TidingsError) => void;
+    timer: ReturnType<typeof setTimeout>;
+  }
+  const emits = new Map<string, PendingEmit>();
+  let emitSeq = 0;
+  const settleEmit = (ref: unknown, settle: (p: PendingEmit) => void) => {
+    const p = typeof ref === "string" ? emits.get(ref) : undefined;
+    if (p === undefined) return;
+    emits.delete(ref as string);
+    clearTimeout(p.timer);
+    settle(p);
+  };
+  // Sends the emits not sent yet, once the connection is ready.
+  const flushEmits = () => {
+    if (status !== "connected" || conn === undefined) return;
+    for (const [ref, p] of emits) {
+      if (p.sent) continue;
+      if (conn.send === undefined) {
+        settleEmit(ref, (q) =>
+          q.reject(new TidingsError('emit() needs transport: "websocket"; this transport only receives', { code: "emit_unsupported" })),
+        );
+      } else if (conn.send(p.message)) p.sent = true;
+    }
+  };
+  // The connection went: an emit sent on it may or may not have been stored.
+  const loseEmits = () => {
+    for (const [ref, p] of emits) {
+      if (!p.sent) continue;
+      settleEmit(ref, (q) =>
+        q.reject(
+          new TidingsError("the connection was lost before the server answered the emit; it may have been stored: retry with the same idempotencyKey", {
+            code: "emit_unknown",
+          }),
+        ),
+      );
+    }
+  };
 
   // The heartbeat interval the server announced in its last `tidings.ready`, and when the
   // current connection last delivered anything (a frame or a heartbeat).
@@ -365,6 +445,7 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
   };
 
   const dropConnection = () => {
+    loseEmits();
     stopWatchdog();
     conn?.close();
     conn = undefined;
@@ -498,6 +579,7 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
   };
 
   const failed = (key: string, refused: TidingsError) => {
+    loseEmits();
     conn = undefined;
     readyScope = undefined;
     if (closed || key !== connKey) return;
@@ -548,6 +630,17 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
         // A status listener may have changed the subscriptions; `announceReady` reads them now
         // (and a listener that closed the client cleared the scope).
         announceReady();
+        flushEmits();
+        return;
+      }
+      case "tidings.emitted": {
+        const answer = parseJson(frame.data) as { ref?: unknown; id?: unknown; duplicate?: unknown } | undefined;
+        settleEmit(answer?.ref, (p) => p.resolve({ id: String(answer?.id), duplicate: answer?.duplicate === true }));
+        return;
+      }
+      case "tidings.error": {
+        const body = parseJson(frame.data) as Record<string, unknown> | undefined;
+        if (body) settleEmit(body["ref"], (p) => p.reject(TidingsError.fromBody(body)));
         return;
       }
       case "tidings.ping":
@@ -672,8 +765,37 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
       const body = (await response.json()) as { entries?: Envelope<M>[] };
       return body.entries ?? [];
     },
+    emit(channel, event, data, o = {}) {
+      if (closed) return Promise.reject(new TidingsError("the client is closed"));
+      if (subs.size === 0) {
+        return Promise.reject(
+          new TidingsError(
+            "emit() sends over the client's WebSocket, which is open while something is subscribed: subscribe first, or emit with POST /emit from your server",
+            { code: "emit_unsupported" },
+          ),
+        );
+      }
+      return new Promise<Emitted>((resolve, reject) => {
+        const ref = `emit:${++emitSeq}`;
+        const message: Record<string, unknown> = { type: "emit", ref, channel, event, data };
+        if (o.idempotencyKey !== undefined) message["idempotency_key"] = o.idempotencyKey;
+        const ms = o.timeoutMs ?? 10_000;
+        const timer = setTimeout(() => {
+          settleEmit(ref, (p) =>
+            p.reject(
+              new TidingsError(`no answer to the emit within ${ms} ms; it may have been stored: retry with the same idempotencyKey`, {
+                code: "emit_timeout",
+              }),
+            ),
+          );
+        }, Math.min(ms, MAX_TIMER_MS));
+        emits.set(ref, { message, sent: false, resolve, reject, timer });
+        flushEmits();
+      });
+    },
     close() {
       closed = true;
+      for (const ref of [...emits.keys()]) settleEmit(ref, (p) => p.reject(new TidingsError("the client is closed")));
       stopNetwork();
       subs.clear();
       dropConnection();
@@ -714,6 +836,11 @@ function parseJson(text: string): unknown {
 function pickTransport(options: ClientOptions, fetchImpl: typeof fetch | undefined): Transport {
   const choice = options.transport;
   if (typeof choice === "function") return choice;
+  if (choice === "websocket") {
+    const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WS) throw new TidingsError("no WebSocket implementation: pass options.WebSocket (in Node 20, the `ws` package)");
+    return webSocketTransport(WS);
+  }
   const ES = options.EventSource ?? (globalThis as { EventSource?: EventSourceConstructor }).EventSource;
   if (choice === "fetch" || (choice === undefined && ES === undefined)) {
     if (!fetchImpl) throw new TidingsError("no fetch implementation: pass options.fetch");

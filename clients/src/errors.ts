@@ -47,6 +47,20 @@ export class TidingsError extends Error {
   }
 
   /**
+   * Builds an error from the server's JSON error body as a WebSocket `error` frame carries it
+   * (`{"status", "error", "message", …}`).
+   */
+  static fromBody(body: Record<string, unknown>): TidingsError {
+    const status = typeof body["status"] === "number" ? body["status"] : undefined;
+    const code = typeof body["error"] === "string" ? body["error"] : undefined;
+    const message = typeof body["message"] === "string" ? body["message"] : "the server refused the request";
+    return new TidingsError(status === undefined ? message : `${status}: ${message}`, {
+      ...(status === undefined ? {} : { status }),
+      ...(code === undefined ? {} : { code }),
+    });
+  }
+
+  /**
    * Builds an error from a non-2xx response, reading the server's JSON error body and its
    * `Retry-After` header.
    */

@@ -1,4 +1,4 @@
-// @tidings/client: typed realtime events over Server-Sent Events.
+// @tidings/client: typed realtime events over Server-Sent Events or WebSocket.
 //
 // The package knows no schema: everything is generic over the app's `EventMap`. tidings-codegen
 // writes, into the app, a folder that binds it to the app's schema (`createClient`, the event
@@ -9,6 +9,8 @@ export type {
   Backoff,
   Client,
   ClientOptions,
+  EmitOptions,
+  Emitted,
   HistoryOptions,
   ResetInfo,
   Status,
@@ -18,7 +20,7 @@ export type {
 } from "./client.js";
 export { TidingsError, parseRetryAfter } from "./errors.js";
 export { compareIds, formatCursor, idOf, parseCursor } from "./cursor.js";
-export { eventSourceTransport, fetchTransport, watchNetwork } from "./transport.js";
+export { eventSourceTransport, fetchTransport, watchNetwork, webSocketTransport } from "./transport.js";
 export type {
   Connection,
   ConnectOptions,
@@ -28,4 +30,6 @@ export type {
   NetworkHandlers,
   Transport,
   TransportHandlers,
+  WebSocketConstructor,
+  WebSocketLike,
 } from "./transport.js";

@@ -20,6 +20,12 @@ export interface TransportHandlers {
 /** An open connection. */
 export interface Connection {
   close(): void;
+  /**
+   * Sends a request to the server on this connection (the WebSocket transport only): `false`
+   * when it cannot be sent now. Answers arrive as frames (`tidings.emitted`, `tidings.error`)
+   * carrying the request's `ref`.
+   */
+  send?(message: Record<string, unknown>): boolean;
 }
 
 /** Options a transport receives for one connection. */
@@ -183,6 +189,159 @@ export function fetchTransport(fetchImpl: typeof fetch): Transport {
       },
     };
   };
+}
+
+/** The minimal WebSocket surface used, so the browser's and Node's (or the `ws` package's) fit. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  onopen: ((ev: never) => unknown) | null;
+  onmessage: ((ev: { data: unknown }) => unknown) | null;
+  onclose: ((ev: { code: number; reason: string }) => unknown) | null;
+  onerror: ((ev: never) => unknown) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+/** A constructor of WebSocket objects. */
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+// What the server's close codes mean to the client (see the README's WebSocket section).
+const CLOSE_STATUS: Record<number, { status: number; code: string }> = {
+  4001: { status: 401, code: "unauthenticated" },
+  4003: { status: 403, code: "forbidden" },
+  1013: { status: 503, code: "node_full" },
+  1009: { status: 413, code: "message_too_large" },
+};
+
+/**
+ * WebSocket (`GET /ws`): one socket that carries the subscription's frames, and
+ * {@link Client.emit} requests. The client drives it exactly as a stream: the channels, events
+ * and cursor of the `/realtime` URL it is given are sent as a `subscribe` message, and the
+ * server's frames are handed on under their SSE names (`tidings.ready`, …, events with the
+ * cursor as `id`), so resume, reset, heartbeats and backoff work the same.
+ *
+ * A browser's WebSocket cannot send headers: the client's `token` goes in the `token` query
+ * parameter, and cookies go with the handshake when the page's origin may (the server checks
+ * the Origin). A refusal arrives as an `error` frame and a close code: 4001 is a 401, 4003 a
+ * 403, 1013 a 503 (the node is full).
+ */
+export function webSocketTransport(WebSocketImpl: WebSocketConstructor): Transport {
+  return (url, options, handlers) => {
+    const { target, subscribe } = wsRequest(url, options.token);
+    const socket = new WebSocketImpl(target);
+    let closed = false;
+    let open = false;
+    // An `error` frame without a ref comes just before the server closes: its body says why.
+    let refusal: TidingsError | undefined;
+    const fail = (error: TidingsError) => {
+      if (closed) return;
+      closed = true;
+      try {
+        socket.close(1000);
+      } catch {
+        // already closing
+      }
+      handlers.onError(error);
+    };
+    socket.onopen = () => {
+      if (closed) return;
+      open = true;
+      handlers.onOpen();
+      socket.send(JSON.stringify(subscribe));
+    };
+    socket.onmessage = (ev) => {
+      if (closed) return;
+      const msg = parseObject(String(ev.data));
+      if (msg === undefined) return;
+      const { type, ref, ...rest } = msg;
+      const cursor = typeof rest["cursor"] === "string" ? rest["cursor"] : undefined;
+      switch (type) {
+        case "event": {
+          const { cursor: _, ...envelope } = rest;
+          handlers.onFrame({ event: String(envelope["event"]), data: JSON.stringify(envelope), id: cursor });
+          return;
+        }
+        case "ready":
+        case "reset":
+        case "lagged":
+        case "expired":
+        case "ping":
+          handlers.onFrame({ event: `tidings.${type}`, data: JSON.stringify(rest), id: cursor });
+          return;
+        case "emitted":
+          handlers.onFrame({ event: "tidings.emitted", data: JSON.stringify({ ref, ...rest }), id: undefined });
+          return;
+        case "error": {
+          const error = TidingsError.fromBody(rest);
+          if (ref === SUBSCRIBE_REF) fail(error); // the subscription was refused, as a stream is
+          else if (ref === undefined) refusal = error;
+          else handlers.onFrame({ event: "tidings.error", data: JSON.stringify({ ref, ...rest }), id: undefined });
+          return;
+        }
+        default:
+          return; // welcome, subscribed, pong
+      }
+    };
+    socket.onclose = (ev) => {
+      if (closed) return;
+      const known = CLOSE_STATUS[ev.code];
+      const why = ev.reason ? `: ${ev.reason}` : "";
+      fail(
+        refusal ??
+          (known
+            ? new TidingsError(`the server closed the WebSocket (${ev.code})${why}`, known)
+            : new TidingsError(
+                open ? `the WebSocket closed (${ev.code})${why}` : "cannot reach the server (the WebSocket did not open)",
+              )),
+      );
+    };
+    socket.onerror = () => {
+      // A close event follows, with the code.
+    };
+    return {
+      close() {
+        closed = true;
+        try {
+          socket.close(1000);
+        } catch {
+          // already closing
+        }
+      },
+      send(message) {
+        if (closed || !open || socket.readyState !== 1) return false;
+        socket.send(JSON.stringify(message));
+        return true;
+      },
+    };
+  };
+}
+
+const SUBSCRIBE_REF = "tidings:subscribe";
+
+/** The `/ws` URL for a `/realtime` URL, and the subscribe message its query asks for. */
+function wsRequest(url: string, token: string | undefined): { target: string; subscribe: Record<string, unknown> } {
+  const origin = (globalThis as { location?: { href?: string } }).location?.href ?? "http://localhost/";
+  const parsed = new URL(url, origin);
+  const channels = parsed.searchParams.getAll("channel");
+  const events = parsed.searchParams.get("events");
+  const cursor = parsed.searchParams.get("cursor");
+  parsed.pathname = parsed.pathname.replace(/\/realtime$/, "/ws");
+  parsed.search = "";
+  if (token) parsed.searchParams.set("token", token);
+  parsed.protocol = parsed.protocol === "https:" ? "wss:" : "ws:";
+  const subscribe: Record<string, unknown> = { type: "subscribe", ref: SUBSCRIBE_REF, channels };
+  if (events) subscribe["events"] = events.split(",");
+  if (cursor) subscribe["cursor"] = cursor;
+  return { target: parsed.toString(), subscribe };
+}
+
+function parseObject(text: string): Record<string, unknown> | undefined {
+  try {
+    const v: unknown = JSON.parse(text);
+    return v && typeof v === "object" && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** `url` with `name=value` appended to its query (a relative URL stays relative). */

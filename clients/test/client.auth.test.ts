@@ -77,7 +77,7 @@ describe.each(KINDS)("%s transport", (kind) => {
     await waitFor(() => col.count() === 3, "three events");
     expect(col.ids(ch)).toEqual(ids);
 
-    const stream = rec.requestsTo("/realtime")[0];
+    const stream = rec.requestsTo(kind === "websocket" ? "/ws" : "/realtime")[0];
     const query = new URL(stream?.path ?? "/", "http://x").searchParams;
     if (kind === "fetch") {
       expect(stream?.headers.authorization).toBe(`Bearer ${token}`);
@@ -86,7 +86,8 @@ describe.each(KINDS)("%s transport", (kind) => {
       expect(query.get("token")).toBe(token);
       expect(stream?.headers.authorization).toBeUndefined();
     }
-    expect(query.getAll("channel")).toEqual([ch]);
+    // Over WebSocket the channels go in the subscribe message, not the URL.
+    expect(query.getAll("channel")).toEqual(kind === "websocket" ? [] : [ch]);
 
     // history() always uses fetch: the header, never the query parameter.
     const entries = await c.history(ch);

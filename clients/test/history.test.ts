@@ -54,6 +54,7 @@ function fakeClient() {
         subs.delete(sub);
       };
     },
+    emit: () => Promise.reject(new Error("not used here")),
     onStatus(listener) {
       const l = (s: Status) => listener(s, undefined);
       listeners.add(l);

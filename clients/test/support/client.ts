@@ -1,9 +1,11 @@
 // Client-side helpers: both transports, a transport wrapper that records what it does, and a
 // collector of delivered events.
 import { EventSource } from "eventsource";
+import { WebSocket as NodeWebSocket } from "ws";
 import {
   eventSourceTransport,
   fetchTransport,
+  webSocketTransport,
   type ClientOptions,
   type Connection,
   type EventSourceConstructor,
@@ -12,16 +14,20 @@ import {
   type Status,
   type TidingsError,
   type Transport,
+  type WebSocketConstructor,
 } from "../../src/index.js";
 import { createClient, type Client, type Envelope } from "../generated/index.js";
 
-export type Kind = "fetch" | "eventsource";
-export const KINDS: readonly Kind[] = ["fetch", "eventsource"];
+export type Kind = "fetch" | "eventsource" | "websocket";
+export const KINDS: readonly Kind[] = ["fetch", "eventsource", "websocket"];
 
 export const NodeEventSource: EventSourceConstructor = EventSource;
+/** The `ws` package's WebSocket (Node 20 has none built in): a client we did not write. */
+export const WebSocketImpl = NodeWebSocket as unknown as WebSocketConstructor;
 
 /** The real transport of `kind`. */
 export function realTransport(kind: Kind): Transport {
+  if (kind === "websocket") return webSocketTransport(WebSocketImpl);
   return kind === "fetch" ? fetchTransport(globalThis.fetch.bind(globalThis)) : eventSourceTransport(NodeEventSource);
 }
 
@@ -84,12 +90,14 @@ export class RecordingTransport {
           for (const f of out) handlers.onFrame(f);
         },
       });
-      return {
+      const recorded: Connection = {
         close: () => {
           this.closes += 1;
           conn.close();
         },
       };
+      if (conn.send) recorded.send = conn.send.bind(conn);
+      return recorded;
     };
     // A wrapper of EventSource still only sees the events it names.
     this.transport = inner.namedEventsOnly ? Object.assign(transport, { namedEventsOnly: true }) : transport;
