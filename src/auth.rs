@@ -87,6 +87,8 @@ pub struct Identity {
     pub sub: Option<String>,
     /// When the credential expires: an open stream ends then with `event: tidings.expired`.
     pub expires_at: Option<SystemTime>,
+    /// A display name, shown to others in presence (the JWT `name` claim).
+    pub name: Option<String>,
 }
 
 impl Identity {
@@ -100,7 +102,14 @@ impl Identity {
         Identity {
             sub: Some(sub.into()),
             expires_at: None,
+            name: None,
         }
+    }
+
+    /// Sets [`Identity::name`].
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
     }
 
     /// Sets [`Identity::expires_at`].
@@ -286,6 +295,8 @@ struct Claims {
     sub: Option<String>,
     exp: u64,
     #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
     subscribe: Vec<String>,
     #[serde(default)]
     publish: Vec<String>,
@@ -424,6 +435,7 @@ impl JwtAuthorizer {
         }
         Ok(Identity {
             sub: claims.sub,
+            name: claims.name,
             // An `exp` past what the clock can hold never arrives: no deadline.
             expires_at: UNIX_EPOCH.checked_add(Duration::from_secs(claims.exp)),
         })

@@ -27,6 +27,10 @@ pub const MAX_CHANNEL_LEN: usize = 256;
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Channel(Arc<str>);
 
+/// What [`Channel::presence`] appends: `#` is outside the allowed set, so no client channel
+/// ends so.
+const PRESENCE_SUFFIX: &str = "#presence";
+
 /// A channel name that is not allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -88,6 +92,19 @@ impl Channel {
             return Err(ChannelError::TooLong { len: name.len(), max });
         }
         Ok(Channel(Arc::from(name)))
+    }
+
+    /// The channel's presence stream: where joins and leaves of its members are written, beside
+    /// its events. Its name (`<name>#presence`) is not a channel name a client can use.
+    pub fn presence(&self) -> Channel {
+        Channel(Arc::from(format!("{}{PRESENCE_SUFFIX}", self.0)))
+    }
+
+    /// For a presence stream ([`Channel::presence`]), the channel it belongs to.
+    pub fn presence_of(&self) -> Option<Channel> {
+        self.0
+            .strip_suffix(PRESENCE_SUFFIX)
+            .map(|name| Channel(Arc::from(name)))
     }
 
     /// The name.

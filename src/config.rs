@@ -61,6 +61,12 @@ pub struct Limits {
     /// worth: beyond, each is refused with an `error` frame (`rate_limited`), and a connection
     /// that keeps sending at twice the rate is closed (code 4008). Default 50.
     pub ws_messages_per_second: NonZeroU32,
+    /// Members one channel's presence holds; a new member beyond is refused (`presence_full`).
+    /// Default 100, as Pusher's presence channels.
+    pub max_presence_members: usize,
+    /// Bytes of the data a member joins with, as JSON (`presence_data_too_large` beyond).
+    /// Default 1024.
+    pub max_presence_data_bytes: usize,
 }
 
 /// A combination of [`Limits`] that cannot work.
@@ -134,6 +140,8 @@ impl Default for Limits {
             emit_key_emits_per_second: None,
             head_timeout: Duration::from_secs(10),
             ws_messages_per_second: NonZeroU32::new(50).expect("not zero"),
+            max_presence_members: 100,
+            max_presence_data_bytes: 1024,
         }
     }
 }
@@ -206,6 +214,13 @@ pub struct Config {
     /// Origins (`https://app.example.com`) allowed to call tidings from a browser on another
     /// origin, with credentials. Empty (the default): same-origin only, no CORS headers.
     pub cors_origins: Vec<String>,
+    /// Channel patterns with presence (who is here), such as `doc:*` (a trailing `*` matches
+    /// any rest). None by default.
+    pub presence: Vec<String>,
+    /// How long a connection stays present after its node last refreshed it: the bound on how
+    /// long the members of a node that died still show. Refreshed every quarter of it. Default
+    /// 20 s.
+    pub presence_ttl: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -229,6 +244,8 @@ impl std::fmt::Debug for Config {
             .field("authorizer", &self.authorizer.as_ref().map(|_| "<set>"))
             .field("private_channels", &self.private_channels)
             .field("cors_origins", &self.cors_origins)
+            .field("presence", &self.presence)
+            .field("presence_ttl", &self.presence_ttl)
             .finish()
     }
 }
@@ -254,6 +271,8 @@ impl Default for Config {
             authorizer: None,
             private_channels: Vec::new(),
             cors_origins: Vec::new(),
+            presence: Vec::new(),
+            presence_ttl: Duration::from_secs(20),
         }
     }
 }
@@ -352,6 +371,18 @@ impl Config {
     /// Adds a pattern to [`Config::private_channels`].
     pub fn private_channel(mut self, pattern: impl Into<String>) -> Self {
         self.private_channels.push(pattern.into());
+        self
+    }
+
+    /// Adds a channel pattern to [`Config::presence`].
+    pub fn presence(mut self, pattern: impl Into<String>) -> Self {
+        self.presence.push(pattern.into());
+        self
+    }
+
+    /// Sets [`Config::presence_ttl`].
+    pub fn presence_ttl(mut self, ttl: Duration) -> Self {
+        self.presence_ttl = ttl;
         self
     }
 

@@ -88,6 +88,24 @@ pub(crate) enum Frame<'a> {
     },
     /// WebSocket: the answer to a `ping`.
     Pong { reference: Ref<'a> },
+    /// Who is on `channel`, sent once when the connection is live on it.
+    PresenceSnapshot {
+        snapshot: &'a crate::presence::PresenceSnapshot,
+    },
+    /// A member arrived on `channel` (`member`: its JSON, as the store keeps it).
+    PresenceJoin { channel: &'a Channel, member: &'a str },
+    /// A member's last connection left `channel`.
+    PresenceLeave { channel: &'a Channel, member: &'a str },
+    /// WebSocket: a `presence.join` (or a subscribe with `presence`) took effect.
+    PresenceJoined {
+        reference: Ref<'a>,
+        channels: &'a [Channel],
+    },
+    /// WebSocket: a `presence.leave` took effect.
+    PresenceLeft {
+        reference: Ref<'a>,
+        channels: &'a [Channel],
+    },
 }
 
 impl Frame<'_> {
@@ -107,6 +125,11 @@ impl Frame<'_> {
             Frame::Emitted { .. } => "tidings.emitted",
             Frame::Error { .. } => "tidings.error",
             Frame::Pong { .. } => "tidings.pong",
+            Frame::PresenceSnapshot { .. } => "tidings.presence.snapshot",
+            Frame::PresenceJoin { .. } => "tidings.presence.join",
+            Frame::PresenceLeave { .. } => "tidings.presence.leave",
+            Frame::PresenceJoined { .. } => "tidings.presence.joined",
+            Frame::PresenceLeft { .. } => "tidings.presence.left",
         })
     }
 
@@ -130,6 +153,8 @@ impl Frame<'_> {
             | Frame::Unsubscribed { reference, .. }
             | Frame::Emitted { reference, .. }
             | Frame::Error { reference, .. }
+            | Frame::PresenceJoined { reference, .. }
+            | Frame::PresenceLeft { reference, .. }
             | Frame::Pong { reference } => *reference,
             _ => None,
         }
@@ -232,6 +257,30 @@ impl Frame<'_> {
             }
             Frame::Emitted { id, duplicate, .. } => {
                 let _ = write!(out, r#""id":"{id}","duplicate":{duplicate}"#);
+            }
+            Frame::PresenceSnapshot { snapshot } => {
+                out.push_str(r#""channel":"#);
+                json_str(out, snapshot.channel.as_str());
+                out.push_str(r#","members":"#);
+                let _ = serde_json::to_writer(StringWriter(out), &snapshot.members);
+                let _ = write!(out, r#","count":{}"#, snapshot.count);
+            }
+            Frame::PresenceJoin { channel, member } | Frame::PresenceLeave { channel, member } => {
+                out.push_str(r#""channel":"#);
+                json_str(out, channel.as_str());
+                // The store's JSON of a member we wrote (one line); anything else is not
+                // written raw.
+                out.push_str(r#","member":"#);
+                match serde_json::from_str::<serde_json::Value>(member) {
+                    Ok(v @ serde_json::Value::Object(_)) => {
+                        let _ = serde_json::to_writer(StringWriter(out), &v);
+                    }
+                    _ => out.push_str("null"),
+                }
+            }
+            Frame::PresenceJoined { channels, .. } | Frame::PresenceLeft { channels, .. } => {
+                out.push_str(r#""channels":"#);
+                channel_list(out, channels);
             }
             Frame::Error { status, body, .. } => {
                 let _ = write!(out, r#""status":{status}"#);

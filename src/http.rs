@@ -1,4 +1,5 @@
-//! The HTTP surface: `POST /emit`, `GET /realtime` (SSE), `GET /history`, `GET /health`,
+//! The HTTP surface: `POST /emit`, `GET /realtime` (SSE), `GET /ws` (WebSocket), `GET /history`,
+//! `GET /presence`, `GET /health`,
 //! `GET /schema`, the demo page at `/`, and, when [`Config::app_dir`](crate::Config) is set, a
 //! static app at `/app/`.
 
@@ -189,6 +190,29 @@ impl From<crate::limits::RateLimited> for ApiError {
     }
 }
 
+impl From<crate::presence::PresenceError> for ApiError {
+    fn from(e: crate::presence::PresenceError) -> Self {
+        use crate::presence::PresenceError;
+        match e {
+            e @ PresenceError::Disabled { .. } => ApiError::bad_request("presence_disabled", e.to_string()),
+            PresenceError::TooLarge { max, .. } => {
+                let message = e.to_string();
+                ApiError::limit(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "presence_data_too_large",
+                    message,
+                    max,
+                )
+            }
+            PresenceError::Full { max, .. } => {
+                let message = e.to_string();
+                ApiError::limit(StatusCode::CONFLICT, "presence_full", message, max)
+            }
+            PresenceError::Store(e) => ApiError::store(e),
+        }
+    }
+}
+
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
@@ -259,6 +283,7 @@ pub fn router(rt: Tidings) -> Router {
         .route("/realtime", get(realtime))
         .route("/ws", get(crate::ws::upgrade))
         .route("/history", get(history))
+        .route("/presence", get(presence))
         .route("/health", get(health))
         .route("/schema", get(schema));
     if let Some(dir) = &rt.inner.config.app_dir {
@@ -355,7 +380,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!(
-            "{method} is not allowed on {}; routes are POST /emit, GET /realtime, GET /ws, GET /history, GET /health, GET /schema",
+            "{method} is not allowed on {}; routes are POST /emit, GET /realtime, GET /ws, GET /history, GET /presence, GET /health, GET /schema",
             uri.path()
         ),
     )
@@ -365,7 +390,7 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such route; routes are POST /emit, GET /realtime, GET /ws, GET /history, GET /health, GET /schema",
+        "no such route; routes are POST /emit, GET /realtime, GET /ws, GET /history, GET /presence, GET /health, GET /schema",
     )
 }
 
@@ -619,7 +644,7 @@ pub(crate) fn prepare_stream(
     last_event_id: Option<&[u8]>,
 ) -> Result<StreamRequest, ApiError> {
     let query = parse_query(raw_query);
-    known_keys(&query, &["channel", "events", "cursor", "token"])?;
+    known_keys(&query, &["channel", "events", "cursor", "token", "presence"])?;
 
     let names: Vec<&str> = query
         .iter()
@@ -664,11 +689,22 @@ pub(crate) fn prepare_stream(
             Some(Cursor::parse(text).map_err(|e| ApiError::bad_request("invalid_cursor", e.to_string()))?)
         }
     };
+    let presence = match one(&query, "presence")? {
+        None => None,
+        Some("") => Some(None),
+        Some(text) => Some(Some(serde_json::from_str::<Value>(text).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_presence",
+                format!("presence is not JSON: {e}; give the member's data as JSON (presence={{\"status\":\"editing\"}}), or presence= for none"),
+            )
+        })?)),
+    };
     Ok(StreamRequest {
         channels,
         events,
         cursor,
         known: rt.inner.known.clone(),
+        presence,
     })
 }
 
@@ -742,7 +778,30 @@ pub(crate) async fn open_stream<S: Sink>(
         Err(refused) => return Err((refused.into(), sink)),
     };
     let expires_at = identity.expires_at;
-    let sub = match rt.inner.hub.subscribe(&req.channels).await {
+    let svc = &rt.inner.presence;
+    let with_presence: Vec<Channel> = req.channels.iter().filter(|c| svc.enabled(c)).cloned().collect();
+    let mut presence = None;
+    if !with_presence.is_empty() || req.presence.is_some() {
+        let connection = format!("{:016x}", rand::random::<u64>());
+        let mut part = crate::session::SessionPresence::new(svc, &connection);
+        if let Some(data) = &req.presence {
+            if with_presence.is_empty() {
+                let e = crate::presence::PresenceError::disabled(&req.channels[0], &rt.inner.config.presence);
+                return Err((e.into(), sink));
+            }
+            for channel in &with_presence {
+                // Dropping `part` on a refusal leaves the channels joined so far.
+                if let Err(e) = svc.join(channel, &identity, &part.conn, data.as_ref()).await {
+                    return Err((e.into(), sink));
+                }
+                part.joined(channel.clone());
+            }
+        }
+        presence = Some(Box::new((svc.clone(), with_presence.clone(), part)));
+    }
+    let mut hub_channels = req.channels.clone();
+    hub_channels.extend(with_presence.iter().map(Channel::presence));
+    let sub = match rt.inner.hub.subscribe(&hub_channels).await {
         Ok(sub) => sub,
         Err(e) => return Err((ApiError::store(e), sink)),
     };
@@ -757,8 +816,33 @@ pub(crate) async fn open_stream<S: Sink>(
             tokio::time::Instant::now().checked_add(left)
         }),
         permit,
+        presence,
     };
     Ok(crate::sse::run(rt.store().clone(), req, sub, settings, sink))
+}
+
+/// `GET /presence?channel=`: who is on a channel with presence, as subscribers get it first.
+async fn presence(
+    State(rt): State<Tidings>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<crate::PresenceSnapshot>, ApiError> {
+    let query = parse_query(raw.as_deref());
+    known_keys(&query, &["channel", "token"])?;
+    let name = one(&query, "channel")?
+        .ok_or_else(|| ApiError::bad_request("invalid_channel", "no channel given; add ?channel=<name>"))?;
+    let channel = rt.parse_channel(name).map_err(ApiError::channel)?;
+    if !rt.inner.presence.enabled(&channel) {
+        let e = crate::presence::PresenceError::disabled(&channel, &rt.inner.config.presence);
+        return Err(e.into());
+    }
+    authorize_read(
+        &rt.inner.config,
+        &AuthRequest::new(headers, raw.clone()),
+        std::slice::from_ref(&channel),
+    )
+    .await?;
+    Ok(Json(rt.presence(&channel).await.map_err(ApiError::store)?))
 }
 
 async fn history(

@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     pub emit_rate: EmitRate,
     /// Which event names can be delivered: those of the loaded schema.
     pub known: crate::hub::Known,
+    /// Who is on the channels with presence.
+    pub presence: crate::presence::Presence,
 }
 
 /// Why [`Tidings::from_config`] could not start.
@@ -156,8 +158,20 @@ impl Tidings {
             .subscriber_queue
             .min((config.retention.max_len / 2).max(1));
         let names: std::collections::HashSet<Box<str>> = registry.event_names().map(Box::from).collect();
-        let known: crate::hub::Known = Arc::new(move |event: &str| names.contains(event));
+        // Presence streams carry joins and leaves, which the hub hands on like events.
+        let known: crate::hub::Known = Arc::new(move |event: &str| {
+            names.contains(event)
+                || event == crate::store::PRESENCE_JOIN
+                || event == crate::store::PRESENCE_LEAVE
+        });
         let hub = Hub::start(store.clone(), queue, known.clone());
+        let presence = crate::presence::Presence::start(
+            store.clone(),
+            config.presence.clone(),
+            config.presence_ttl,
+            config.limits.max_presence_members,
+            config.limits.max_presence_data_bytes,
+        );
         let emit_key = config.emit_key.clone().unwrap_or_else(random_key);
         Tidings {
             inner: Arc::new(Inner {
@@ -169,6 +183,7 @@ impl Tidings {
                 connections: Connections::new(&config.limits),
                 emit_rate: EmitRate::new(&config.limits),
                 known,
+                presence,
                 config,
             }),
         }
@@ -185,6 +200,16 @@ impl Tidings {
     /// True once [`Tidings::close`] was called.
     pub fn is_closed(&self) -> bool {
         *self.inner.closing.borrow()
+    }
+
+    /// Who is on `channel` now: its presence members (at most
+    /// [`Limits::max_presence_members`](crate::Limits)), for server-side rendering or an admin
+    /// view. Empty for a channel without presence.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read.
+    pub async fn presence(&self, channel: &Channel) -> Result<crate::PresenceSnapshot, StoreError> {
+        self.inner.presence.snapshot(channel).await
     }
 
     /// The bearer key `POST /emit` accepts (generated when the config gave none).

@@ -20,7 +20,8 @@ use crate::cursor::Cursor;
 use crate::frame::Frame;
 use crate::hub::{Delivery, Known};
 use crate::id::{Epoch, Position};
-use crate::store::{skip, Entry, Store, StoreError, Trimmed};
+use crate::presence::{Presence, PresenceError};
+use crate::store::{skip, Entry, Store, StoreError, Trimmed, PRESENCE_JOIN, PRESENCE_LEAVE};
 
 /// Entries read per channel per replay page.
 const REPLAY_PAGE: usize = 500;
@@ -54,6 +55,62 @@ pub(crate) struct Session<T> {
     pub out: T,
     /// True once a frame was pushed since [`Session::quiet`] was last asked.
     spoke: bool,
+    /// Presence watched and joined; `None` for most connections (boxed: an idle stream on a
+    /// channel without presence pays one pointer).
+    presence: Option<Box<SessionPresence>>,
+}
+
+/// A session's part in presence.
+pub(crate) struct SessionPresence {
+    svc: Presence,
+    /// This connection's key in presence (unique across nodes).
+    pub conn: String,
+    /// Channels whose presence frames this connection gets.
+    watched: Vec<Channel>,
+    /// Channels this connection is a member of.
+    joined: Vec<Channel>,
+}
+
+impl SessionPresence {
+    /// Presence for a connection named `connection` on this node.
+    pub fn new(svc: &Presence, connection: &str) -> Self {
+        SessionPresence {
+            conn: svc.conn_key(connection),
+            svc: svc.clone(),
+            watched: Vec::new(),
+            joined: Vec::new(),
+        }
+    }
+
+    /// Notes that the connection joined `channel`'s presence (the caller joined it).
+    pub fn joined(&mut self, channel: Channel) {
+        if !self.joined.contains(&channel) {
+            self.joined.push(channel);
+        }
+    }
+}
+
+impl Drop for SessionPresence {
+    fn drop(&mut self) {
+        for channel in &self.watched {
+            self.svc.unwatch(channel);
+        }
+        // The connection went (a closed tab): its members leave now, not when they lapse.
+        let joined = std::mem::take(&mut self.joined);
+        if joined.is_empty() {
+            return;
+        }
+        let (svc, conn) = (self.svc.clone(), std::mem::take(&mut self.conn));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                for channel in joined {
+                    if let Err(e) = svc.leave(&channel, &conn).await {
+                        tracing::warn!(error = %e, %channel, "could not leave presence; the member lapses");
+                    }
+                }
+            });
+        }
+    }
 }
 
 /// Why a replay stopped.
@@ -97,7 +154,82 @@ impl<T: Transport> Session<T> {
             watched: Vec::new(),
             out,
             spoke: false,
+            presence: None,
         }
+    }
+
+    /// The session's presence part, made on first use for `connection`.
+    pub fn presence(&mut self, svc: &Presence, connection: &str) -> &mut SessionPresence {
+        self.presence
+            .get_or_insert_with(|| Box::new(SessionPresence::new(svc, connection)))
+    }
+
+    /// Takes over a presence part made before the session (an SSE stream joins before it
+    /// answers, so a refusal is still an HTTP error).
+    pub fn adopt_presence(&mut self, part: Box<SessionPresence>) {
+        self.presence = Some(part);
+    }
+
+    /// Starts sending `channel`'s presence frames (its presence stream joined in the hub), and
+    /// sends its snapshot.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the snapshot cannot be read.
+    pub async fn watch_presence(
+        &mut self,
+        svc: &Presence,
+        connection: &str,
+        channel: &Channel,
+    ) -> Result<(), StoreError> {
+        let part = self.presence(svc, connection);
+        if !part.watched.contains(channel) {
+            part.watched.push(channel.clone());
+            svc.watch(channel);
+        }
+        let snapshot = svc.snapshot(channel).await?;
+        self.send(Frame::PresenceSnapshot { snapshot: &snapshot });
+        Ok(())
+    }
+
+    /// Joins `channel`'s presence as `identity` with `data`.
+    ///
+    /// # Errors
+    /// [`PresenceError`]: no presence there, data too large, the channel full, the store.
+    pub async fn join_presence(
+        &mut self,
+        svc: &Presence,
+        connection: &str,
+        channel: &Channel,
+        identity: &crate::auth::Identity,
+        data: Option<&serde_json::Value>,
+    ) -> Result<(), PresenceError> {
+        let part = self.presence(svc, connection);
+        let conn = part.conn.clone();
+        svc.join(channel, identity, &conn, data).await?;
+        part.joined(channel.clone());
+        Ok(())
+    }
+
+    /// Leaves `channel`'s presence; `false` when the connection was not a member there.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store fails.
+    pub async fn leave_presence(&mut self, channel: &Channel) -> Result<bool, StoreError> {
+        let Some(part) = self.presence.as_mut() else {
+            return Ok(false);
+        };
+        let Some(i) = part.joined.iter().position(|c| c == channel) else {
+            return Ok(false);
+        };
+        part.joined.remove(i);
+        let conn = part.conn.clone();
+        part.svc.leave(channel, &conn).await?;
+        Ok(true)
+    }
+
+    /// True when this connection is a member of `channel`'s presence.
+    pub fn is_member(&self, channel: &Channel) -> bool {
+        self.presence.as_ref().is_some_and(|p| p.joined.contains(channel))
     }
 
     /// Pushes a frame to the transport.
@@ -224,11 +356,41 @@ impl<T: Transport> Session<T> {
         for channel in channels {
             self.cursor.remove(channel);
         }
+        if let Some(part) = self.presence.as_mut() {
+            for channel in channels {
+                if let Some(i) = part.watched.iter().position(|c| c == channel) {
+                    part.watched.remove(i);
+                    part.svc.unwatch(channel);
+                }
+            }
+        }
     }
 
     /// Writes a live entry, unless it was replayed already or its channel is no longer watched.
     /// The hub hands out only readable entries of known events.
     pub fn live(&mut self, d: &Delivery) {
+        if let Some(channel) = d.channel.presence_of() {
+            let watched = self
+                .presence
+                .as_ref()
+                .is_some_and(|p| p.watched.contains(&channel));
+            if watched {
+                let member = &d.entry.data;
+                self.spoke = true;
+                match &*d.entry.event {
+                    PRESENCE_JOIN => self.out.push(Frame::PresenceJoin {
+                        channel: &channel,
+                        member,
+                    }),
+                    PRESENCE_LEAVE => self.out.push(Frame::PresenceLeave {
+                        channel: &channel,
+                        member,
+                    }),
+                    _ => {}
+                }
+            }
+            return;
+        }
         let Some(pos) = self.cursor.get(&d.channel) else {
             return; // left the channel; the entry was queued before
         };

@@ -48,6 +48,9 @@ pub(crate) struct StreamRequest {
     pub cursor: Option<Cursor>,
     /// Which event names the loaded schema knows: others are skipped.
     pub known: Known,
+    /// `?presence=`: join the presence of the channels that have it, with this data (`None`:
+    /// none). `None` outside: do not join.
+    pub presence: Option<Option<serde_json::Value>>,
 }
 
 pub(crate) struct StreamSettings {
@@ -64,6 +67,15 @@ pub(crate) struct StreamSettings {
     /// inside another keeps both copies, which doubled the memory of every idle stream.
     #[allow(dead_code, reason = "held, never read: dropping it ends the count")]
     pub permit: crate::limits::ConnectionPermit,
+    /// The channels with presence, whose frames the stream gets after `tidings.ready`, and the
+    /// presence the stream joined (left when it ends). `None` without presence channels.
+    pub presence: Option<
+        Box<(
+            crate::presence::Presence,
+            Vec<Channel>,
+            crate::session::SessionPresence,
+        )>,
+    >,
 }
 
 /// Where a connection's bytes go: hyper's response body, or a socket written directly.
@@ -134,7 +146,13 @@ pub(crate) async fn run<S: Sink>(
     };
     let mut s = Session::new(store, req.known, out);
     s.send(Frame::Retry(settings.retry));
-    let start = std::mem::take(&mut sub.start);
+    let mut start = std::mem::take(&mut sub.start);
+    start.retain(|(c, _)| c.presence_of().is_none());
+    let presence = settings.presence.take().map(|b| {
+        let (svc, channels, part) = *b;
+        s.adopt_presence(Box::new(part));
+        (svc, channels)
+    });
     let events = req.events.map(std::sync::Arc::new);
     match s
         .join(&start, events, req.cursor.as_ref(), settings.deadline)
@@ -162,6 +180,18 @@ pub(crate) async fn run<S: Sink>(
         heartbeat: settings.heartbeat,
         reference: None,
     });
+    if let Some((svc, channels)) = &presence {
+        for channel in channels {
+            if let Err(e) = s.watch_presence(svc, "", channel).await {
+                // Without the snapshot the page's member list would be wrong: end the stream,
+                // and let the client reconnect with its cursor.
+                tracing::warn!(error = %e, "presence snapshot failed; closing the stream");
+                let _ = s.out.flush().await;
+                return;
+            }
+        }
+    }
+    drop(presence);
     if s.out.flush().await.is_err() {
         return;
     }

@@ -248,6 +248,9 @@ type Step = Result<(), Option<Close>>;
 struct Conn {
     rt: Tidings,
     auth: AuthRequest,
+    identity: Identity,
+    /// This connection's id, as `welcome` gave it.
+    connection: String,
     deadline: Option<tokio::time::Instant>,
     sub: Subscription,
     s: Session<WsOut>,
@@ -312,6 +315,8 @@ async fn connection(rt: Tidings, mut auth: AuthRequest, socket: WebSocket) {
         heard: tokio::time::Instant::now(),
         rt: rt.clone(),
         auth,
+        identity,
+        connection: connection_id,
         deadline,
     };
     let end = conn.run(&mut stream).await;
@@ -426,7 +431,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_message", message)
 }
 
-const TYPES: &str = "subscribe, unsubscribe, emit, ping";
+const TYPES: &str = "subscribe, unsubscribe, emit, presence.join, presence.leave, ping";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -436,6 +441,23 @@ struct SubscribeMessage {
     events: Option<Vec<String>>,
     #[serde(default)]
     cursor: Option<String>,
+    /// Join the presence of the channels that have it: `true`, or the member's data.
+    #[serde(default)]
+    presence: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceJoinMessage {
+    channel: String,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceLeaveMessage {
+    channel: String,
 }
 
 #[derive(Deserialize)]
@@ -527,10 +549,12 @@ impl Conn {
                         Err(Some(Close::new(code::NO_HEARTBEAT, "no answer to heartbeats")))
                     } else {
                         // A protocol ping every interval, which browsers answer by themselves;
-                        // a `ping` frame the page can see when nothing else was said.
+                        // a `ping` frame the page can see when nothing else was said. The ping
+                        // itself does not count as saying something, or an idle connection
+                        // would get one every other interval.
                         let _ = self.s.out.sink.feed(Message::Ping(Default::default())).await;
                         if self.s.quiet() {
-                            self.s.send(Frame::Ping);
+                            self.s.out.push(Frame::Ping);
                         }
                         Ok(())
                     }
@@ -634,14 +658,32 @@ impl Conn {
                 Ok(m) => return self.subscribe(reference, m).await,
                 Err(e) => Err(e),
             },
-            "unsubscribe" => body(&kind, map, r#"{"type":"unsubscribe","channels":[…],"ref"?:…}"#)
-                .and_then(|m| self.unsubscribe(reference, m)),
+            "unsubscribe" => match body(&kind, map, r#"{"type":"unsubscribe","channels":[…],"ref"?:…}"#) {
+                Ok(m) => self.unsubscribe(reference, m).await,
+                Err(e) => Err(e),
+            },
             "emit" => match body::<EmitMessage>(
                 &kind,
                 map,
                 r#"{"type":"emit","channel":"…","event":"…","data":…,"idempotency_key"?:"…","ref"?:…}"#,
             ) {
                 Ok(m) => self.emit(reference, m).await,
+                Err(e) => Err(e),
+            },
+            "presence.join" => match body::<PresenceJoinMessage>(
+                &kind,
+                map,
+                r#"{"type":"presence.join","channel":"…","data"?:…,"ref"?:…}"#,
+            ) {
+                Ok(m) => self.presence_join(reference, &m.channel, m.data.as_ref()).await,
+                Err(e) => Err(e),
+            },
+            "presence.leave" => match body::<PresenceLeaveMessage>(
+                &kind,
+                map,
+                r#"{"type":"presence.leave","channel":"…","ref"?:…}"#,
+            ) {
+                Ok(m) => self.presence_leave(reference, &m.channel).await,
                 Err(e) => Err(e),
             },
             "ping" => body::<PingMessage>(&kind, map, r#"{"type":"ping","ref"?:…}"#).map(|_| {
@@ -700,13 +742,32 @@ impl Conn {
             push_error(&mut self.s.out, reference, &e.into());
             return Ok(());
         }
-        let start = match self.sub.join(&channels).await {
+        let presence = &self.rt.inner.presence;
+        let with_presence: Vec<Channel> = channels.iter().filter(|c| presence.enabled(c)).cloned().collect();
+        let join_presence = m
+            .presence
+            .as_ref()
+            .filter(|v| !matches!(v, Value::Null | Value::Bool(false)));
+        if join_presence.is_some() && with_presence.is_empty() {
+            let e = crate::presence::PresenceError::disabled(&channels[0], &self.rt.inner.config.presence);
+            push_error(&mut self.s.out, reference, &e.into());
+            return Ok(());
+        }
+        // Each channel's presence stream is joined with it: its joins and leaves arrive in order
+        // from the moment of the snapshot read below.
+        let mut hub_channels = channels.clone();
+        hub_channels.extend(with_presence.iter().map(Channel::presence));
+        let start = match self.sub.join(&hub_channels).await {
             Ok(start) => start,
             Err(e) => {
                 push_error(&mut self.s.out, reference, &ApiError::store(e));
                 return Ok(());
             }
         };
+        let start: Vec<_> = start
+            .into_iter()
+            .filter(|(c, _)| c.presence_of().is_none())
+            .collect();
         self.s.send(Frame::Subscribed {
             reference,
             channels: &channels,
@@ -724,7 +785,7 @@ impl Conn {
                 // Live from a half-read replay would skip what is between: the channels leave,
                 // and the client subscribes again from the cursor of the last frame it got.
                 tracing::warn!(error = %e, "replay failed; the subscribe is undone");
-                self.sub.leave(&channels);
+                self.sub.leave(&hub_channels);
                 self.s.leave(&channels);
                 push_error(&mut self.s.out, reference, &ApiError::store(e));
                 return Ok(());
@@ -736,6 +797,80 @@ impl Conn {
             channels: &channels,
             heartbeat: config.heartbeat,
             reference,
+        });
+        if let Some(data) = join_presence {
+            let data = if data.is_boolean() { None } else { Some(data) };
+            let mut joined = Vec::new();
+            for channel in &with_presence {
+                match self
+                    .s
+                    .join_presence(presence, &self.connection, channel, &self.identity, data)
+                    .await
+                {
+                    Ok(()) => joined.push(channel.clone()),
+                    Err(e) => push_error(&mut self.s.out, reference, &e.into()),
+                }
+            }
+            if !joined.is_empty() {
+                self.s.send(Frame::PresenceJoined {
+                    reference,
+                    channels: &joined,
+                });
+            }
+        }
+        for channel in &with_presence {
+            if let Err(e) = self.s.watch_presence(presence, &self.connection, channel).await {
+                push_error(&mut self.s.out, reference, &ApiError::store(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// The channel of a presence request: subscribed on this connection, with presence.
+    fn presence_channel(&self, name: &str) -> Result<Channel, ApiError> {
+        let channel = self.rt.parse_channel(name).map_err(ApiError::channel)?;
+        if !self.s.watches(&channel) {
+            return Err(ApiError::bad_request(
+                "not_subscribed",
+                format!("channel {name:?} is not subscribed on this connection; subscribe to it first"),
+            ));
+        }
+        Ok(channel)
+    }
+
+    async fn presence_join(
+        &mut self,
+        reference: Ref<'_>,
+        name: &str,
+        data: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        let channel = self.presence_channel(name)?;
+        let presence = &self.rt.inner.presence;
+        self.s
+            .join_presence(presence, &self.connection, &channel, &self.identity, data)
+            .await?;
+        self.s.send(Frame::PresenceJoined {
+            reference,
+            channels: std::slice::from_ref(&channel),
+        });
+        Ok(())
+    }
+
+    async fn presence_leave(&mut self, reference: Ref<'_>, name: &str) -> Result<(), ApiError> {
+        let channel = self.presence_channel(name)?;
+        match self.s.leave_presence(&channel).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(ApiError::bad_request(
+                    "not_present",
+                    format!("this connection has not joined the presence of {name:?}"),
+                ))
+            }
+            Err(e) => return Err(ApiError::store(e)),
+        }
+        self.s.send(Frame::PresenceLeft {
+            reference,
+            channels: std::slice::from_ref(&channel),
         });
         Ok(())
     }
@@ -761,7 +896,7 @@ impl Conn {
         Ok(channels)
     }
 
-    fn unsubscribe(&mut self, reference: Ref<'_>, m: UnsubscribeMessage) -> Result<(), ApiError> {
+    async fn unsubscribe(&mut self, reference: Ref<'_>, m: UnsubscribeMessage) -> Result<(), ApiError> {
         let names: Vec<&str> = m.channels.iter().map(String::as_str).collect();
         let channels = check_channels(&self.rt, &names, 0)?;
         if let Some(c) = channels.iter().find(|c| !self.s.watches(c)) {
@@ -770,7 +905,16 @@ impl Conn {
                 format!("channel {:?} is not subscribed on this connection", c.as_str()),
             ));
         }
-        self.sub.leave(&channels);
+        for channel in &channels {
+            if self.s.is_member(channel) {
+                if let Err(e) = self.s.leave_presence(channel).await {
+                    tracing::warn!(error = %e, %channel, "could not leave presence; the member lapses");
+                }
+            }
+        }
+        let mut hub_channels = channels.clone();
+        hub_channels.extend(channels.iter().map(Channel::presence));
+        self.sub.leave(&hub_channels);
         self.s.leave(&channels);
         self.s.spoke();
         self.s.out.push(Frame::Unsubscribed {

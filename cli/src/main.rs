@@ -196,6 +196,20 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     private_channels: Vec<String>,
+    /// A channel pattern with presence (who is here), such as `doc:*`. Repeat it, or separate
+    /// patterns with commas.
+    #[arg(long = "presence", env = "TIDINGS_PRESENCE", value_delimiter = ',')]
+    presence: Vec<String>,
+    /// Seconds a node's presence members stay after the node stops refreshing them (it died):
+    /// the bound on stale members.
+    #[arg(long, env = "TIDINGS_PRESENCE_TTL", default_value_t = 20)]
+    presence_ttl: u64,
+    /// Members one channel's presence holds; beyond, presence_full.
+    #[arg(long, env = "TIDINGS_MAX_PRESENCE_MEMBERS", default_value_t = 100)]
+    max_presence_members: usize,
+    /// Bytes of a member's presence data; beyond, presence_data_too_large.
+    #[arg(long, env = "TIDINGS_MAX_PRESENCE_DATA_BYTES", default_value_t = 1024)]
+    max_presence_data_bytes: usize,
     /// An origin (https://app.example.com) allowed to call tidings cross-origin, with
     /// credentials. Repeat it, or separate origins with commas. Default: same-origin only.
     #[arg(long = "cors-origin", env = "TIDINGS_CORS_ORIGINS", value_delimiter = ',')]
@@ -306,6 +320,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     limits.emits_per_second = NonZeroU32::new(args.emit_rate);
     limits.emit_key_emits_per_second = NonZeroU32::new(args.emit_key_rate);
     limits.head_timeout = Duration::from_secs(args.head_timeout.max(1));
+    limits.max_presence_members = args.max_presence_members;
+    limits.max_presence_data_bytes = args.max_presence_data_bytes;
     limits.ws_messages_per_second =
         NonZeroU32::new(args.ws_message_rate).unwrap_or(limits.ws_messages_per_second);
     let mut config = Config::default()
@@ -369,6 +385,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     for pattern in args.private_channels.iter().filter(|p| !p.is_empty()) {
         config = config.private_channel(pattern.trim());
     }
+    for pattern in args.presence.iter().filter(|p| !p.is_empty()) {
+        config = config.presence(pattern.trim());
+    }
+    config = config.presence_ttl(Duration::from_secs(args.presence_ttl.max(1)));
     for origin in args.cors_origins.iter().filter(|o| !o.is_empty()) {
         let origin = origin.trim().trim_end_matches('/');
         if origin == "*" || !(origin.starts_with("http://") || origin.starts_with("https://")) {

@@ -10,8 +10,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    check_resume, AppendOptions, Appended, Entry, History, Range, Replay, Retention, Store, StoreError,
-    TailBatch,
+    check_resume, AppendOptions, Appended, Entry, History, Joined, PresenceJoin, Range, Replay, Retention,
+    Store, StoreError, TailBatch, PRESENCE_JOIN, PRESENCE_LEAVE,
 };
 use crate::channel::Channel;
 use crate::id::{Epoch, Position, StreamId};
@@ -38,6 +38,30 @@ pub struct MemoryStore {
     retention: Retention,
     appended: Notify,
     woken: Notify,
+    /// Who is present, per channel.
+    presence: Mutex<HashMap<Channel, Present>>,
+}
+
+/// One channel's presence: its connections, and how many each member has.
+#[derive(Default)]
+struct Present {
+    /// Connection → (member, info, lapses at ms).
+    conns: HashMap<Box<str>, (Box<str>, Box<str>, u64)>,
+    members: HashMap<Box<str>, usize>,
+}
+
+impl Present {
+    /// Removes `conn`; returns the member's info when it was the member's last connection.
+    fn remove(&mut self, conn: &str) -> Option<Box<str>> {
+        let (member, info, _) = self.conns.remove(conn)?;
+        let n = self.members.get_mut(&member)?;
+        *n -= 1;
+        if *n == 0 {
+            self.members.remove(&member);
+            return Some(info);
+        }
+        None
+    }
 }
 
 struct Stream {
@@ -108,7 +132,13 @@ impl MemoryStore {
             retention,
             appended: Notify::new(),
             woken: Notify::new(),
+            presence: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn present(&self) -> MutexGuard<'_, HashMap<Channel, Present>> {
+        // Every update leaves the maps consistent between statements.
+        self.presence.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn shard(&self, channel: &Channel) -> MutexGuard<'_, HashMap<Channel, Stream>> {
@@ -317,5 +347,124 @@ impl Store for MemoryStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         async { Ok(()) }.boxed()
+    }
+
+    fn presence_join<'a>(
+        &'a self,
+        channel: &'a Channel,
+        join: PresenceJoin<'a>,
+    ) -> BoxFuture<'a, Result<Joined, StoreError>> {
+        let joined = {
+            let mut all = self.present();
+            let p = all.entry(channel.clone()).or_default();
+            let known = p.conns.contains_key(join.conn);
+            let new_member = !known && !p.members.contains_key(join.member);
+            if new_member && p.members.len() >= join.max_members {
+                Joined::Full
+            } else {
+                p.conns.insert(
+                    join.conn.into(),
+                    (join.member.into(), join.info.into(), join.until_ms),
+                );
+                if !known {
+                    *p.members.entry(join.member.into()).or_default() += 1;
+                }
+                if new_member {
+                    // Under the presence lock, so joins and leaves are written in the order
+                    // they happened.
+                    let opts = AppendOptions::default();
+                    self.append_now(&channel.presence(), PRESENCE_JOIN, join.info, opts);
+                    Joined::First
+                } else {
+                    Joined::Again
+                }
+            }
+        };
+        async move { Ok(joined) }.boxed()
+    }
+
+    fn presence_leave<'a>(
+        &'a self,
+        channel: &'a Channel,
+        conn: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let left = {
+            let mut all = self.present();
+            let gone = all.get_mut(channel).and_then(|p| p.remove(conn));
+            if let Some(info) = &gone {
+                self.append_now(
+                    &channel.presence(),
+                    PRESENCE_LEAVE,
+                    info,
+                    AppendOptions::default(),
+                );
+            }
+            if all.get(channel).is_some_and(|p| p.conns.is_empty()) {
+                all.remove(channel);
+            }
+            gone.is_some()
+        };
+        async move { Ok(left) }.boxed()
+    }
+
+    fn presence_refresh<'a>(
+        &'a self,
+        channel: &'a Channel,
+        conns: &'a [String],
+        until_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        if let Some(p) = self.present().get_mut(channel) {
+            for conn in conns {
+                if let Some(c) = p.conns.get_mut(conn.as_str()) {
+                    c.2 = until_ms;
+                }
+            }
+        }
+        async { Ok(()) }.boxed()
+    }
+
+    fn presence_sweep<'a>(
+        &'a self,
+        channel: &'a Channel,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<usize, StoreError>> {
+        let gone = {
+            let mut all = self.present();
+            let mut gone = 0;
+            if let Some(p) = all.get_mut(channel) {
+                let lapsed: Vec<Box<str>> = p
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.2 <= now_ms)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for conn in lapsed {
+                    if let Some(info) = p.remove(&conn) {
+                        self.append_now(
+                            &channel.presence(),
+                            PRESENCE_LEAVE,
+                            &info,
+                            AppendOptions::default(),
+                        );
+                        gone += 1;
+                    }
+                }
+                if p.conns.is_empty() {
+                    all.remove(channel);
+                }
+            }
+            gone
+        };
+        async move { Ok(gone) }.boxed()
+    }
+
+    fn presence_members<'a>(
+        &'a self,
+        channel: &'a Channel,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        let infos = self.present().get(channel).map_or_else(Vec::new, |p| {
+            p.conns.values().map(|(_, info, _)| info.to_string()).collect()
+        });
+        async move { Ok(infos) }.boxed()
     }
 }

@@ -410,6 +410,59 @@ impl StoreError {
     }
 }
 
+/// One connection's join to a channel's presence ([`Store::presence_join`]).
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct PresenceJoin<'a> {
+    /// The member: one per identity (a user with two tabs is one member).
+    pub member: &'a str,
+    /// The connection, unique across nodes.
+    pub conn: &'a str,
+    /// The member as JSON (`{"id", "sub", "name", "data"}`), kept for snapshots and written
+    /// into the join entry.
+    pub info: &'a str,
+    /// When the connection's presence lapses unless refreshed (ms since the Unix epoch).
+    pub until_ms: u64,
+    /// Members the channel may hold; a new member beyond is refused ([`Joined::Full`]).
+    pub max_members: usize,
+}
+
+impl<'a> PresenceJoin<'a> {
+    /// A join of connection `conn` of `member`, described by `info`, until `until_ms`.
+    pub fn new(member: &'a str, conn: &'a str, info: &'a str, until_ms: u64) -> Self {
+        PresenceJoin {
+            member,
+            conn,
+            info,
+            until_ms,
+            max_members: usize::MAX,
+        }
+    }
+
+    /// Sets [`PresenceJoin::max_members`].
+    pub fn max_members(mut self, max: usize) -> Self {
+        self.max_members = max;
+        self
+    }
+}
+
+/// What a [`Store::presence_join`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Joined {
+    /// The member is new on the channel: a `presence.join` entry was written.
+    First,
+    /// The member was there already (another connection, or this one again).
+    Again,
+    /// The channel holds its limit of members; nothing changed.
+    Full,
+}
+
+/// The event names of the entries presence writes into a channel's presence stream.
+pub(crate) const PRESENCE_JOIN: &str = "presence.join";
+/// See [`PRESENCE_JOIN`].
+pub(crate) const PRESENCE_LEAVE: &str = "presence.leave";
+
 /// Where events live. Object-safe so it can be shared as `Arc<dyn Store>`.
 pub trait Store: Send + Sync + 'static {
     /// A short name for logs and `/health` (`memory`, `redis`).
@@ -463,6 +516,65 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that the store answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Adds a connection to `channel`'s presence, atomically: when its member is new there, a
+    /// `presence.join` entry (data: the member's `info`) is appended to the channel's presence
+    /// stream ([`Channel::presence`]), which subscribers tail like any channel.
+    fn presence_join<'a>(
+        &'a self,
+        channel: &'a Channel,
+        join: PresenceJoin<'a>,
+    ) -> BoxFuture<'a, Result<Joined, StoreError>> {
+        let _ = (channel, join);
+        Box::pin(std::future::ready(Err(StoreError::Unsupported(format!(
+            "the {} store keeps no presence",
+            self.kind()
+        )))))
+    }
+
+    /// Removes a connection from `channel`'s presence; when it was its member's last, appends a
+    /// `presence.leave` entry. Returns whether the member left.
+    fn presence_leave<'a>(
+        &'a self,
+        channel: &'a Channel,
+        conn: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let _ = (channel, conn);
+        Box::pin(std::future::ready(Ok(false)))
+    }
+
+    /// Moves the lapse of the given connections of `channel` to `until_ms`.
+    fn presence_refresh<'a>(
+        &'a self,
+        channel: &'a Channel,
+        conns: &'a [String],
+        until_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (channel, conns, until_ms);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Removes the connections of `channel` that lapsed by `now_ms` (their node stopped
+    /// refreshing them: it died), as [`Store::presence_leave`] would; returns how many members
+    /// left.
+    fn presence_sweep<'a>(
+        &'a self,
+        channel: &'a Channel,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<usize, StoreError>> {
+        let _ = (channel, now_ms);
+        Box::pin(std::future::ready(Ok(0)))
+    }
+
+    /// The `info` of every connection present on `channel` (a member with two connections
+    /// appears twice).
+    fn presence_members<'a>(
+        &'a self,
+        channel: &'a Channel,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        let _ = channel;
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
 }
 
 #[cfg(test)]

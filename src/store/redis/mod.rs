@@ -50,8 +50,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Value};
 
 use super::{
-    check_resume, AppendOptions, Appended, Entry, History, Range, Replay, Retention, Store, StoreError,
-    TailBatch,
+    check_resume, AppendOptions, Appended, Entry, History, Joined, PresenceJoin, Range, Replay, Retention,
+    Store, StoreError, TailBatch,
 };
 use crate::channel::Channel;
 use crate::id::{Epoch, Position, StreamId};
@@ -165,6 +165,70 @@ for i, key in ipairs(KEYS) do
   out[i] = answer
 end
 return out
+"#;
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Presence of one channel: KEYS = the presence stream, the connections hash (conn → member
+/// info), their lapse times (a sorted set), the connections per member (a hash). `leave`
+/// removes a connection and, when it was its member's last, appends the `presence.leave`
+/// entry. The member id is read back from the info (`cjson`), so a connection is one field.
+const PRESENCE_LIB: &str = r#"
+local function touch(ttl)
+  for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+local function append(event, info, epoch, maxlen)
+  local fresh = redis.call('EXISTS', KEYS[1]) == 0
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'e', event, 'd', info)
+  if fresh then redis.call('XGROUP', 'CREATE', KEYS[1], 'tidings-epoch:' .. epoch, '$') end
+end
+local function leave(conn, epoch, maxlen)
+  local info = redis.call('HGET', KEYS[2], conn)
+  redis.call('ZREM', KEYS[3], conn)
+  if not info then return 0 end
+  redis.call('HDEL', KEYS[2], conn)
+  local member = cjson.decode(info)['id']
+  if redis.call('HINCRBY', KEYS[4], member, -1) > 0 then return 0 end
+  redis.call('HDEL', KEYS[4], member)
+  append('presence.leave', info, epoch, maxlen)
+  return 1
+end
+"#;
+
+/// ARGV: epoch for a new stream, max length, member, conn, info, lapse ms, max members, key
+/// ttl ms. Returns 1 (a new member), 0 (known), -1 (full).
+const PRESENCE_JOIN_LUA: &str = r#"
+local known = redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1
+local new_member = (not known) and redis.call('HEXISTS', KEYS[4], ARGV[3]) == 0
+if new_member and redis.call('HLEN', KEYS[4]) >= tonumber(ARGV[7]) then return -1 end
+redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[4])
+if not known then redis.call('HINCRBY', KEYS[4], ARGV[3], 1) end
+touch(ARGV[8])
+if new_member then
+  append('presence.join', ARGV[5], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// ARGV: epoch, max length, conn. Returns 1 when the member left.
+const PRESENCE_LEAVE_LUA: &str = r#"
+return leave(ARGV[3], ARGV[1], ARGV[2])
+"#;
+
+/// ARGV: epoch, max length, now ms. Returns the members that left.
+const PRESENCE_SWEEP_LUA: &str = r#"
+local gone = 0
+for _, conn in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[3])) do
+  gone = gone + leave(conn, ARGV[1], ARGV[2])
+end
+return gone
 "#;
 
 /// Requests in flight at once when a cluster read touches many streams, one request per stream.
@@ -348,6 +412,9 @@ pub struct RedisStore {
     position: redis::Script,
     history: redis::Script,
     append: redis::Script,
+    presence_join: redis::Script,
+    presence_leave: redis::Script,
+    presence_sweep: redis::Script,
     tail: tokio::sync::Mutex<TailState>,
     timeout: Duration,
     /// Present in keyspace mode.
@@ -520,6 +587,9 @@ impl RedisStore {
             position: redis::Script::new(&format!("{STATE_LUA}{POSITION_LUA}")),
             history: redis::Script::new(&format!("{STATE_LUA}{HISTORY_LUA}")),
             append: redis::Script::new(APPEND_LUA),
+            presence_join: redis::Script::new(&format!("{PRESENCE_LIB}{PRESENCE_JOIN_LUA}")),
+            presence_leave: redis::Script::new(&format!("{PRESENCE_LIB}{PRESENCE_LEAVE_LUA}")),
+            presence_sweep: redis::Script::new(&format!("{PRESENCE_LIB}{PRESENCE_SWEEP_LUA}")),
             tail: tokio::sync::Mutex::new(TailState { conn: None, wake_pos }),
             timeout: opts.timeout,
             pending: Pending {
@@ -560,6 +630,36 @@ impl RedisStore {
     /// The key of an idempotency record: in the stream's hash slot (a Redis Cluster runs a
     /// script only over keys of one slot), so its hash tag is the stream key's own tag, or the
     /// whole stream key when it has none. Channel names hold no braces; a prefix may.
+    /// The keys of `channel`'s presence: its stream, then its connections, their lapse times and
+    /// the connections per member, all in the stream's hash slot.
+    fn presence_keys(&self, channel: &Channel) -> [String; 4] {
+        let stream = self.key(&channel.presence());
+        let tag = hash_tag(&stream).unwrap_or(&stream).to_string();
+        [
+            stream,
+            format!("{{{tag}}}#conns"),
+            format!("{{{tag}}}#lapse"),
+            format!("{{{tag}}}#members"),
+        ]
+    }
+
+    /// An invocation of a presence script on `channel`'s keys, with the epoch and length a new
+    /// presence stream gets.
+    fn presence_invocation<'s>(
+        &self,
+        script: &'s redis::Script,
+        channel: &Channel,
+    ) -> redis::ScriptInvocation<'s> {
+        let mut invocation = script.prepare_invoke();
+        for key in self.presence_keys(channel) {
+            invocation.key(key);
+        }
+        invocation
+            .arg(Epoch::random().to_string())
+            .arg(self.retention.max_len);
+        invocation
+    }
+
     fn idempotency_key(&self, stream_key: &str, key: &str) -> String {
         let tag = hash_tag(stream_key).unwrap_or(stream_key);
         format!("{{{tag}}}#idem:{key}")
@@ -1088,6 +1188,104 @@ impl Store for RedisStore {
             let mut conn = self.conn.clone();
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
             Ok(())
+        }
+        .boxed()
+    }
+
+    fn presence_join<'a>(
+        &'a self,
+        channel: &'a Channel,
+        join: PresenceJoin<'a>,
+    ) -> BoxFuture<'a, Result<Joined, StoreError>> {
+        async move {
+            let mut invocation = self.presence_invocation(&self.presence_join, channel);
+            // The state outlives every lapse by far: abandoned state (every node gone) expires.
+            let ttl_ms = join.until_ms.saturating_sub(now_ms()).max(1000) * 4;
+            invocation
+                .arg(join.member)
+                .arg(join.conn)
+                .arg(join.info)
+                .arg(join.until_ms)
+                .arg(join.max_members.min(i64::MAX as usize))
+                .arg(ttl_ms);
+            let joined: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
+            Ok(match joined {
+                1 => Joined::First,
+                0 => Joined::Again,
+                _ => Joined::Full,
+            })
+        }
+        .boxed()
+    }
+
+    fn presence_leave<'a>(
+        &'a self,
+        channel: &'a Channel,
+        conn: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let mut invocation = self.presence_invocation(&self.presence_leave, channel);
+            invocation.arg(conn);
+            let left: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
+            Ok(left == 1)
+        }
+        .boxed()
+    }
+
+    fn presence_refresh<'a>(
+        &'a self,
+        channel: &'a Channel,
+        conns: &'a [String],
+        until_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            if conns.is_empty() {
+                return Ok(());
+            }
+            let [_, conns_key, lapse, members] = self.presence_keys(channel);
+            let ttl_ms = until_ms.saturating_sub(now_ms()).max(1000) * 4;
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(&lapse).arg("XX");
+            for conn in conns {
+                zadd.arg(until_ms).arg(conn);
+            }
+            // One slot: a pipeline is routed to it whole, on a cluster too.
+            let mut pipe = redis::pipe();
+            pipe.add_command(zadd).ignore();
+            for key in [&conns_key, &lapse, &members] {
+                pipe.cmd("PEXPIRE").arg(key).arg(ttl_ms).ignore();
+            }
+            pipe.query_async::<()>(&mut self.conn.clone()).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn presence_sweep<'a>(
+        &'a self,
+        channel: &'a Channel,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<usize, StoreError>> {
+        async move {
+            let mut invocation = self.presence_invocation(&self.presence_sweep, channel);
+            invocation.arg(now_ms);
+            let gone: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
+            Ok(gone.max(0) as usize)
+        }
+        .boxed()
+    }
+
+    fn presence_members<'a>(
+        &'a self,
+        channel: &'a Channel,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        async move {
+            let [_, conns_key, _, _] = self.presence_keys(channel);
+            let infos: Vec<String> = redis::cmd("HVALS")
+                .arg(&conns_key)
+                .query_async(&mut self.conn.clone())
+                .await?;
+            Ok(infos)
         }
         .boxed()
     }
