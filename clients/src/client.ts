@@ -178,6 +178,28 @@ export interface Emitted {
   duplicate: boolean;
 }
 
+/** One member of a channel's presence (`D`: the data members join with). */
+export interface Member<D = unknown> {
+  /** The member: its token's `sub`, or `anon:…` for an anonymous connection. */
+  id: string;
+  sub: string | null;
+  /** A display name (the token's `name` claim). */
+  name: string | null;
+  /** What the member joined with (`null`: nothing). */
+  data: D | null;
+}
+
+/** Options of {@link Client.presence}. */
+export interface PresenceOptions<D = unknown> {
+  /**
+   * Join the channel's presence as this client's identity: `true`, or the data to show others
+   * (at most the server's `--max-presence-data-bytes` as JSON). WebSocket transport only.
+   */
+  join?: true | D;
+  /** Called with every member on each change, in id order; once the snapshot arrives first. */
+  onChange?: (members: readonly Member<D>[], count: number) => void;
+}
+
 /** A tidings client; `M` is the app's {@link EventMap}, which types what it delivers. */
 export interface Client<M extends EventMap = EventMap> {
   /** The connection's state now. */
@@ -195,6 +217,16 @@ export interface Client<M extends EventMap = EventMap> {
    * on the EventSource transport of a client created without `eventNames`.
    */
   subscribe<E extends EventName<M> = EventName<M>>(options: SubscribeOptions<M, E>): () => void;
+  /**
+   * Watches who is on `channel` (a channel the server gives presence, `--presence`): calls
+   * `onChange` with its members after the snapshot and on every join and leave, and with
+   * `join` makes this client one of them while the watch lasts. Returns the function that
+   * stops it (and leaves). Members are kept across reconnects: each new connection's snapshot
+   * replaces them.
+   *
+   * @throws TidingsError when `join` is given on a transport other than `"websocket"`.
+   */
+  presence<D = unknown>(channel: string, options?: PresenceOptions<D>): () => void;
   /** Calls `listener` on every status change; returns the function that stops it. */
   onStatus(listener: (status: Status, error: TidingsError | undefined) => void): () => void;
   /** The cursor over every channel seen: where a reconnect resumes. */
@@ -245,7 +277,16 @@ function covers(scope: Scope, sub: Sub): boolean {
 // The longest delay setTimeout takes (about 24.8 days); a longer one would fire at once.
 const MAX_TIMER_MS = 2_147_483_647;
 
-const CONTROL_EVENTS = ["tidings.ready", "tidings.reset", "tidings.lagged", "tidings.expired", "tidings.ping"] as const;
+const CONTROL_EVENTS = [
+  "tidings.ready",
+  "tidings.reset",
+  "tidings.lagged",
+  "tidings.expired",
+  "tidings.ping",
+  "tidings.presence.snapshot",
+  "tidings.presence.join",
+  "tidings.presence.leave",
+] as const;
 
 /**
  * A connection that delivers nothing, not even a heartbeat, for this many heartbeat intervals
@@ -306,6 +347,41 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
   // No connection before this time (ms since the epoch): set by a refusal with `Retry-After`, so
   // neither the backoff nor a change of subscriptions reconnects earlier than the server asked.
   let notBefore = 0;
+
+  // Presence: members per watched channel (from snapshots, joins and leaves), the watchers, and
+  // what each channel joins with (the first joining watcher's data).
+  interface PresenceWatch {
+    channel: string;
+    join: unknown;
+    onChange: ((members: readonly Member[], count: number) => void) | undefined;
+  }
+  const presenceWatches = new Set<PresenceWatch>();
+  const members = new Map<string, Map<string, Member>>();
+  const memberCounts = new Map<string, number>();
+  // The channels the current connection joined presence on.
+  let joinedOn = new Set<string>();
+  const announcePresence = (channel: string) => {
+    const list = [...(members.get(channel)?.values() ?? [])].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const count = Math.max(memberCounts.get(channel) ?? 0, list.length);
+    for (const w of [...presenceWatches]) if (w.channel === channel) w.onChange?.(list, count);
+  };
+  // Joins and leaves on the current connection what the watches want now.
+  const syncPresence = () => {
+    if (status !== "connected" || conn?.send === undefined) return;
+    const want = new Map<string, unknown>();
+    for (const w of presenceWatches) if (w.join !== undefined && !want.has(w.channel)) want.set(w.channel, w.join);
+    for (const [channel, data] of want) {
+      if (joinedOn.has(channel)) continue;
+      // A ref, so a refusal (presence_full, say) is an answer, not taken for a closing reason.
+      const message: Record<string, unknown> = { type: "presence.join", ref: `presence:${channel}`, channel };
+      if (data !== true) message["data"] = data;
+      if (conn.send(message)) joinedOn.add(channel);
+    }
+    for (const channel of [...joinedOn]) {
+      if (want.has(channel)) continue;
+      if (conn.send({ type: "presence.leave", ref: `presence:${channel}`, channel })) joinedOn.delete(channel);
+    }
+  };
 
   // Emits waiting for their answer, by ref; `sent` once written to the current connection.
   interface PendingEmit {
@@ -446,6 +522,7 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
 
   const dropConnection = () => {
     loseEmits();
+    joinedOn = new Set();
     stopWatchdog();
     conn?.close();
     conn = undefined;
@@ -580,6 +657,7 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
 
   const failed = (key: string, refused: TidingsError) => {
     loseEmits();
+    joinedOn = new Set();
     conn = undefined;
     readyScope = undefined;
     if (closed || key !== connKey) return;
@@ -631,6 +709,44 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
         // (and a listener that closed the client cleared the scope).
         announceReady();
         flushEmits();
+        syncPresence();
+        return;
+      }
+      case "tidings.presence.snapshot":
+      case "tidings.presence.join":
+      case "tidings.presence.leave": {
+        const body = parseJson(frame.data) as
+          | { channel?: unknown; members?: unknown; member?: unknown; count?: unknown }
+          | undefined;
+        const channel = typeof body?.channel === "string" ? body.channel : undefined;
+        if (channel === undefined) return;
+        let list = members.get(channel);
+        if (list === undefined || frame.event === "tidings.presence.snapshot") {
+          list = new Map();
+          members.set(channel, list);
+        }
+        const asMember = (m: unknown): Member | undefined => {
+          const o = m as Partial<Member> | null;
+          if (!o || typeof o.id !== "string") return undefined;
+          return { id: o.id, sub: o.sub ?? null, name: o.name ?? null, data: o.data ?? null };
+        };
+        if (frame.event === "tidings.presence.snapshot") {
+          for (const m of Array.isArray(body?.members) ? body.members : []) {
+            const member = asMember(m);
+            if (member) list.set(member.id, member);
+          }
+          memberCounts.set(channel, typeof body?.count === "number" ? body.count : list.size);
+        } else {
+          const member = asMember(body?.member);
+          if (!member) return;
+          const before = list.size;
+          // Against the snapshot, a join is an upsert and a leave a removal: either may repeat it.
+          if (frame.event === "tidings.presence.join") list.set(member.id, member);
+          else list.delete(member.id);
+          const count = (memberCounts.get(channel) ?? before) + (list.size - before);
+          memberCounts.set(channel, Math.max(count, list.size));
+        }
+        announcePresence(channel);
         return;
       }
       case "tidings.emitted": {
@@ -700,7 +816,7 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
     visible: () => armWatchdog(),
   });
 
-  return {
+  const api: Client<M> = {
     get status() {
       return status;
     },
@@ -731,6 +847,31 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
       scheduleSync();
       return () => {
         if (subs.delete(sub)) scheduleSync();
+      };
+    },
+    presence<D = unknown>(channel: string, o: PresenceOptions<D> = {}) {
+      if (closed) throw new TidingsError("the client is closed");
+      if (o.join !== undefined && !transport.canSend) {
+        throw new TidingsError('joining presence needs transport: "websocket"; a stream transport can only watch it');
+      }
+      const watch: PresenceWatch = {
+        channel,
+        join: o.join,
+        onChange: o.onChange as PresenceWatch["onChange"],
+      };
+      presenceWatches.add(watch);
+      // The watch is a subscription to the channel that wants none of its events.
+      const stop = api.subscribe({ channels: [channel], events: [], onData: () => {} });
+      if (members.has(channel)) queueMicrotask(() => presenceWatches.has(watch) && announcePresence(channel));
+      syncPresence();
+      return () => {
+        if (!presenceWatches.delete(watch)) return;
+        stop();
+        syncPresence();
+        if (![...presenceWatches].some((w) => w.channel === channel)) {
+          members.delete(channel);
+          memberCounts.delete(channel);
+        }
       };
     },
     onStatus(listener) {
@@ -795,6 +936,7 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
     },
     close() {
       closed = true;
+      presenceWatches.clear();
       for (const ref of [...emits.keys()]) settleEmit(ref, (p) => p.reject(new TidingsError("the client is closed")));
       stopNetwork();
       subs.clear();
@@ -802,6 +944,7 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
       setStatus("disconnected");
     },
   };
+  return api;
 }
 
 /** `headers` with `Authorization: Bearer <token>`, replacing an `Authorization` in any case. */

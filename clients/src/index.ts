@@ -12,6 +12,8 @@ export type {
   EmitOptions,
   Emitted,
   HistoryOptions,
+  Member,
+  PresenceOptions,
   ResetInfo,
   Status,
   SubscribeOptions,

@@ -16,11 +16,18 @@ import {
   useSyncExternalStore,
   type ReactNode,
 } from "react";
-import { createClient, type Client, type ClientOptions, type ResetInfo, type Status } from "./client.js";
+import {
+  createClient,
+  type Client,
+  type ClientOptions,
+  type Member,
+  type ResetInfo,
+  type Status,
+} from "./client.js";
 import { createHistoryFeed, type FeedStatus, type HistoryFeed } from "./history.js";
 import type { Envelope, EventMap, EventName } from "./types.js";
 
-export type { Client, ClientOptions, ResetInfo, Status } from "./client.js";
+export type { Client, ClientOptions, Member, ResetInfo, Status } from "./client.js";
 export type { FeedStatus } from "./history.js";
 export type { Envelope, EventMap, EventName } from "./types.js";
 
@@ -347,6 +354,66 @@ export function useHistory<M extends EventMap = EventMap, E extends EventName<M>
   return { ...snapshot, reload };
 }
 
+/** Options of {@link usePresence}. */
+export interface UsePresenceOptions<D = unknown, M extends EventMap = EventMap> {
+  /**
+   * Join the channel's presence while mounted: `true`, or the data to show others (WebSocket
+   * transport). Read when the hook subscribes: a new value takes effect when `channel` changes.
+   */
+  join?: true | D;
+  /** `false` stops watching (and leaves). Default `true`. */
+  enabled?: boolean;
+  /** Use this client rather than the provider's. */
+  client?: Client<M>;
+}
+
+/** What {@link usePresence} returns. */
+export interface PresenceState<D = unknown> {
+  /** Who is on the channel, in id order (empty until the snapshot arrives). */
+  members: readonly Member<D>[];
+  /** How many members there are in all (the server shows at most its limit of them). */
+  count: number;
+  /** The connection's status. */
+  status: Status;
+}
+
+/**
+ * Who is on `channel` (a channel the server gives presence, `--presence`), re-rendering on
+ * every join and leave; with `join`, this client is one of them while mounted. Two tabs of one
+ * user are one member.
+ *
+ * @example
+ * const { members } = usePresence<{ status: string }>("doc:42", { join: { status: "editing" } });
+ * return members.map((m) => <Avatar key={m.id} name={m.name ?? m.id} />);
+ */
+export function usePresence<D = unknown, M extends EventMap = EventMap>(
+  channel: string,
+  options: UsePresenceOptions<D, M> = {},
+): PresenceState<D> {
+  const fromContext = useProvided<M>();
+  const client = options.client ?? fromContext;
+  if (!client) throw new Error("usePresence: no <RealtimeProvider> above this component and no client given");
+  const enabled = options.enabled ?? true;
+  const status = useStatus(client);
+  const join = useRef(options.join);
+  join.current = options.join;
+  const [state, setState] = useState<{ key: string; members: readonly Member<D>[]; count: number }>({
+    key: "",
+    members: [],
+    count: 0,
+  });
+  const key = `${channel}|${enabled ? "on" : "off"}`;
+  useEffect(() => {
+    if (!enabled) return;
+    return client.presence<D>(channel, {
+      ...(join.current !== undefined ? { join: join.current } : {}),
+      onChange: (members, count) => setState({ key, members, count }),
+    });
+  }, [client, channel, enabled, key]);
+  const current = state.key === key;
+  return { members: current ? state.members : [], count: current ? state.count : 0, status };
+}
+
 /** The hooks of {@link createRealtimeHooks}: the generic ones with `M` filled in. */
 export interface RealtimeHooks<M extends EventMap> {
   /** {@link RealtimeProvider}; a client it creates listens for the binding's `eventNames`. */
@@ -369,6 +436,8 @@ export interface RealtimeHooks<M extends EventMap> {
   ) => RealtimeState;
   /** {@link useRealtimeClient}, typed `Client<M>`. */
   useRealtimeClient: () => Client<M>;
+  /** {@link usePresence}. */
+  usePresence: <D = unknown>(channel: string, options?: UsePresenceOptions<D, M>) => PresenceState<D>;
 }
 
 /**
@@ -394,5 +463,6 @@ export function createRealtimeHooks<M extends EventMap>(binding: { eventNames: r
     useStatus: (client) => useStatus(client),
     useEvent: (channel, event, handler, options) => useEvent(channel, event, handler, options),
     useRealtimeClient: () => useRealtimeClient<M>(),
+    usePresence: (channel, options) => usePresence(channel, options),
   };
 }

@@ -6,11 +6,11 @@
 // to one, and the app's generated `svelte.ts` calls it (and adds a function per event).
 import { getContext, hasContext, onDestroy, setContext } from "svelte";
 import { writable, type Readable } from "svelte/store";
-import { createClient, type Client, type ClientOptions, type ResetInfo, type Status } from "./client.js";
+import { createClient, type Client, type ClientOptions, type Member, type ResetInfo, type Status } from "./client.js";
 import { createHistoryFeed, type FeedStatus, type HistoryFeedOptions } from "./history.js";
 import type { Envelope, EventMap, EventName } from "./types.js";
 
-export type { Client, ClientOptions, ResetInfo, Status } from "./client.js";
+export type { Client, ClientOptions, Member, ResetInfo, Status } from "./client.js";
 export type { FeedStatus, HistoryFeedOptions } from "./history.js";
 export type { Envelope, EventMap, EventName } from "./types.js";
 
@@ -256,6 +256,52 @@ export function useHistory<M extends EventMap = EventMap, E extends EventName<M>
   return store;
 }
 
+/** What {@link createPresenceStore} holds. */
+export interface PresenceValue<D = unknown> {
+  /** Who is on the channel, in id order (empty until the snapshot arrives). */
+  members: readonly Member<D>[];
+  /** How many members there are in all. */
+  count: number;
+}
+
+/** A store of who is on a channel; `destroy()` stops watching (and leaves). */
+export interface PresenceStore<D = unknown> extends Readable<PresenceValue<D>> {
+  destroy(): void;
+}
+
+/**
+ * Who is on `channel` as a store, outside components (call `destroy()` when done); with
+ * `join`, this client is one of them until then (WebSocket transport).
+ */
+export function createPresenceStore<D = unknown, M extends EventMap = EventMap>(
+  client: Client<M>,
+  channel: string,
+  options: { join?: true | D } = {},
+): PresenceStore<D> {
+  const value = writable<PresenceValue<D>>({ members: [], count: 0 });
+  const stop = client.presence<D>(channel, {
+    ...options,
+    onChange: (members, count) => value.set({ members, count }),
+  });
+  return { subscribe: value.subscribe, destroy: stop };
+}
+
+/**
+ * Who is on `channel` for the life of the calling component: `$presence.members`.
+ *
+ * @example
+ * const presence = usePresence<{ status: string }>("doc:42", { join: { status: "editing" } });
+ * // {#each $presence.members as m (m.id)}<Avatar name={m.name ?? m.id} />{/each}
+ */
+export function usePresence<D = unknown, M extends EventMap = EventMap>(
+  channel: string,
+  options: { join?: true | D } = {},
+): PresenceStore<D> {
+  const store = createPresenceStore<D, M>(getRealtimeClient<M>(), channel, options);
+  onDestroy(store.destroy);
+  return store;
+}
+
 /** The functions of {@link createRealtimeBindings}: the generic ones with `M` filled in. */
 export interface RealtimeBindings<M extends EventMap> {
   /** {@link provideRealtime}; a client it creates listens for the binding's `eventNames`. */
@@ -289,6 +335,10 @@ export interface RealtimeBindings<M extends EventMap> {
     channel: string,
     options?: HistoryFeedOptions<M, E>,
   ) => HistoryStore<M, E>;
+  /** {@link usePresence}. */
+  usePresence: <D = unknown>(channel: string, options?: { join?: true | D }) => PresenceStore<D>;
+  /** {@link createPresenceStore}. */
+  createPresenceStore: <D = unknown>(client: Client<M>, channel: string, options?: { join?: true | D }) => PresenceStore<D>;
 }
 
 /**
@@ -317,6 +367,8 @@ export function createRealtimeBindings<M extends EventMap>(binding: { eventNames
     useEvent: (channel, event, handler, options) => useEvent(channel, event, handler, options),
     createRealtimeStore: (client, options) => createRealtimeStore(client, options),
     createHistoryStore: (client, channel, options) => createHistoryStore(client, channel, options),
+    usePresence: (channel, options) => usePresence(channel, options),
+    createPresenceStore: (client, channel, options) => createPresenceStore(client, channel, options),
   };
 }
 

@@ -57,6 +57,11 @@ export interface Transport {
    * transport should copy it.
    */
   readonly namedEventsOnly?: boolean;
+  /**
+   * True when its connections can send requests ({@link Connection.send}), as
+   * {@link webSocketTransport}'s: what presence joins need. A wrapper should copy it.
+   */
+  readonly canSend?: boolean;
 }
 
 /** The minimal EventSource surface used, so Node polyfills and the browser's both fit. */
@@ -226,7 +231,7 @@ const CLOSE_STATUS: Record<number, { status: number; code: string }> = {
  * 403, 1013 a 503 (the node is full).
  */
 export function webSocketTransport(WebSocketImpl: WebSocketConstructor): Transport {
-  return (url, options, handlers) => {
+  const transport: Transport = (url, options, handlers) => {
     const { target, subscribe } = wsRequest(url, options.token);
     const socket = new WebSocketImpl(target);
     let closed = false;
@@ -268,6 +273,11 @@ export function webSocketTransport(WebSocketImpl: WebSocketConstructor): Transpo
         case "ping":
           handlers.onFrame({ event: `tidings.${type}`, data: JSON.stringify(rest), id: cursor });
           return;
+        case "presence.snapshot":
+        case "presence.join":
+        case "presence.leave":
+          handlers.onFrame({ event: `tidings.${type}`, data: JSON.stringify(rest), id: undefined });
+          return;
         case "emitted":
           handlers.onFrame({ event: "tidings.emitted", data: JSON.stringify({ ref, ...rest }), id: undefined });
           return;
@@ -279,7 +289,7 @@ export function webSocketTransport(WebSocketImpl: WebSocketConstructor): Transpo
           return;
         }
         default:
-          return; // welcome, subscribed, pong
+          return; // welcome, subscribed, pong, presence.joined, presence.left
       }
     };
     socket.onclose = (ev) => {
@@ -314,6 +324,7 @@ export function webSocketTransport(WebSocketImpl: WebSocketConstructor): Transpo
       },
     };
   };
+  return Object.assign(transport, { canSend: true });
 }
 
 const SUBSCRIBE_REF = "tidings:subscribe";

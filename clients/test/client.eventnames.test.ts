@@ -20,7 +20,16 @@ afterAll(async () => {
   await server?.stop();
 });
 
-const CONTROL = ["tidings.ready", "tidings.reset", "tidings.lagged", "tidings.expired", "tidings.ping"];
+const CONTROL = [
+  "tidings.ready",
+  "tidings.reset",
+  "tidings.lagged",
+  "tidings.expired",
+  "tidings.ping",
+  "tidings.presence.snapshot",
+  "tidings.presence.join",
+  "tidings.presence.leave",
+];
 
 /** The generic `createClient`, without `eventNames`. */
 function bare(options: Partial<tidings.ClientOptions> = {}): tidings.Client<EventMap> {

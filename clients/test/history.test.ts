@@ -55,6 +55,7 @@ function fakeClient() {
       };
     },
     emit: () => Promise.reject(new Error("not used here")),
+    presence: () => () => {},
     onStatus(listener) {
       const l = (s: Status) => listener(s, undefined);
       listeners.add(l);

@@ -19,6 +19,7 @@ import {
   useNotificationAlert,
   useRealtime,
   useRealtimeClient,
+  usePresence,
   useStatus,
 } from "./generated/react.js";
 import * as svelte from "./generated/svelte.js";
@@ -337,4 +338,25 @@ export function svelteComponent() {
   // @ts-expect-error: an event of another schema
   shop.useEvent("shop:1", "chat.message", () => {});
   return status;
+}
+
+// Presence: members are typed by the data type given; `join` must be that type (or true).
+export function PresencePanel() {
+  const { members, count, status } = usePresence<{ status: "editing" | "viewing" }>("doc:1", {
+    join: { status: "editing" },
+  });
+  assertType<Equal<typeof count, number>>();
+  assertType<Equal<typeof status, Status>>();
+  const first = members[0];
+  if (first) {
+    assertType<Equal<typeof first.data, { status: "editing" | "viewing" } | null>>();
+    assertType<Equal<typeof first.name, string | null>>();
+  }
+  // @ts-expect-error: "typing" is not a status of this data type
+  usePresence<{ status: "editing" | "viewing" }>("doc:1", { join: { status: "typing" } });
+  usePresence("doc:1", { join: true });
+  const store = svelte.usePresence<{ cursor: number }>("doc:1", { join: { cursor: 3 } });
+  // @ts-expect-error: cursor is a number
+  svelte.createPresenceStore<{ cursor: number }>(client, "doc:1", { join: { cursor: "3" } });
+  return store;
 }

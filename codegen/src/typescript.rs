@@ -223,11 +223,13 @@ const BOUND_NAMES: &[&str] = &[
     "getRealtimeClient",
     "createRealtimeStore",
     "createHistoryStore",
+    "usePresence",
+    "createPresenceStore",
 ];
 
 /// Renders `react.ts`: the React layer of `@tidings/client/react` bound to the schema
 /// (`RealtimeProvider`, `useRealtime`, `useHistory`, `useStatus`, `useEvent`,
-/// `useRealtimeClient`), and for each event `use<TypeName>(channel, handler, options?)`, which
+/// `useRealtimeClient`, `usePresence`), and for each event `use<TypeName>(channel, handler, options?)`, which
 /// calls `handler(data, envelope)` for every such event on the channel (one name or several) and
 /// returns `{ status, ready }`.
 ///
@@ -254,7 +256,7 @@ pub fn typescript_react(schema: &SchemaFile) -> String {
             module: "react",
             factory: "createRealtimeHooks",
             exports: Exports::Line(
-                "RealtimeProvider, useRealtime, useHistory, useStatus, useEvent, useRealtimeClient",
+                "RealtimeProvider, useRealtime, useHistory, useStatus, useEvent, useRealtimeClient, usePresence",
             ),
             returns: "RealtimeState",
         },
@@ -263,7 +265,8 @@ pub fn typescript_react(schema: &SchemaFile) -> String {
 
 /// Renders `svelte.ts`: the Svelte layer of `@tidings/client/svelte` bound to the schema
 /// (`provideRealtime`, `getRealtimeClient`, `useRealtime`, `useHistory`, `useEvent`,
-/// `createRealtimeStore`, `createHistoryStore`), and one `use<TypeName>(channel, handler,
+/// `createRealtimeStore`, `createHistoryStore`, `usePresence`, `createPresenceStore`), and one
+/// `use<TypeName>(channel, handler,
 /// options?)` per event, returning `{ status, ready }` stores.
 ///
 /// # Example
@@ -291,6 +294,8 @@ pub fn typescript_svelte(schema: &SchemaFile) -> String {
                 "useEvent",
                 "createRealtimeStore",
                 "createHistoryStore",
+                "usePresence",
+                "createPresenceStore",
             ]),
             returns: "RealtimeHandle",
         },

@@ -99,8 +99,11 @@ export class RecordingTransport {
       if (conn.send) recorded.send = conn.send.bind(conn);
       return recorded;
     };
-    // A wrapper of EventSource still only sees the events it names.
-    this.transport = inner.namedEventsOnly ? Object.assign(transport, { namedEventsOnly: true }) : transport;
+    // A wrapper of EventSource still only sees the events it names; one of WebSocket can send.
+    this.transport = Object.assign(transport, {
+      ...(inner.namedEventsOnly ? { namedEventsOnly: true } : {}),
+      ...(inner.canSend ? { canSend: true } : {}),
+    });
   }
 
   get connections(): number {

@@ -107,6 +107,8 @@ export interface ServerOptions {
   maxConnections?: number;
   /** Streams one JWT `sub` holds (`--max-connections-per-identity`); beyond, 429. */
   maxConnectionsPerIdentity?: number;
+  /** `--presence` channel patterns, such as `doc:*`. */
+  presence?: readonly string[];
 }
 
 /** A running tidings server. */
@@ -143,6 +145,7 @@ async function startOn(port: number, options: ServerOptions): Promise<Server> {
   if (options.redis) args.push("--redis", options.redis);
   if (options.jwtSecret) args.push("--jwt-secret", options.jwtSecret);
   for (const pattern of options.privateChannels ?? []) args.push("--private-channel", pattern);
+  for (const pattern of options.presence ?? []) args.push("--presence", pattern);
   if (options.maxConnections !== undefined) args.push("--max-connections", String(options.maxConnections));
   if (options.maxConnectionsPerIdentity !== undefined) {
     args.push("--max-connections-per-identity", String(options.maxConnectionsPerIdentity));

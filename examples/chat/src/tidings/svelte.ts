@@ -11,6 +11,8 @@ export const {
   useEvent,
   createRealtimeStore,
   createHistoryStore,
+  usePresence,
+  createPresenceStore,
 } = createRealtimeBindings<EventMap>({ eventNames: EVENT_NAMES });
 
 /**

@@ -3,7 +3,7 @@ import { createRealtimeHooks, type EventHookOptions, type RealtimeState } from "
 import { EVENT_NAMES, type EventMap } from "./events.js";
 import type * as schema from "./events.js";
 
-export const { RealtimeProvider, useRealtime, useHistory, useStatus, useEvent, useRealtimeClient } =
+export const { RealtimeProvider, useRealtime, useHistory, useStatus, useEvent, useRealtimeClient, usePresence } =
   createRealtimeHooks<EventMap>({ eventNames: EVENT_NAMES });
 
 /**
