@@ -2,7 +2,10 @@
 //
 // A: the page connects and shows a chat message and an alert emitted server side.
 // B: while numbered messages are emitted, the tidings process is SIGKILLed and a new one starts on
-//    the same Redis and port; the page must end up showing every message exactly once, in order.
+//    the same Redis and port; the page must end up showing every message exactly once, in order
+//    (over EventSource, and over the WebSocket transport).
+// C: a frozen connection is noticed and replaced.
+// D: two pages in a room with presence (WebSocket) see each other arrive, and one leave.
 //
 // Needs /usr/bin/chromium (scripts/test installs it), redis-server and cargo, or TIDINGS_BIN (a
 // prebuilt server binary, as for the unit suite: then cargo is not run). The app served is
@@ -235,13 +238,14 @@ describe("the demo app in Chromium", () => {
     expect(await status(p)).toBe("connected");
   });
 
-  it("shows every message once, in order, across a SIGKILL and restart of tidings", async () => {
-    const room = "room:restart";
+  it.each(["eventsource", "websocket"])("shows every message once, in order, across a SIGKILL and restart of tidings (%s)", async (transport) => {
+    const room = `room:restart-${transport}`;
     // The demo lists the newest 100 messages (useHistory limit 100): all of them fit.
     const total = 100;
     const spacingMs = 60; // ~6 s of emits
     const killAfter = 35;
-    const p = await open(`/app/?room=${encodeURIComponent(room)}`, "browser-restart.png");
+    const over = transport === "websocket" ? "&transport=websocket" : "";
+    const p = await open(`/app/?room=${encodeURIComponent(room)}${over}`, `browser-restart-${transport}.png`);
 
     let emitted = 0;
     let ambiguous = 0; // emits whose fate the kill hid, settled by reading history
@@ -345,7 +349,7 @@ describe("the demo app in Chromium", () => {
     }).catch(() => {});
     const shown = await messages(p);
     console.info(
-      `restart test: killed after ${killedAt} emits; statuses during the outage: ${seen.join(" → ")}; ` +
+      `restart test (${transport}): killed after ${killedAt} emits; statuses during the outage: ${seen.join(" → ")}; ` +
         `${ambiguous} emit(s) cut off by the kill; ~${replayed} emitted before the page reconnected`,
     );
 
@@ -425,5 +429,41 @@ describe("the demo app in Chromium", () => {
       ...[0, 1, 2, 3, 4].map((i) => `e2e: during ${i}`),
     ]);
     expect(shown.map((m) => m.id)).toEqual(ids);
+  });
+
+  it("two pages in a room with presence see each other arrive and leave (WebSocket)", async () => {
+    const direct = await freePort();
+    const presenceNode = await startTidings(undefined, direct, ["--presence", "room:*"]);
+    onTestFinished(async () => {
+      await kill(presenceNode.child);
+    });
+    const at = `http://127.0.0.1:${direct}`;
+    const room = "room:presence";
+    const present = (p: Page) =>
+      p.$$eval('[data-testid="present"] > li', (lis) => lis.map((li) => (li.textContent ?? "").trim()).sort());
+    const openAs = async (user: string) => {
+      const opened = await newPage(browser, { width: 700, height: 500 });
+      onTestFailed(() => report(opened.problems, { name: "tidings", log: presenceNode.log }));
+      onTestFinished(async () => {
+        await opened.context.close().catch(() => {});
+      });
+      const r = await opened.page.goto(`${at}/app/?room=${room}&transport=websocket&user=${user}`);
+      expect(r?.status()).toBe(200);
+      await until(`${user} connected`, 15_000, async () => ((await status(opened.page)) === "connected" ? true : undefined));
+      return opened;
+    };
+    const ada = await openAs("ada");
+    await until("ada sees herself", 10_000, async () => ((await present(ada.page)).join() === "ada" ? true : undefined));
+    const bob = await openAs("bob");
+    for (const [who, p] of [["ada", ada.page], ["bob", bob.page]] as const) {
+      await until(`${who} sees both`, 10_000, async () => ((await present(p)).join() === "ada,bob" ? true : undefined));
+    }
+    await ada.page.screenshot({ path: join(RESULTS, "browser-presence-ada.png"), fullPage: true });
+    await bob.page.screenshot({ path: join(RESULTS, "browser-presence-bob.png"), fullPage: true });
+    // Bob closes his tab: Ada sees him go.
+    await bob.context.close();
+    await until("ada sees bob leave", 10_000, async () => ((await present(ada.page)).join() === "ada" ? true : undefined));
+    await ada.page.screenshot({ path: join(RESULTS, "browser-presence-after-leave.png"), fullPage: true });
+    expect(await present(ada.page)).toEqual(["ada"]);
   });
 });

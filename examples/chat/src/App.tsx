@@ -1,18 +1,27 @@
 import { useEffect, useRef, useState, type FormEvent } from "react";
 import type { ResetInfo } from "@tidings/client";
-import { useChatMessage, useHistory, useNotificationAlert, useStatus } from "./tidings/react.js";
+import { useChatMessage, useHistory, useNotificationAlert, usePresence, useStatus } from "./tidings/react.js";
 
 export interface AppProps {
   /** The chat channel, e.g. `room:1`. */
   room: string;
   /** The emit key; without it the page only watches. */
   emitKey: string | undefined;
+  /** Shown to the others in the room (presence, WebSocket transport); without it, watch only. */
+  user?: string | undefined;
+}
+
+/** What a member of the room says about itself. */
+interface Here {
+  user: string;
 }
 
 const ALERTS = "alerts";
 
-export function App({ room, emitKey }: AppProps) {
+export function App({ room, emitKey, user }: AppProps) {
   const status = useStatus();
+  // Who is in the room: empty unless the server gives the room presence (--presence 'room:*').
+  const here = usePresence<Here>(room, user ? { join: { user } } : {});
   const [alert, setAlert] = useState("");
   const [resets, setResets] = useState(0);
   const countReset = (_info: ResetInfo) => setResets((n) => n + 1);
@@ -53,6 +62,14 @@ export function App({ room, emitKey }: AppProps) {
           </span>
         </div>
       </header>
+
+      {here.members.length > 0 && (
+        <ul className="present" data-testid="present" aria-label="in the room">
+          {here.members.map((m) => (
+            <li key={m.id}>{m.data?.user ?? m.name ?? m.id}</li>
+          ))}
+        </ul>
+      )}
 
       <div className="alert" role="status" data-testid="alert">
         {alert}
