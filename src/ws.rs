@@ -536,10 +536,12 @@ impl Conn {
                         None => Err(None),
                         Some(Err(e)) => Err(read_error(e, self.rt.inner.config.limits.max_ws_message_bytes())),
                         Some(Ok(Message::Text(text))) => self.message(text.as_str()).await,
-                        Some(Ok(Message::Binary(_))) => {
-                            push_error(&mut self.s.out, None, &invalid("binary messages are not accepted; send JSON text"));
-                            Ok(())
-                        }
+                        // Counted against the rate like text, or a flood of them would never close.
+                        Some(Ok(Message::Binary(_))) => self.admit().map(|admitted| {
+                            if admitted {
+                                push_error(&mut self.s.out, None, &invalid("binary messages are not accepted; send JSON text"));
+                            }
+                        }),
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                         Some(Ok(Message::Close(_))) => Err(Some(Close::new(close_code::NORMAL, ""))),
                     }
@@ -573,22 +575,9 @@ impl Conn {
 
     /// Handles one client message.
     async fn message(&mut self, text: &str) -> Step {
-        if self.limiter.check().is_err() {
-            self.refused += 1;
-            let per_second = self.rt.inner.config.limits.ws_messages_per_second.get();
-            if self.refused > per_second {
-                return Err(Some(Close::new(code::TOO_MANY_MESSAGES, "too many messages")));
-            }
-            let e = ApiError::limit(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("more than {per_second} messages per second on this connection (ws_messages_per_second); this one was dropped"),
-                per_second,
-            );
-            push_error(&mut self.s.out, None, &e);
+        if !self.admit()? {
             return Ok(());
         }
-        self.refused = 0;
         let mut map = match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(map)) => map,
             Ok(_) => {
@@ -702,6 +691,29 @@ impl Conn {
             push_error(&mut self.s.out, reference, &e);
         }
         Ok(())
+    }
+
+    /// Takes one message (of any kind) from the connection's rate: `Ok(false)` when it is
+    /// refused (an error frame says so), `Err` to close a connection that keeps sending at twice
+    /// the rate.
+    fn admit(&mut self) -> Result<bool, Option<Close>> {
+        if self.limiter.check().is_ok() {
+            self.refused = 0;
+            return Ok(true);
+        }
+        self.refused += 1;
+        let per_second = self.rt.inner.config.limits.ws_messages_per_second.get();
+        if self.refused > per_second {
+            return Err(Some(Close::new(code::TOO_MANY_MESSAGES, "too many messages")));
+        }
+        let e = ApiError::limit(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("more than {per_second} messages per second on this connection (ws_messages_per_second); this one was dropped"),
+            per_second,
+        );
+        push_error(&mut self.s.out, None, &e);
+        Ok(false)
     }
 
     async fn subscribe(&mut self, reference: Ref<'_>, m: SubscribeMessage) -> Step {
