@@ -593,6 +593,51 @@ async fn store_behaviours_hold_across_slots_and_masters() {
         }
     }
 
+    // Presence on channels of every master: one member table and presence stream per channel,
+    // all in the channel's presence slot (the scripts touch four keys at once).
+    let docs: Vec<Channel> = (0..9).map(|i| ch(&format!("doc:{i}"))).collect();
+    let now = support::unix_now() * 1000;
+    for doc in &docs {
+        use tidings::store::{Joined, PresenceJoin};
+        let info = |id: &str| format!(r#"{{"id":"{id}","sub":"{id}","name":null,"data":null}}"#);
+        let (ada, bob) = (info("ada"), info("bob"));
+        let (live, lapsed) = (now + 60_000, now - 1);
+        let joined = store
+            .presence_join(doc, PresenceJoin::new("ada", "n1:a1", &ada, live))
+            .await;
+        assert_eq!(joined.unwrap(), Joined::First);
+        let joined = store
+            .presence_join(doc, PresenceJoin::new("ada", "n1:a2", &ada, live))
+            .await;
+        assert_eq!(joined.unwrap(), Joined::Again);
+        // Bob's connection has lapsed already: the sweep removes him, with his leave.
+        let joined = store
+            .presence_join(doc, PresenceJoin::new("bob", "n2:b1", &bob, lapsed))
+            .await;
+        assert_eq!(joined.unwrap(), Joined::First);
+        assert_eq!(store.presence_members(doc).await.unwrap().len(), 3, "{doc}");
+        assert_eq!(store.presence_sweep(doc, now).await.unwrap(), 1, "{doc}");
+        assert!(
+            !store.presence_leave(doc, "n1:a1").await.unwrap(),
+            "ada has another connection"
+        );
+        assert!(store.presence_leave(doc, "n1:a2").await.unwrap(), "her last");
+        let stream = store.history(&doc.presence(), Range::Latest, 10).await.unwrap();
+        let events: Vec<&str> = stream.entries.iter().map(|e| &*e.event).collect();
+        assert_eq!(
+            events,
+            [
+                "presence.join",
+                "presence.join",
+                "presence.leave",
+                "presence.leave"
+            ],
+            "{doc}"
+        );
+        assert!(stream.epoch.is_some(), "the presence stream has its epoch");
+        assert!(store.presence_members(doc).await.unwrap().is_empty());
+    }
+
     // XREAD tailing cannot span slots: refused with a clear error.
     let refused = RedisStore::connect(RedisOptions::new(cluster.seeds()).tail_mode(TailMode::Xread)).await;
     let err = refused.err().expect("xread on a cluster is refused").to_string();

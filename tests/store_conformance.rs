@@ -186,6 +186,9 @@ conformance!(
     idempotent_appends_store_once_per_channel_and_key,
     concurrent_retries_of_one_key_store_once,
     idempotency_keys_are_forgotten_after_the_window,
+    presence_joins_members_once_and_leaves_with_the_last_connection,
+    presence_sweeps_lapsed_connections_and_refresh_keeps_them,
+    presence_refuses_a_new_member_beyond_the_limit,
 );
 
 async fn kind_and_ping(backend: Backend) {
@@ -1521,4 +1524,150 @@ mod redis_only {
             start.elapsed()
         );
     }
+}
+
+/// `{"id":…}` as the presence module writes a member.
+fn member_info(id: &str, data: &str) -> String {
+    format!(r#"{{"id":"{id}","sub":"{id}","name":null,"data":{data}}}"#)
+}
+
+/// The events of `channel`'s presence stream, oldest first, with the member id of each.
+async fn presence_entries(store: &dyn Store, channel: &Channel) -> Vec<(String, String)> {
+    let history = store
+        .history(&channel.presence(), Range::Latest, 100)
+        .await
+        .unwrap();
+    history
+        .entries
+        .iter()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+            (e.event.to_string(), v["id"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+async fn presence_joins_members_once_and_leaves_with_the_last_connection(backend: Backend) {
+    use tidings::store::{Joined, PresenceJoin};
+    let store = open(&backend, Retention::default()).await;
+    let doc = ch("doc:1");
+    let until = now_ms() + 60_000;
+    let (ada, bob) = (member_info("ada", r#"{"at":1}"#), member_info("bob", "null"));
+    let j = |m, c, i| PresenceJoin::new(m, c, i, until);
+    assert_eq!(
+        store.presence_join(&doc, j("ada", "n:1", &ada)).await.unwrap(),
+        Joined::First
+    );
+    assert_eq!(
+        store.presence_join(&doc, j("ada", "n:2", &ada)).await.unwrap(),
+        Joined::Again
+    );
+    // The same connection joining again changes nothing.
+    assert_eq!(
+        store.presence_join(&doc, j("ada", "n:2", &ada)).await.unwrap(),
+        Joined::Again
+    );
+    assert_eq!(
+        store.presence_join(&doc, j("bob", "n:3", &bob)).await.unwrap(),
+        Joined::First
+    );
+    let mut infos = store.presence_members(&doc).await.unwrap();
+    infos.sort();
+    assert_eq!(infos, [ada.clone(), ada.clone(), bob.clone()]);
+    assert!(
+        !store.presence_leave(&doc, "n:1").await.unwrap(),
+        "ada is still there on n:2"
+    );
+    assert!(store.presence_leave(&doc, "n:2").await.unwrap());
+    assert!(
+        !store.presence_leave(&doc, "n:2").await.unwrap(),
+        "a second leave is nothing"
+    );
+    assert!(!store.presence_leave(&doc, "never").await.unwrap());
+    assert_eq!(store.presence_members(&doc).await.unwrap(), [bob.clone()]);
+    let entries = presence_entries(&*store, &doc).await;
+    let want = [
+        ("presence.join", "ada"),
+        ("presence.join", "bob"),
+        ("presence.leave", "ada"),
+    ];
+    let want: Vec<(String, String)> = want.iter().map(|(e, m)| (e.to_string(), m.to_string())).collect();
+    assert_eq!(entries, want, "{}", backend.name());
+    // The presence stream is a stream like any: it has an epoch, and a tail reads it.
+    let pos = store.position(&doc.presence()).await.unwrap();
+    assert!(pos.epoch.is_some());
+    // The channel's own stream is untouched.
+    assert_eq!(store.position(&doc).await.unwrap().id, StreamId::ZERO);
+}
+
+async fn presence_sweeps_lapsed_connections_and_refresh_keeps_them(backend: Backend) {
+    use tidings::store::PresenceJoin;
+    let store = open(&backend, Retention::default()).await;
+    let doc = ch("doc:1");
+    let now = now_ms();
+    let (ada, bob) = (member_info("ada", "null"), member_info("bob", "null"));
+    store
+        .presence_join(&doc, PresenceJoin::new("ada", "a", &ada, now + 100))
+        .await
+        .unwrap();
+    store
+        .presence_join(&doc, PresenceJoin::new("bob", "b", &bob, now + 100))
+        .await
+        .unwrap();
+    // Ada's node refreshes her; Bob's died.
+    store
+        .presence_refresh(&doc, &["a".to_string()], now + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.presence_sweep(&doc, now + 50).await.unwrap(),
+        0,
+        "nothing lapsed yet"
+    );
+    assert_eq!(store.presence_sweep(&doc, now + 200).await.unwrap(), 1);
+    assert_eq!(store.presence_members(&doc).await.unwrap(), [ada]);
+    assert_eq!(
+        store.presence_sweep(&doc, now + 200).await.unwrap(),
+        0,
+        "swept once"
+    );
+    let entries = presence_entries(&*store, &doc).await;
+    assert_eq!(
+        entries.last().unwrap(),
+        &("presence.leave".to_string(), "bob".to_string())
+    );
+    assert_eq!(entries.len(), 3);
+}
+
+async fn presence_refuses_a_new_member_beyond_the_limit(backend: Backend) {
+    use tidings::store::{Joined, PresenceJoin};
+    let store = open(&backend, Retention::default()).await;
+    let doc = ch("doc:1");
+    let until = now_ms() + 60_000;
+    let infos: Vec<String> = ["a", "b", "c"].iter().map(|m| member_info(m, "null")).collect();
+    let join =
+        |m: &'static str, c: &'static str, i: usize| PresenceJoin::new(m, c, &infos[i], until).max_members(2);
+    assert_eq!(
+        store.presence_join(&doc, join("a", "1", 0)).await.unwrap(),
+        Joined::First
+    );
+    assert_eq!(
+        store.presence_join(&doc, join("b", "2", 1)).await.unwrap(),
+        Joined::First
+    );
+    assert_eq!(
+        store.presence_join(&doc, join("c", "3", 2)).await.unwrap(),
+        Joined::Full
+    );
+    // A member already there may still add a connection.
+    assert_eq!(
+        store.presence_join(&doc, join("a", "4", 0)).await.unwrap(),
+        Joined::Again
+    );
+    assert_eq!(store.presence_members(&doc).await.unwrap().len(), 3);
+    assert_eq!(
+        presence_entries(&*store, &doc).await.len(),
+        2,
+        "the refused join wrote nothing"
+    );
 }
