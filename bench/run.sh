@@ -285,6 +285,15 @@ scenario fan1k-memory memory -- --subscribers "$FAN_SUBS" --channels "$FAN_SUBS"
 scenario fan10k-memory memory -- --subscribers "$BIG_SUBS" --channels 1 --events "$BIG_EVENTS" \
   --rate "$BIG_RATE" --concurrency 4
 scenario deliver-memory memory -- --subscribers "$DELIV_SUBS" --channels 1 --events "$DELIV_EVENTS" --concurrency 16
+# The same fan-out over WebSocket (GET /ws, one subscribe message per connection).
+scenario fan1k-ws-redis redis -- --transport ws --subscribers "$FAN_SUBS" --channels "$FAN_SUBS" \
+  --events "$FAN_EVENTS" --rate "$FAN_RATE" --concurrency 64
+scenario fan10k-ws-redis redis -- --transport ws --subscribers "$BIG_SUBS" --channels 1 --events "$BIG_EVENTS" \
+  --rate "$BIG_RATE" --concurrency 4
+scenario deliver-ws-redis redis -- --transport ws --subscribers "$DELIV_SUBS" --channels 1 --events "$DELIV_EVENTS" \
+  --concurrency 16
+scenario fan10k-ws-memory memory -- --transport ws --subscribers "$BIG_SUBS" --channels 1 --events "$BIG_EVENTS" \
+  --rate "$BIG_RATE" --concurrency 4
 # A reconnect storm: every subscriber drops at once, misses STORM_MISSED events (spread over the
 # channels), and all reconnect at once with their cursors, as after a node restart behind a load
 # balancer; measured until the last one has its replay and tidings.ready.
@@ -402,6 +411,14 @@ rows = [
      lambda v: v <= 10000, None),
     ("deliver-memory", f"{DEL}, memory (deliveries/s)", R("deliveries_per_sec"), "",
      "(≥ 300,000)", lambda v: v >= 300000, None),
+    ("fan1k-ws-redis", f"WebSocket: {FAN}, Redis: p99", LAT("p99"), "ms", "(≤ 5 ms, as SSE)",
+     lambda v: v <= 5, None),
+    ("fan10k-ws-redis", f"WebSocket: {BIG}, Redis: p99", LAT("p99"), "ms", "(≤ 50 ms, as SSE)",
+     lambda v: v <= 50, None),
+    ("fan10k-ws-redis", f"WebSocket: {BIG}, Redis: RSS per connection", RSS, "B", "(information)", None, None),
+    ("deliver-ws-redis", f"WebSocket: {DEL}, Redis (deliveries/s)", R("deliveries_per_sec"), "",
+     "(≥ 300,000, as SSE)", lambda v: v >= 300000, None),
+    ("fan10k-ws-memory", f"WebSocket: {BIG}, memory: RSS per connection", RSS, "B", "(information)", None, None),
     ("storm-redis", f"{STORM}, Redis: until the last is ready", STORM_S, "s", "(information)", None, None),
     ("storm-redis", f"{STORM}, Redis: tidings CPU in that time", STORM_CPU, "s", "(information)", None, None),
     ("storm-memory", f"{STORM}, memory: until the last is ready", STORM_S, "s", "(information)", None, None),

@@ -81,6 +81,31 @@ impl Connections {
     }
 }
 
+impl ConnectionPermit {
+    /// Counts this (anonymous) connection for `identity` too, once it is known: a WebSocket
+    /// counts against the node from its upgrade, while it authenticates, and against its
+    /// identity from then on.
+    pub fn identify(mut self, identity: Option<&str>) -> Result<ConnectionPermit, ConnectionRefused> {
+        let Some(sub) = identity else { return Ok(self) };
+        let mut counts = self.owner.state.lock().unwrap_or_else(|e| e.into_inner());
+        let key: Arc<str> = Arc::from(sub);
+        let n = counts.per_identity.entry(key.clone()).or_insert(0);
+        if *n >= self.owner.max_identity {
+            let max = self.owner.max_identity;
+            if *n == 0 {
+                counts.per_identity.remove(&key);
+            }
+            // Dropping `self` after the lock is released uncounts the node.
+            drop(counts);
+            return Err(ConnectionRefused::Identity(max));
+        }
+        *n += 1;
+        drop(counts);
+        self.identity = Some(key);
+        Ok(self)
+    }
+}
+
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
         let mut counts = self.owner.state.lock().unwrap_or_else(|e| e.into_inner());

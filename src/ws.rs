@@ -271,6 +271,17 @@ async fn connection(rt: Tidings, mut auth: AuthRequest, socket: WebSocket) {
         bytes: 0,
         write_timeout: config.write_timeout,
     };
+    // Counted against the node from here, while it authenticates (an unauthenticated socket
+    // waiting for its `auth` message holds a slot too), and against its identity once known.
+    let waiting = match rt.inner.connections.acquire(None) {
+        Ok(permit) => permit,
+        Err(refused) => {
+            let e: ApiError = refused.into();
+            push_error(&mut out, None, &e);
+            out.close(close_code::AGAIN, e.message()).await;
+            return linger(stream).await;
+        }
+    };
     let identity = match authenticate(&rt, &mut auth, &mut stream).await {
         Ok(identity) => identity,
         Err((code, e)) => {
@@ -279,7 +290,7 @@ async fn connection(rt: Tidings, mut auth: AuthRequest, socket: WebSocket) {
             return linger(stream).await;
         }
     };
-    let permit = match rt.inner.connections.acquire(identity.sub.as_deref()) {
+    let permit = match waiting.identify(identity.sub.as_deref()) {
         Ok(permit) => permit,
         Err(refused) => {
             let e: ApiError = refused.into();
@@ -374,6 +385,8 @@ async fn authenticate(
             match stream.next().await {
                 Some(Ok(Message::Text(text))) => return Some(text),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                // Not an `auth` message: answered as one that is not.
+                Some(Ok(Message::Binary(_))) => return Some(Default::default()),
                 _ => return None,
             }
         }
@@ -390,8 +403,8 @@ async fn authenticate(
         Ok(None) => return Err(unauthenticated("the connection closed before authenticating".into())),
         Err(_) => {
             return Err(unauthenticated(format!(
-                "no credential within {} s; send {{\"type\":\"auth\",\"token\":\"<jwt>\"}} first, or connect with ?token=<jwt>",
-                timeout.as_secs()
+                "no credential within {:?} (head_timeout); send {{\"type\":\"auth\",\"token\":\"<jwt>\"}} first, or connect with ?token=<jwt>",
+                timeout
             )))
         }
     };

@@ -1584,7 +1584,7 @@ async fn presence_joins_members_once_and_leaves_with_the_last_connection(backend
         "a second leave is nothing"
     );
     assert!(!store.presence_leave(&doc, "never").await.unwrap());
-    assert_eq!(store.presence_members(&doc).await.unwrap(), [bob.clone()]);
+    assert_eq!(store.presence_members(&doc).await.unwrap(), [bob]);
     let entries = presence_entries(&*store, &doc).await;
     let want = [
         ("presence.join", "ada"),

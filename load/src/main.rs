@@ -74,6 +74,10 @@ struct Args {
     /// time until the last one is ready again and the server CPU it took (with --server-pid).
     #[arg(long, default_value_t = 0)]
     storm_events: u64,
+    /// How subscribers connect: `sse` (GET /realtime, raw HTTP/1.1) or `ws` (GET /ws, one
+    /// subscribe message, through tokio-tungstenite).
+    #[arg(long, default_value = "sse", value_parser = ["sse", "ws"])]
+    transport: String,
 }
 
 fn main() -> Result<()> {
@@ -177,8 +181,13 @@ async fn http(args: Args) -> Result<()> {
         let shared = shared.clone();
         let host = host.clone();
         let gate = gate.clone();
+        let ws = args.transport == "ws";
         subs.push(tokio::spawn(async move {
-            subscriber(i, addr, host, shared, gate).await
+            if ws {
+                ws_subscriber(i, addr, host, shared, gate).await
+            } else {
+                subscriber(i, addr, host, shared, gate).await
+            }
         }));
     }
     let deadline = Instant::now() + Duration::from_secs(60 + args.subscribers as u64 / 200);
@@ -646,6 +655,143 @@ async fn subscriber(
             stats.reconnects += 1;
         }
     }
+}
+
+/// [`subscriber`] over `GET /ws`: one `subscribe` message with the last cursor seen.
+async fn ws_subscriber(
+    index: usize,
+    addr: SocketAddr,
+    host: String,
+    shared: Arc<Shared>,
+    gate: Arc<tokio::sync::Semaphore>,
+) -> Result<SubStats> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ch = index % shared.channels;
+    let channel = format!("{}{}", shared.prefix, ch);
+    let mut stats = SubStats {
+        received: vec![0u8; shared.events as usize],
+        ..SubStats::default()
+    };
+    let mut cursor: Option<String> = None;
+    let mut counted_ready = false;
+    let mut stop = shared.stop.clone();
+    let mut storm = shared.storm.clone();
+    let mut storm_done = false;
+    let mut storm_counted = false;
+    loop {
+        let mut permit = if counted_ready {
+            None
+        } else {
+            Some(gate.acquire().await?)
+        };
+        let tcp = match TcpStream::connect(addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                if *stop.borrow() {
+                    return Ok(stats);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                stats.reconnects += 1;
+                if stats.reconnects > 100 {
+                    bail!("subscriber {index}: cannot connect: {e}");
+                }
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{host}/ws"), tcp)
+            .await
+            .with_context(|| format!("subscriber {index}: WebSocket handshake"))?;
+        let mut subscribe = serde_json::json!({"type": "subscribe", "channels": [channel]});
+        if let Some(c) = &cursor {
+            subscribe["cursor"] = serde_json::Value::String(c.clone());
+        }
+        ws.send(Message::text(subscribe.to_string())).await?;
+        let ended = loop {
+            enum Woke {
+                Msg(Option<Message>),
+                Stop,
+                Storm,
+            }
+            let woke = tokio::select! {
+                m = ws.next() => Woke::Msg(m.and_then(|m| m.ok())),
+                _ = stop.changed() => Woke::Stop,
+                _ = storm.wait_for(|s| *s == 1), if !storm_done => Woke::Storm,
+            };
+            let text = match woke {
+                Woke::Msg(Some(Message::Text(text))) => text,
+                Woke::Msg(Some(_)) => continue,
+                Woke::Msg(None) => break true,
+                Woke::Stop => return Ok(stats),
+                Woke::Storm => {
+                    drop(ws);
+                    storm_done = true;
+                    shared.storm_away.fetch_add(1, Ordering::AcqRel);
+                    let _ = storm.wait_for(|s| *s == 2).await;
+                    break false;
+                }
+            };
+            let text = text.as_str();
+            // Events are read without a JSON parser, as the SSE subscriber reads them.
+            if text.starts_with(r#"{"type":"event""#) {
+                if let Some(c) = field(text, "cursor") {
+                    cursor = Some(c.to_string());
+                }
+                if let Some((seq, sent)) = payload(text) {
+                    let now = now_ns();
+                    match stats.received.get_mut(seq as usize) {
+                        Some(slot) if *slot == 0 => {
+                            *slot = 1;
+                            shared.delivered.fetch_add(1, Ordering::AcqRel);
+                            shared.last_delivery_ns.fetch_max(now, Ordering::AcqRel);
+                            if seq < shared.storm_from {
+                                let us = now.saturating_sub(sent) / 1000;
+                                stats.latencies_us.push(us.min(u32::MAX as u64) as u32);
+                            }
+                        }
+                        Some(_) => stats.duplicates += 1,
+                        None => {}
+                    }
+                }
+                continue;
+            }
+            let frame: serde_json::Value = serde_json::from_str(text)?;
+            if let Some(c) = frame["cursor"].as_str() {
+                cursor = Some(c.to_string());
+            }
+            match frame["type"].as_str() {
+                Some("ready") if !counted_ready => {
+                    counted_ready = true;
+                    drop(permit.take());
+                    shared.ready.fetch_add(1, Ordering::AcqRel);
+                }
+                Some("ready") if storm_done && !storm_counted => {
+                    storm_counted = true;
+                    shared.storm_last_ready_ns.fetch_max(now_ns(), Ordering::AcqRel);
+                    shared.storm_ready.fetch_add(1, Ordering::AcqRel);
+                }
+                Some("lagged") => stats.lagged += 1,
+                Some("reset") => stats.resets += 1,
+                Some("error") => bail!("subscriber {index}: {text}"),
+                _ => {}
+            }
+        };
+        if ended {
+            if *stop.borrow() {
+                return Ok(stats);
+            }
+            stats.reconnects += 1;
+        }
+    }
+}
+
+/// The string value of `"name":"…"` in `text` (values without escapes, as cursors are).
+fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!("\"{name}\":\"");
+    let start = text.find(&key)? + key.len();
+    let end = text[start..].find('"')?;
+    Some(&text[start..start + end])
 }
 
 /// Reads `"<seq> <sent ns>"` out of an envelope's `data` string without a JSON parser.
