@@ -208,6 +208,18 @@ impl From<crate::presence::PresenceError> for ApiError {
                 let message = e.to_string();
                 ApiError::limit(StatusCode::CONFLICT, "presence_full", message, max)
             }
+            PresenceError::Invalid(e) => {
+                let message = format!("presence data {e}");
+                let errors: Vec<Value> = match &e {
+                    ValidateError::Invalid { violations, .. } => violations
+                        .iter()
+                        .map(|v| json!({ "pointer": format!("/data{}", v.pointer), "message": v.message }))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_presence_data", message)
+                    .with(json!({ "errors": errors }))
+            }
             PresenceError::Store(e) => ApiError::store(e),
         }
     }
@@ -622,7 +634,9 @@ async fn realtime(
     )?;
     let identity = authorize_read(&rt.inner.config, &AuthRequest::new(headers, raw), &req.channels).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(16);
-    let stream = open_stream(&rt, req, identity, tx).await.map_err(|(e, _)| e)?;
+    let stream = open_stream(&rt, req, identity, tx, None)
+        .await
+        .map_err(|(e, _)| e)?;
     tokio::spawn(stream);
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>));
     let mut response = Response::new(body);
@@ -762,6 +776,7 @@ pub(crate) async fn open_stream<S: Sink>(
     req: StreamRequest,
     identity: Identity,
     sink: S,
+    hold: Option<crate::server::OpenGuard>,
 ) -> Result<impl Future<Output = ()> + Send + 'static, (ApiError, S)> {
     if rt.is_closed() {
         let e = ApiError::new(
@@ -791,7 +806,8 @@ pub(crate) async fn open_stream<S: Sink>(
             }
             for channel in &with_presence {
                 // Dropping `part` on a refusal leaves the channels joined so far.
-                if let Err(e) = svc.join(channel, &identity, &part.conn, data.as_ref()).await {
+                // Boxed: a cold path, kept out of every stream's future.
+                if let Err(e) = Box::pin(svc.join(channel, &identity, &part.conn, data.as_ref())).await {
                     return Err((e.into(), sink));
                 }
                 part.joined(channel.clone());
@@ -817,6 +833,7 @@ pub(crate) async fn open_stream<S: Sink>(
         }),
         permit,
         presence,
+        hold,
     };
     Ok(crate::sse::run(rt.store().clone(), req, sub, settings, sink))
 }

@@ -80,6 +80,9 @@ pub enum PresenceError {
         /// The limit.
         max: usize,
     },
+    /// The data does not match the schema's `presence` entry for the channel.
+    #[error("presence data {0}")]
+    Invalid(crate::schema::ValidateError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -108,6 +111,8 @@ pub(crate) struct Presence {
 struct Inner {
     store: Arc<dyn Store>,
     patterns: Vec<String>,
+    /// The schema's `presence` data schemas.
+    schemas: crate::schema::PresenceSchemas,
     ttl: Duration,
     max_members: usize,
     max_data_bytes: usize,
@@ -133,6 +138,7 @@ impl Presence {
     /// Presence for the channels `patterns` match; starts the refresh-and-sweep task.
     pub fn start(
         store: Arc<dyn Store>,
+        schemas: crate::schema::PresenceSchemas,
         patterns: Vec<String>,
         ttl: Duration,
         max_members: usize,
@@ -140,6 +146,7 @@ impl Presence {
     ) -> Presence {
         let inner = Arc::new(Inner {
             store,
+            schemas,
             patterns,
             ttl: ttl.max(Duration::from_millis(400)),
             max_members,
@@ -187,6 +194,12 @@ impl Presence {
                 size,
                 max: inner.max_data_bytes,
             });
+        }
+        if !data.is_null() {
+            inner
+                .schemas
+                .check(channel.as_str(), &data)
+                .map_err(PresenceError::Invalid)?;
         }
         let id = match &identity.sub {
             Some(sub) => sub.clone(),

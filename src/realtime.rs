@@ -167,6 +167,7 @@ impl Tidings {
         let hub = Hub::start(store.clone(), queue, known.clone());
         let presence = crate::presence::Presence::start(
             store.clone(),
+            registry.presence_schemas(),
             config.presence.clone(),
             config.presence_ttl,
             config.limits.max_presence_members,

@@ -29,6 +29,27 @@ pub enum RegistryError {
 pub struct Registry {
     file: SchemaFile,
     validators: HashMap<String, jsonschema::Validator>,
+    /// The schema's `presence` data validators, by pattern, in file order.
+    presence: PresenceSchemas,
+}
+
+/// The schema's `presence` entries compiled: shared with the presence of a running instance.
+#[derive(Clone)]
+pub(crate) struct PresenceSchemas(std::sync::Arc<Vec<(String, jsonschema::Validator)>>);
+
+impl PresenceSchemas {
+    /// Checks presence `data` for `channel` against the entry of the first pattern that matches
+    /// it (data of channels no entry matches is not checked).
+    pub fn check(&self, channel: &str, data: &Value) -> Result<(), ValidateError> {
+        let Some((_, validator)) = self
+            .0
+            .iter()
+            .find(|(pattern, _)| crate::auth::pattern_matches(pattern, None, channel))
+        else {
+            return Ok(());
+        };
+        violations(validator, "presence", data)
+    }
 }
 
 /// One reason a payload does not match its event's schema.
@@ -111,7 +132,33 @@ impl Registry {
                 })?;
             validators.insert(event.name.clone(), validator);
         }
-        Ok(Registry { file, validators })
+        let mut presence = Vec::new();
+        for p in &file.presence {
+            // `{sub}` is not a URI fragment's character: escaped in the reference.
+            let pointer = p.pointer.replace('{', "%7B").replace('}', "%7D");
+            presence.push((
+                p.pattern.clone(),
+                compile(&file, &pointer, &format!("presence {}", p.pattern))?,
+            ));
+        }
+        Ok(Registry {
+            file,
+            validators,
+            presence: PresenceSchemas(std::sync::Arc::new(presence)),
+        })
+    }
+
+    /// Checks presence `data` for `channel` against the schema's `presence` entry for the first
+    /// pattern that matches it (data of channels no entry matches is not checked).
+    ///
+    /// # Errors
+    /// [`ValidateError::Invalid`] listing what does not match (its `event` is `presence`).
+    pub fn validate_presence(&self, channel: &str, data: &Value) -> Result<(), ValidateError> {
+        self.presence.check(channel, data)
+    }
+
+    pub(crate) fn presence_schemas(&self) -> PresenceSchemas {
+        self.presence.clone()
     }
 
     /// The parsed schema file.
@@ -141,20 +188,42 @@ impl Registry {
                 name: event.chars().take(128).collect(),
                 known: self.event_names().collect::<Vec<_>>().join(", "),
             })?;
-        if validator.is_valid(data) {
-            return Ok(());
-        }
-        let violations = validator
-            .iter_errors(data)
-            .take(32)
-            .map(|e| Violation {
-                pointer: e.instance_path().to_string(),
-                message: e.to_string(),
-            })
-            .collect();
-        Err(ValidateError::Invalid {
-            event: event.to_string(),
-            violations,
-        })
+        violations(validator, event, data)
     }
+}
+
+/// `Ok` when `data` is valid, else what does not match (at most 32 problems).
+fn violations(validator: &jsonschema::Validator, event: &str, data: &Value) -> Result<(), ValidateError> {
+    if validator.is_valid(data) {
+        return Ok(());
+    }
+    let violations = validator
+        .iter_errors(data)
+        .take(32)
+        .map(|e| Violation {
+            pointer: e.instance_path().to_string(),
+            message: e.to_string(),
+        })
+        .collect();
+    Err(ValidateError::Invalid {
+        event: event.to_string(),
+        violations,
+    })
+}
+
+/// A validator of the schema at `pointer`, against the whole document so `#/$defs/…`
+/// references resolve as they read in the file.
+fn compile(file: &SchemaFile, pointer: &str, what: &str) -> Result<jsonschema::Validator, RegistryError> {
+    let mut doc = file.root.clone();
+    if let Value::Object(map) = &mut doc {
+        map.insert("$ref".into(), Value::String(format!("#{pointer}")));
+    }
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(&doc)
+        .map_err(|e| RegistryError::Compile {
+            origin: file.origin.clone(),
+            event: what.to_string(),
+            message: e.to_string(),
+        })
 }

@@ -76,6 +76,10 @@ pub(crate) struct StreamSettings {
             crate::session::SessionPresence,
         )>,
     >,
+    /// The standalone server counts the stream as an open connection until it ends (its
+    /// shutdown waits for it).
+    #[allow(dead_code, reason = "held, never read: dropping it ends the count")]
+    pub hold: Option<crate::server::OpenGuard>,
 }
 
 /// Where a connection's bytes go: hyper's response body, or a socket written directly.
@@ -182,7 +186,8 @@ pub(crate) async fn run<S: Sink>(
     });
     if let Some((svc, channels)) = &presence {
         for channel in channels {
-            if let Err(e) = s.watch_presence(svc, "", channel).await {
+            // Boxed: a cold path, kept out of every stream's future.
+            if let Err(e) = Box::pin(s.watch_presence(svc, "", channel)).await {
                 // Without the snapshot the page's member list would be wrong: end the stream,
                 // and let the client reconnect with its cursor.
                 tracing::warn!(error = %e, "presence snapshot failed; closing the stream");

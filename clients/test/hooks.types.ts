@@ -10,7 +10,7 @@ import type { Status, TokenReason } from "@tidings/client";
 import { createHistoryFeed, type FeedStatus } from "@tidings/client/history";
 import * as genericReact from "@tidings/client/react";
 import * as genericSvelte from "@tidings/client/svelte";
-import type { ChatMessage, Client, Envelope, EventMap, NotificationAlert } from "./generated/index.js";
+import type { ChatMessage, Client, DocPresence, Envelope, EventMap, NotificationAlert } from "./generated/index.js";
 import {
   RealtimeProvider,
   useChatMessage,
@@ -340,23 +340,27 @@ export function svelteComponent() {
   return status;
 }
 
-// Presence: members are typed by the data type given; `join` must be that type (or true).
+// Presence: members' data is typed by the schema's `presence` entry for the channel (doc:* in
+// the test schema), and `join` must be that type (or true); other channels' data is unknown.
 export function PresencePanel() {
-  const { members, count, status } = usePresence<{ status: "editing" | "viewing" }>("doc:1", {
-    join: { status: "editing" },
-  });
+  const { members, count, status } = usePresence("doc:1", { join: { status: "editing" } });
   assertType<Equal<typeof count, number>>();
   assertType<Equal<typeof status, Status>>();
   const first = members[0];
   if (first) {
-    assertType<Equal<typeof first.data, { status: "editing" | "viewing" } | null>>();
+    assertType<Equal<typeof first.data, DocPresence | null>>();
     assertType<Equal<typeof first.name, string | null>>();
   }
-  // @ts-expect-error: "typing" is not a status of this data type
-  usePresence<{ status: "editing" | "viewing" }>("doc:1", { join: { status: "typing" } });
+  // @ts-expect-error: "typing" is not a status the schema allows
+  usePresence("doc:1", { join: { status: "typing" } });
   usePresence("doc:1", { join: true });
-  const store = svelte.usePresence<{ cursor: number }>("doc:1", { join: { cursor: 3 } });
+  const other = usePresence("room:1");
+  assertType<Equal<(typeof other.members)[number]["data"], unknown>>();
+  const store = svelte.usePresence("doc:1", { join: { cursor: 3 } });
   // @ts-expect-error: cursor is a number
-  svelte.createPresenceStore<{ cursor: number }>(client, "doc:1", { join: { cursor: "3" } });
+  svelte.createPresenceStore(client, "doc:1", { join: { cursor: "3" } });
+  // The generic hook takes the data type it is given.
+  const generic = genericReact.usePresence<{ seat: number }>("room:1", { join: { seat: 4 } });
+  assertType<Equal<(typeof generic.members)[number]["data"], { seat: number } | null>>();
   return store;
 }

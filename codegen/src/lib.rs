@@ -92,7 +92,7 @@ mod rust;
 
 pub use build::{Build, Error, FileState, Report};
 pub use schema::{
-    EventDef, RefProblem, SchemaError, SchemaFile, SchemaItem, DEF_NAME_PATTERN, NAME_PATTERN,
+    EventDef, PresenceDef, RefProblem, SchemaError, SchemaFile, SchemaItem, DEF_NAME_PATTERN, NAME_PATTERN,
     RESERVED_TYPE_NAMES,
 };
 pub use typescript::{

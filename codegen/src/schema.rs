@@ -26,7 +26,15 @@ use heck::ToPascalCase;
 use serde_json::{Map, Value};
 
 /// Keys allowed at the top level of a schema file.
-const TOP_LEVEL_KEYS: &[&str] = &["$schema", "$id", "title", "description", "namespaces", "$defs"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "$schema",
+    "$id",
+    "title",
+    "description",
+    "namespaces",
+    "$defs",
+    "presence",
+];
 
 /// The pattern namespace and event names must match.
 pub const NAME_PATTERN: &str = "[a-z][a-z0-9_]*";
@@ -74,6 +82,24 @@ pub struct SchemaFile {
     pub defs: Map<String, Value>,
     /// Every event, in file order (namespace by namespace).
     pub events: Vec<EventDef>,
+    /// The data presence members join with, per channel pattern (top-level `"presence"`), in
+    /// file order.
+    pub presence: Vec<PresenceDef>,
+}
+
+/// The data members of the channels a pattern matches join their presence with.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PresenceDef {
+    /// The channel pattern, as `--presence` takes it: `doc:*` (a trailing `*` matches any rest).
+    pub pattern: String,
+    /// The generated type name: PascalCase of the pattern's words, then `Presence` (`doc:*` →
+    /// `DocPresence`).
+    pub type_name: String,
+    /// The data's JSON Schema.
+    pub schema: Value,
+    /// JSON pointer to it within [`SchemaFile::root`], e.g. `/presence/doc:*`.
+    pub pointer: String,
 }
 
 /// One event of a schema file.
@@ -103,6 +129,8 @@ pub struct EventDef {
 pub enum SchemaItem {
     /// An event, by wire name (`chat.message`).
     Event(String),
+    /// The presence data of a channel pattern.
+    Presence(String),
     /// An entry of `$defs`, by name.
     Def(String),
 }
@@ -111,6 +139,7 @@ impl fmt::Display for SchemaItem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SchemaItem::Event(name) => write!(f, "event \"{name}\""),
+            SchemaItem::Presence(pattern) => write!(f, "presence of \"{pattern}\""),
             SchemaItem::Def(name) => write!(f, "$defs entry \"{name}\""),
         }
     }
@@ -313,7 +342,7 @@ impl SchemaError {
             | SchemaError::Unsupported { item, .. }
             | SchemaError::ReservedName { item, .. } => match item {
                 SchemaItem::Event(name) => Some(name),
-                SchemaItem::Def(_) => None,
+                SchemaItem::Def(_) | SchemaItem::Presence(_) => None,
             },
             SchemaError::NameCollision { first, second, .. } => match (first, second) {
                 (SchemaItem::Event(name), _) | (_, SchemaItem::Event(name)) => Some(name),
@@ -452,6 +481,53 @@ impl SchemaFile {
             ));
         }
 
+        let mut presence = Vec::new();
+        match top.get("presence") {
+            None => {}
+            Some(Value::Object(patterns)) => {
+                for (pattern, schema) in patterns {
+                    let words: Vec<&str> = pattern
+                        .split(|c: char| !c.is_ascii_alphanumeric())
+                        .filter(|w| !w.is_empty() && *w != "sub")
+                        .collect();
+                    let valid = !pattern.is_empty()
+                        && pattern
+                            .replace("{sub}", "")
+                            .trim_end_matches('*')
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_-:.".contains(c))
+                        && !words.is_empty()
+                        && words[0].starts_with(|c: char| c.is_ascii_alphabetic());
+                    if !valid {
+                        return Err(structure(format!(
+                            "presence pattern {pattern:?} is not a channel pattern: use channel characters \
+                             (A-Z a-z 0-9 _ - : .), {{sub}}, and an optional trailing *, starting with a word, \
+                             such as \"doc:*\""
+                        )));
+                    }
+                    if !schema.is_object() && !schema.is_boolean() {
+                        return Err(structure(format!(
+                            "presence of {pattern:?} must be a JSON Schema (an object or a boolean), found {}",
+                            json_kind(schema)
+                        )));
+                    }
+                    presence.push(PresenceDef {
+                        pattern: pattern.clone(),
+                        type_name: format!("{}Presence", words.join("_").to_pascal_case()),
+                        schema: schema.clone(),
+                        pointer: format!("/presence/{}", escape_pointer(pattern)),
+                    });
+                }
+            }
+            Some(other) => {
+                return Err(structure(format!(
+                    "\"presence\" must be an object of channel pattern → JSON Schema of the data members \
+                     join with, found {}",
+                    json_kind(other)
+                )))
+            }
+        }
+
         for name in defs.keys() {
             if !is_def_name(name) {
                 return Err(SchemaError::InvalidDefName {
@@ -471,6 +547,11 @@ impl SchemaFile {
                 events
                     .iter()
                     .map(|e| (e.type_name.clone(), SchemaItem::Event(e.name.clone()))),
+            )
+            .chain(
+                presence
+                    .iter()
+                    .map(|p| (p.type_name.clone(), SchemaItem::Presence(p.pattern.clone()))),
             );
         for (type_name, item) in items {
             if RESERVED_TYPE_NAMES.contains(&type_name.as_str()) {
@@ -501,12 +582,17 @@ impl SchemaFile {
             let item = SchemaItem::Event(event.name.clone());
             checker.check_item(&item, &event.schema, &event.pointer)?;
         }
+        for p in &presence {
+            let item = SchemaItem::Presence(p.pattern.clone());
+            checker.check_item(&item, &p.schema, &p.pointer)?;
+        }
 
         Ok(SchemaFile {
             origin: origin.to_string(),
             root,
             defs,
             events,
+            presence,
         })
     }
 
@@ -729,6 +815,53 @@ mod tests {
     /// A file with one event `chat.message` whose payload schema is `payload`, and `defs`.
     fn with_event(payload: &str, defs: &str) -> String {
         format!(r#"{{ "namespaces": {{ "chat": {{ "message": {payload} }} }}, "$defs": {defs} }}"#)
+    }
+
+    #[test]
+    fn presence_entries_are_parsed_checked_and_named() {
+        let schema = parse(
+            r##"{ "namespaces": { "chat": { "message": true } },
+                  "$defs": { "Name": { "type": "string" } },
+                  "presence": {
+                    "doc:*": { "properties": { "by": { "$ref": "#/$defs/Name" } } },
+                    "user:{sub}:inbox": true
+                  } }"##,
+        )
+        .unwrap();
+        let got: Vec<(&str, &str, &str)> = schema
+            .presence
+            .iter()
+            .map(|p| (p.pattern.as_str(), p.type_name.as_str(), p.pointer.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("doc:*", "DocPresence", "/presence/doc:*"),
+                (
+                    "user:{sub}:inbox",
+                    "UserInboxPresence",
+                    "/presence/user:{sub}:inbox"
+                )
+            ]
+        );
+        for (presence, mentions) in [
+            (r#""presence": []"#, "\"presence\" must be an object"),
+            (r#""presence": { "doc 1": {} }"#, "not a channel pattern"),
+            (r#""presence": { "*": {} }"#, "not a channel pattern"),
+            (r#""presence": { "doc:*": 3 }"#, "must be a JSON Schema"),
+            (
+                r##""presence": { "doc:*": { "$ref": "#/$defs/Nope" } }"##,
+                "presence of \"doc:*\"",
+            ),
+            // Its type name taken by an event: `chat_presence` and `chat:*` both name ChatPresence.
+            (r#""presence": { "chat:*": {} }"#, "ChatPresence"),
+        ] {
+            let text = format!(
+                r#"{{ "namespaces": {{ "chat": {{ "message": true, "presence": true }} }}, {presence} }}"#
+            );
+            let e = error(&text);
+            assert!(e.contains(mentions), "{presence}: {e}");
+        }
     }
 
     #[test]

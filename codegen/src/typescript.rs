@@ -142,6 +142,10 @@ pub fn typescript(schema: &SchemaFile) -> String {
         out.push('\n');
         declaration(&mut out, &event.type_name, &event.schema);
     }
+    for p in &schema.presence {
+        out.push('\n');
+        declaration(&mut out, &p.type_name, &p.schema);
+    }
 
     // A type alias, not an interface: only an alias fits the `Record<string, unknown>` that
     // `@tidings/client` takes as an event map.
@@ -169,7 +173,39 @@ pub fn typescript(schema: &SchemaFile) -> String {
         "\n/** The payload type of event `E`. */\n\
          export type Payload<E extends EventName> = EventMap[E];\n",
     );
+
+    out.push_str(
+        "\n/** The data presence members join with, by channel pattern (the schema's `presence`). */\n",
+    );
+    out.push_str("export type PresenceMap = {\n");
+    for p in &schema.presence {
+        let _ = writeln!(out, "  {}: {};", quote(&p.pattern), p.type_name);
+    }
+    out.push_str("};\n");
+    out.push_str(
+        "\n/** The presence data of channel `C`: the first pattern that matches it; `unknown` for others. */\n\
+         export type PresenceData<C extends string> =\n  ",
+    );
+    for p in &schema.presence {
+        let _ = write!(
+            out,
+            "C extends {} ? {} :\n  ",
+            template_of(&p.pattern),
+            p.type_name
+        );
+    }
+    out.push_str("C extends string ? unknown : never;\n");
     out
+}
+
+/// The TypeScript template literal type of the channels a pattern matches (`doc:*` →
+/// `` `doc:${string}` ``).
+fn template_of(pattern: &str) -> String {
+    let (head, star) = match pattern.strip_suffix('*') {
+        Some(head) => (head, "${string}"),
+        None => (pattern, ""),
+    };
+    format!("`{}{star}`", head.replace("{sub}", "${string}"))
 }
 
 /// Renders `index.ts`: re-exports `events.ts` and binds `createClient` of `@tidings/client` to
@@ -256,7 +292,7 @@ pub fn typescript_react(schema: &SchemaFile) -> String {
             module: "react",
             factory: "createRealtimeHooks",
             exports: Exports::Line(
-                "RealtimeProvider, useRealtime, useHistory, useStatus, useEvent, useRealtimeClient, usePresence",
+                "RealtimeProvider, useRealtime, useHistory, useStatus, useEvent, useRealtimeClient",
             ),
             returns: "RealtimeState",
         },
@@ -294,8 +330,6 @@ pub fn typescript_svelte(schema: &SchemaFile) -> String {
                 "useEvent",
                 "createRealtimeStore",
                 "createHistoryStore",
-                "usePresence",
-                "createPresenceStore",
             ]),
             returns: "RealtimeHandle",
         },
@@ -320,9 +354,20 @@ fn bindings(schema: &SchemaFile, fw: &Framework) -> String {
     header(&mut out, schema);
     // The payload types come in as a namespace: no type name of the schema can collide with
     // the names this module declares.
+    let (client_import, presence_imports) = match fw.module {
+        "react" => (
+            "",
+            "usePresence as presenceOf, type PresenceState, type UsePresenceOptions, ",
+        ),
+        _ => (
+            "import type { Client } from \"@tidings/client\";\n",
+            "usePresence as presenceOf, createPresenceStore as presenceStoreOf, type PresenceStore, ",
+        ),
+    };
     let _ = write!(
         out,
-        "import {{ {factory}, type EventHookOptions, type {returns} }} from \"{CLIENT_PACKAGE}/{module}\";\n\
+        "{client_import}\
+         import {{ {factory}, {presence_imports}type EventHookOptions, type {returns} }} from \"{CLIENT_PACKAGE}/{module}\";\n\
          import {{ EVENT_NAMES, type EventMap }} from \"./events.js\";\n\
          import type * as schema from \"./events.js\";\n\
          \n\
@@ -342,6 +387,39 @@ fn bindings(schema: &SchemaFile, fw: &Framework) -> String {
             ),
         },
     );
+
+    // Presence, its members' data typed by the schema's `presence` for the channel given.
+    out.push('\n');
+    if fw.module == "react" {
+        out.push_str(
+            "/** Who is on `channel` (`usePresence` of `@tidings/client/react`); members' data typed by the schema. */\n\
+             export function usePresence<C extends string>(\n  \
+             channel: C,\n  \
+             options?: UsePresenceOptions<schema.PresenceData<C>, EventMap>,\n\
+             ): PresenceState<schema.PresenceData<C>> {\n  \
+             return presenceOf<schema.PresenceData<C>, EventMap>(channel, options);\n\
+             }\n",
+        );
+    } else {
+        out.push_str(
+            "/** Who is on `channel` (`usePresence` of `@tidings/client/svelte`); members' data typed by the schema. */\n\
+             export function usePresence<C extends string>(\n  \
+             channel: C,\n  \
+             options?: { join?: true | schema.PresenceData<C> },\n\
+             ): PresenceStore<schema.PresenceData<C>> {\n  \
+             return presenceOf<schema.PresenceData<C>, EventMap>(channel, options);\n\
+             }\n\
+             \n\
+             /** `createPresenceStore` of `@tidings/client/svelte`; members' data typed by the schema. */\n\
+             export function createPresenceStore<C extends string>(\n  \
+             client: Client<EventMap>,\n  \
+             channel: C,\n  \
+             options?: { join?: true | schema.PresenceData<C> },\n\
+             ): PresenceStore<schema.PresenceData<C>> {\n  \
+             return presenceStoreOf<schema.PresenceData<C>, EventMap>(client, channel, options);\n\
+             }\n",
+        );
+    }
 
     let mut taken: Vec<String> = BOUND_NAMES.iter().map(|s| (*s).to_string()).collect();
     for event in &schema.events {
@@ -910,7 +988,8 @@ mod tests {
         assert_eq!(ts, typescript_react(&schema));
         assert!(ts.starts_with("// Generated by tidings-codegen from in.json. Do not edit.\n"));
         assert!(ts.contains(
-            "\nimport { createRealtimeHooks, type EventHookOptions, type RealtimeState } from \
+            "\nimport { createRealtimeHooks, usePresence as presenceOf, type PresenceState, \
+             type UsePresenceOptions, type EventHookOptions, type RealtimeState } from \
              \"@tidings/client/react\";\nimport { EVENT_NAMES, type EventMap } from \"./events.js\";\n\
              import type * as schema from \"./events.js\";\n"
         ));

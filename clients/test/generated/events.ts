@@ -31,6 +31,15 @@ export interface PresenceStatus {
   status: Availability;
 }
 
+/** What a member of a document's presence shows the others. */
+export interface DocPresence {
+  status?: "editing" | "viewing";
+  /** Integer in the schema; JavaScript numbers are exact only up to ±2^53 (Number.MAX_SAFE_INTEGER). */
+  at?: number;
+  /** Integer in the schema; JavaScript numbers are exact only up to ±2^53 (Number.MAX_SAFE_INTEGER). */
+  cursor?: number;
+}
+
 /** Every event's payload type, by wire name. */
 export type EventMap = {
   "chat.message": ChatMessage;
@@ -55,3 +64,13 @@ export type Envelope<E extends EventName = EventName> = tidings.Envelope<EventMa
 
 /** The payload type of event `E`. */
 export type Payload<E extends EventName> = EventMap[E];
+
+/** The data presence members join with, by channel pattern (the schema's `presence`). */
+export type PresenceMap = {
+  "doc:*": DocPresence;
+};
+
+/** The presence data of channel `C`: the first pattern that matches it; `unknown` for others. */
+export type PresenceData<C extends string> =
+  C extends `doc:${string}` ? DocPresence :
+  C extends string ? unknown : never;

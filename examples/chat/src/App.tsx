@@ -11,17 +11,14 @@ export interface AppProps {
   user?: string | undefined;
 }
 
-/** What a member of the room says about itself. */
-interface Here {
-  user: string;
-}
 
 const ALERTS = "alerts";
 
 export function App({ room, emitKey, user }: AppProps) {
   const status = useStatus();
   // Who is in the room: empty unless the server gives the room presence (--presence 'room:*').
-  const here = usePresence<Here>(room, user ? { join: { user } } : {});
+  // The schema's `presence` entry for room:* types the members' data ({ user }).
+  const here = usePresence(room as `room:${string}`, user ? { join: { user } } : {});
   const [alert, setAlert] = useState("");
   const [resets, setResets] = useState(0);
   const countReset = (_info: ResetInfo) => setResets((n) => n + 1);

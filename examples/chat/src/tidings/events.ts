@@ -31,6 +31,11 @@ export interface PresenceStatus {
   status: Availability;
 }
 
+/** Who is in a chat room, as the demo page shows them. */
+export interface RoomPresence {
+  user: UserName;
+}
+
 /** Every event's payload type, by wire name. */
 export type EventMap = {
   "chat.message": ChatMessage;
@@ -55,3 +60,13 @@ export type Envelope<E extends EventName = EventName> = tidings.Envelope<EventMa
 
 /** The payload type of event `E`. */
 export type Payload<E extends EventName> = EventMap[E];
+
+/** The data presence members join with, by channel pattern (the schema's `presence`). */
+export type PresenceMap = {
+  "room:*": RoomPresence;
+};
+
+/** The presence data of channel `C`: the first pattern that matches it; `unknown` for others. */
+export type PresenceData<C extends string> =
+  C extends `room:${string}` ? RoomPresence :
+  C extends string ? unknown : never;

@@ -70,3 +70,11 @@ export type Envelope<E extends EventName = EventName> = tidings.Envelope<EventMa
 
 /** The payload type of event `E`. */
 export type Payload<E extends EventName> = EventMap[E];
+
+/** The data presence members join with, by channel pattern (the schema's `presence`). */
+export type PresenceMap = {
+};
+
+/** The presence data of channel `C`: the first pattern that matches it; `unknown` for others. */
+export type PresenceData<C extends string> =
+  C extends string ? unknown : never;
