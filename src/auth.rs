@@ -89,6 +89,9 @@ pub struct Identity {
     pub expires_at: Option<SystemTime>,
     /// A display name, shown to others in presence (the JWT `name` claim).
     pub name: Option<String>,
+    /// A filter every subscription of this identity is held to (the JWT `filter` claim): the
+    /// client's own filter can narrow what it gets, never widen it. See the README's filters.
+    pub filter: Option<serde_json::Value>,
 }
 
 impl Identity {
@@ -103,7 +106,14 @@ impl Identity {
             sub: Some(sub.into()),
             expires_at: None,
             name: None,
+            filter: None,
         }
+    }
+
+    /// Sets [`Identity::filter`].
+    pub fn filter(mut self, filter: serde_json::Value) -> Self {
+        self.filter = Some(filter);
+        self
     }
 
     /// Sets [`Identity::name`].
@@ -297,6 +307,8 @@ struct Claims {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
+    filter: Option<serde_json::Value>,
+    #[serde(default)]
     subscribe: Vec<String>,
     #[serde(default)]
     publish: Vec<String>,
@@ -436,6 +448,7 @@ impl JwtAuthorizer {
         Ok(Identity {
             sub: claims.sub,
             name: claims.name,
+            filter: claims.filter,
             // An `exp` past what the clock can hold never arrives: no deadline.
             expires_at: UNIX_EPOCH.checked_add(Duration::from_secs(claims.exp)),
         })

@@ -190,6 +190,19 @@ impl From<crate::limits::RateLimited> for ApiError {
     }
 }
 
+impl From<crate::filter::FilterError> for ApiError {
+    fn from(e: crate::filter::FilterError) -> Self {
+        use crate::filter::FilterError;
+        match &e {
+            FilterError::TooLarge { max, .. } => {
+                let max = *max;
+                ApiError::limit(StatusCode::BAD_REQUEST, "invalid_filter", e.to_string(), max)
+            }
+            _ => ApiError::bad_request("invalid_filter", e.to_string()),
+        }
+    }
+}
+
 impl From<crate::presence::PresenceError> for ApiError {
     fn from(e: crate::presence::PresenceError) -> Self {
         use crate::presence::PresenceError;
@@ -658,7 +671,10 @@ pub(crate) fn prepare_stream(
     last_event_id: Option<&[u8]>,
 ) -> Result<StreamRequest, ApiError> {
     let query = parse_query(raw_query);
-    known_keys(&query, &["channel", "events", "cursor", "token", "presence"])?;
+    known_keys(
+        &query,
+        &["channel", "events", "cursor", "token", "presence", "filter"],
+    )?;
 
     let names: Vec<&str> = query
         .iter()
@@ -713,9 +729,14 @@ pub(crate) fn prepare_stream(
             )
         })?)),
     };
+    let filter = match one(&query, "filter")? {
+        None | Some("") => None,
+        Some(text) => Some(check_filter(rt, text, events.as_ref())?),
+    };
     Ok(StreamRequest {
         channels,
         events,
+        filter,
         cursor,
         known: rt.inner.known.clone(),
         presence,
@@ -769,6 +790,43 @@ pub(crate) fn check_events<'a>(
     Ok(set)
 }
 
+/// Reads a client's filter and checks it against the events it may see (`events`, or every
+/// event of the schema).
+pub(crate) fn check_filter(
+    rt: &Tidings,
+    text: &str,
+    events: Option<&HashSet<String>>,
+) -> Result<crate::filter::Filter, ApiError> {
+    let filter = crate::filter::Filter::parse_str(text)?;
+    let names: Vec<&str> = match events {
+        Some(set) => rt.registry().event_names().filter(|n| set.contains(*n)).collect(),
+        None => rt.registry().event_names().collect(),
+    };
+    filter.check(rt.registry(), &names)?;
+    Ok(filter)
+}
+
+/// The filter a credential imposes, joined to the client's own: a client cannot widen it.
+pub(crate) fn enforce_filter(
+    identity: &Identity,
+    own: Option<crate::filter::Filter>,
+) -> Result<Option<crate::filter::Filter>, ApiError> {
+    let Some(imposed) = &identity.filter else {
+        return Ok(own);
+    };
+    let imposed = crate::filter::Filter::parse(imposed).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            format!("the credential's filter is not a filter: {e}"),
+        )
+    })?;
+    Ok(Some(match own {
+        Some(own) => imposed.and(own),
+        None => imposed,
+    }))
+}
+
 /// Subscribes a checked SSE request and returns the task that streams it into `sink`; on error
 /// the sink comes back with it, so the caller can still answer.
 pub(crate) async fn open_stream<S: Sink>(
@@ -793,6 +851,11 @@ pub(crate) async fn open_stream<S: Sink>(
         Err(refused) => return Err((refused.into(), sink)),
     };
     let expires_at = identity.expires_at;
+    let mut req = req;
+    req.filter = match enforce_filter(&identity, req.filter.take()) {
+        Ok(filter) => filter,
+        Err(e) => return Err((e, sink)),
+    };
     let svc = &rt.inner.presence;
     let with_presence: Vec<Channel> = req.channels.iter().filter(|c| svc.enabled(c)).cloned().collect();
     let mut presence = None;

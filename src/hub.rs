@@ -35,6 +35,8 @@ pub(crate) struct Delivery {
     pub entry: Entry,
     /// The epoch of the channel's history the entry belongs to.
     pub epoch: Option<Epoch>,
+    /// The payload parsed, once, by the first subscriber whose filter needs it.
+    pub parsed: std::sync::OnceLock<Option<serde_json::Value>>,
 }
 
 struct Subscriber {
@@ -333,6 +335,7 @@ fn dispatch(inner: &Inner, batches: Vec<TailBatch>) {
                 channel: batch.channel.clone(),
                 entry,
                 epoch: batch.epoch,
+                parsed: std::sync::OnceLock::new(),
             });
             w.subs.retain(|_, s| match s.tx.try_send(delivery.clone()) {
                 Ok(()) => true,

@@ -58,6 +58,7 @@ mod channel;
 mod config;
 mod cursor;
 mod envelope;
+mod filter;
 mod frame;
 mod http;
 mod hub;
@@ -78,6 +79,7 @@ pub use channel::{Channel, ChannelError, DEFAULT_MAX_CHANNEL_LEN, MAX_CHANNEL_LE
 pub use config::{Config, Limits, LimitsError};
 pub use cursor::{Cursor, CursorError, MAX_CURSOR_LEN};
 pub use envelope::Envelope;
+pub use filter::{Filter, FilterError, MAX_FILTER_BYTES, MAX_FILTER_DEPTH, MAX_FILTER_TESTS};
 pub use http::{router, ApiError};
 pub use id::{Epoch, ParseEpochError, ParseIdError, ParsePositionError, Position, StreamId};
 pub use payload::{Emittable, Payload};

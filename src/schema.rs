@@ -31,6 +31,9 @@ pub struct Registry {
     validators: HashMap<String, jsonschema::Validator>,
     /// The schema's `presence` data validators, by pattern, in file order.
     presence: PresenceSchemas,
+    /// Validators of parts of the schema (a field's), by JSON pointer, compiled on first use:
+    /// filters check their values with them.
+    parts: std::sync::Mutex<HashMap<String, std::sync::Arc<jsonschema::Validator>>>,
 }
 
 /// The schema's `presence` entries compiled: shared with the presence of a running instance.
@@ -145,6 +148,7 @@ impl Registry {
             file,
             validators,
             presence: PresenceSchemas(std::sync::Arc::new(presence)),
+            parts: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -155,6 +159,34 @@ impl Registry {
     /// [`ValidateError::Invalid`] listing what does not match (its `event` is `presence`).
     pub fn validate_presence(&self, channel: &str, data: &Value) -> Result<(), ValidateError> {
         self.presence.check(channel, data)
+    }
+
+    /// Whether `value` is valid against the part of the schema at `pointer` (`false` when that
+    /// part does not compile).
+    pub(crate) fn value_fits(&self, pointer: &str, value: &Value) -> bool {
+        let cached = self
+            .parts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(pointer)
+            .cloned();
+        let validator = match cached {
+            Some(v) => v,
+            None => {
+                let escaped = pointer.replace('{', "%7B").replace('}', "%7D");
+                let Ok(v) = compile(&self.file, &escaped, pointer) else {
+                    return false;
+                };
+                let v = std::sync::Arc::new(v);
+                let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+                // Bounded: filters name few fields, but a client could name many.
+                if parts.len() < 1024 {
+                    parts.insert(pointer.to_string(), v.clone());
+                }
+                v
+            }
+        };
+        validator.is_valid(value)
     }
 
     pub(crate) fn presence_schemas(&self) -> PresenceSchemas {

@@ -39,8 +39,24 @@ pub(crate) trait Transport: Send {
     fn flush(&mut self) -> impl Future<Output = Result<(), Gone>> + Send;
 }
 
-/// The event names a channel's subscriber wants; `None`: every event.
-pub(crate) type Events = Option<Arc<HashSet<String>>>;
+/// Which events of a channel a subscriber wants; `None`: every event.
+pub(crate) type Events = Option<Arc<Want>>;
+
+/// A subscription's selection: event names, and a filter on payloads.
+#[derive(Default)]
+pub(crate) struct Want {
+    /// Only these events (`None`: any).
+    pub events: Option<HashSet<String>>,
+    /// Only events that pass (the client's filter, and one its credential imposes).
+    pub filter: Option<crate::filter::Filter>,
+}
+
+impl Want {
+    /// `None` when it selects everything.
+    pub fn new(events: Option<HashSet<String>>, filter: Option<crate::filter::Filter>) -> Events {
+        (events.is_some() || filter.is_some()).then(|| Arc::new(Want { events, filter }))
+    }
+}
 
 /// One connection's cursor and channels, writing to transport `T`.
 pub(crate) struct Session<T> {
@@ -325,7 +341,7 @@ impl<T: Transport> Session<T> {
                 // unreadable, unknown to the schema), so a resume does not read them again.
                 self.cursor
                     .set(&state.channel, Position::new(entry.id, state.after.epoch));
-                let wanted = self.wants(&state.channel, &entry.event);
+                let wanted = self.wants(&state.channel, &entry, None);
                 if wanted && skip::deliverable(state.channel.as_str(), &entry, &*self.known) {
                     self.spoke = true;
                     self.out.push(Frame::Event {
@@ -398,7 +414,7 @@ impl<T: Transport> Session<T> {
             return; // already sent during replay
         }
         self.cursor.set(&d.channel, Position::new(d.entry.id, d.epoch));
-        if self.wants(&d.channel, &d.entry.event) {
+        if self.wants(&d.channel, &d.entry, Some(&d.parsed)) {
             self.spoke = true;
             self.out.push(Frame::Event {
                 cursor: &self.cursor,
@@ -408,11 +424,36 @@ impl<T: Transport> Session<T> {
         }
     }
 
-    fn wants(&self, channel: &Channel, event: &str) -> bool {
-        self.watched
-            .iter()
-            .find(|(c, _)| c == channel)
-            .is_some_and(|(_, events)| events.as_ref().is_none_or(|set| set.contains(event)))
+    /// Whether `entry` of `channel` is wanted. A filter reads the payload parsed: from
+    /// `parsed` (shared by every subscriber of a live delivery, so parsed once) or here.
+    fn wants(
+        &self,
+        channel: &Channel,
+        entry: &Entry,
+        parsed: Option<&std::sync::OnceLock<Option<serde_json::Value>>>,
+    ) -> bool {
+        let Some((_, want)) = self.watched.iter().find(|(c, _)| c == channel) else {
+            return false;
+        };
+        let Some(want) = want else { return true };
+        if want
+            .events
+            .as_ref()
+            .is_some_and(|set| !set.contains(&*entry.event))
+        {
+            return false;
+        }
+        let Some(filter) = &want.filter else { return true };
+        let parse = || serde_json::from_str::<serde_json::Value>(&entry.data).ok();
+        let local;
+        let data = match parsed {
+            Some(cell) => cell.get_or_init(parse).as_ref(),
+            None => {
+                local = parse();
+                local.as_ref()
+            }
+        };
+        data.is_some_and(|d| filter.matches(&entry.event, d))
     }
 
     /// Writes the reset frame for `channel`, whose history after the cursor is gone, and moves

@@ -45,6 +45,8 @@ pub(crate) const CHUNK: usize = 32 * 1024;
 pub(crate) struct StreamRequest {
     pub channels: Vec<Channel>,
     pub events: Option<HashSet<String>>,
+    /// `?filter=`, checked against the schema (an enforced filter joins it at open).
+    pub filter: Option<crate::filter::Filter>,
     pub cursor: Option<Cursor>,
     /// Which event names the loaded schema knows: others are skipped.
     pub known: Known,
@@ -157,7 +159,7 @@ pub(crate) async fn run<S: Sink>(
         s.adopt_presence(Box::new(part));
         (svc, channels)
     });
-    let events = req.events.map(std::sync::Arc::new);
+    let events = crate::session::Want::new(req.events, req.filter);
     match s
         .join(&start, events, req.cursor.as_ref(), settings.deadline)
         .await

@@ -21,7 +21,6 @@
 //! unauthenticated, 4002 lagged (resume with the cursor of the `lagged` frame), 4003 forbidden,
 //! 4004 token expired (after `expired`), 4008 too many messages, 4009 no answer to heartbeats.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -251,6 +250,8 @@ struct Conn {
     identity: Identity,
     /// This connection's id, as `welcome` gave it.
     connection: String,
+    /// Subscribes with a filter of the client's, so far.
+    filters: usize,
     deadline: Option<tokio::time::Instant>,
     sub: Subscription,
     s: Session<WsOut>,
@@ -328,6 +329,7 @@ async fn connection(rt: Tidings, mut auth: AuthRequest, socket: WebSocket) {
         auth,
         identity,
         connection: connection_id,
+        filters: 0,
         deadline,
     };
     let end = conn.run(&mut stream).await;
@@ -457,6 +459,9 @@ struct SubscribeMessage {
     /// Join the presence of the channels that have it: `true`, or the member's data.
     #[serde(default)]
     presence: Option<Value>,
+    /// Only events that pass this filter (see the README's filters).
+    #[serde(default)]
+    filter: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -741,13 +746,21 @@ impl Conn {
             None => None,
             Some(list) if list.is_empty() => None,
             Some(list) => match check_events(&self.rt, list.iter().map(String::as_str)) {
-                Ok(set) => Some(Arc::new(set)),
+                Ok(set) => Some(set),
                 Err(e) => {
                     push_error(&mut self.s.out, reference, &e);
                     return Ok(());
                 }
             },
         };
+        let filter = match self.subscribe_filter(m.filter.as_ref(), events.as_ref()) {
+            Ok(filter) => filter,
+            Err(e) => {
+                push_error(&mut self.s.out, reference, &e);
+                return Ok(());
+            }
+        };
+        let events = crate::session::Want::new(events, filter);
         let cursor = match m.cursor.as_deref() {
             None | Some("") => None,
             Some(text) => match Cursor::parse(text) {
@@ -898,6 +911,37 @@ impl Conn {
             channels: std::slice::from_ref(&channel),
         });
         Ok(())
+    }
+
+    /// The subscription's filter: the client's own (checked against the schema of the events
+    /// it may get, and counted against the filters a connection may hold) and its credential's.
+    fn subscribe_filter(
+        &mut self,
+        given: Option<&Value>,
+        events: Option<&std::collections::HashSet<String>>,
+    ) -> Result<Option<crate::filter::Filter>, ApiError> {
+        let own = match given {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                if self.filters >= crate::filter::MAX_FILTERS_PER_CONNECTION {
+                    let max = crate::filter::MAX_FILTERS_PER_CONNECTION;
+                    return Err(ApiError::limit(
+                        StatusCode::BAD_REQUEST,
+                        "too_many_filters",
+                        format!("this connection holds {max} filtered subscriptions already; at most {max} per connection"),
+                        max,
+                    ));
+                }
+                let text = v.to_string();
+                Some(crate::http::check_filter(&self.rt, &text, events)?)
+            }
+        };
+        let counted = own.is_some();
+        let filter = crate::http::enforce_filter(&self.identity, own)?;
+        if counted {
+            self.filters += 1;
+        }
+        Ok(filter)
     }
 
     fn check_subscribe(&self, m: &SubscribeMessage) -> Result<Vec<Channel>, ApiError> {

@@ -1,6 +1,7 @@
 // The framework-free core: one shared SSE connection for every channel the app watches.
 import { compareIds, formatCursor, parseCursor } from "./cursor.js";
 import { TidingsError } from "./errors.js";
+import { matchesFilter, type Filter } from "./filter.js";
 import {
   eventSourceTransport,
   fetchTransport,
@@ -135,6 +136,13 @@ export interface SubscribeOptions<M extends EventMap = EventMap, E extends Event
    * created without `eventNames` (see {@link ClientOptions.eventNames}).
    */
   events?: readonly E[];
+  /**
+   * Only events whose payload passes this filter, typed by the payloads of `E` (a wrong path or
+   * value type is a compile error); see the README's "Filters". The server applies it (and
+   * checks it against the schema: a refusal is a permanent 400 error), so what it leaves out
+   * never travels.
+   */
+  filter?: Filter<M[E], E>;
   /** Called once per event, in order per channel, never twice for the same (channel, id). */
   onData: (envelope: Envelope<M, E>) => void;
   /** History after the cursor of `channel` was trimmed: reload that channel's state. */
@@ -252,6 +260,7 @@ export interface Client<M extends EventMap = EventMap> {
 interface Sub {
   channels: ReadonlySet<string>;
   events: ReadonlySet<string> | undefined;
+  filter: Record<string, unknown> | undefined;
   onData: (envelope: Envelope<EventMap>) => void;
   onReset: ((info: ResetInfo) => void) | undefined;
   onReady: (() => void) | undefined;
@@ -466,7 +475,17 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
     }
     const list = [...channels].sort();
     const ev = events ? [...events].sort() : undefined;
-    return { channels: list, events: ev, key: `${list.join(",")}|${ev?.join(",") ?? "*"}` };
+    // One connection serves every subscription: its filter passes what any of them wants, each
+    // on its own channels; each subscription then gets what its own filter passes.
+    let filter: string | undefined;
+    if ([...subs].some((sub) => sub.filter !== undefined)) {
+      const any = [...subs].map((sub) => {
+        const scope = { channel: { in: [...sub.channels].sort() } };
+        return sub.filter === undefined ? scope : { and: [scope, sub.filter] };
+      });
+      filter = JSON.stringify(any.length === 1 ? any[0] : { or: any });
+    }
+    return { channels: list, events: ev, filter, key: `${list.join(",")}|${ev?.join(",") ?? "*"}|${filter ?? ""}` };
   };
 
   // Every event name the connection listens for: the schema's, the subscriptions' (in case the
@@ -561,7 +580,7 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
       retryIn(wait);
       return;
     }
-    void connect(want.channels, want.events, want.key);
+    void connect(want.channels, want.events, want.filter, want.key);
   };
 
   // Connects after `delay` ms, to whatever is wanted then.
@@ -569,7 +588,7 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
     retryTimer = setTimeout(() => {
       retryTimer = undefined;
       const want = wanted();
-      if (want.channels.length > 0) void connect(want.channels, want.events, want.key);
+      if (want.channels.length > 0) void connect(want.channels, want.events, want.filter, want.key);
     }, delay);
   };
 
@@ -579,12 +598,13 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
     queueMicrotask(sync);
   };
 
-  const connect = async (channels: string[], events: string[] | undefined, key: string) => {
+  const connect = async (channels: string[], events: string[] | undefined, filter: string | undefined, key: string) => {
     connKey = key;
     setStatus("connecting");
     const query = new URLSearchParams();
     for (const c of channels) query.append("channel", c);
     if (events && events.length > 0) query.set("events", events.join(","));
+    if (filter !== undefined) query.set("filter", filter);
     const cursor = formatCursor(positions, channels);
     if (cursor) query.set("cursor", cursor);
     const url = `${base}/realtime?${query.toString()}`;
@@ -802,6 +822,7 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
         for (const sub of [...subs]) {
           if (!sub.channels.has(envelope.channel)) continue;
           if (sub.events && !sub.events.has(envelope.event)) continue;
+          if (sub.filter && !matchesFilter(sub.filter, envelope.channel, envelope.event, envelope.data)) continue;
           sub.onData(envelope);
         }
       }
@@ -837,6 +858,7 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
       const sub: Sub = {
         channels: new Set(o.channels),
         events: o.events ? new Set<string>(o.events) : undefined,
+        filter: o.filter as Record<string, unknown> | undefined,
         // The envelope's event is checked against `events` before `onData` is called.
         onData: o.onData as (envelope: Envelope<EventMap>) => void,
         onReset: o.onReset,

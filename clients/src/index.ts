@@ -22,6 +22,8 @@ export type {
 } from "./client.js";
 export { TidingsError, parseRetryAfter } from "./errors.js";
 export { compareIds, formatCursor, idOf, parseCursor } from "./cursor.js";
+export { matchesFilter } from "./filter.js";
+export type { Filter, FilterTest } from "./filter.js";
 export { eventSourceTransport, fetchTransport, watchNetwork, webSocketTransport } from "./transport.js";
 export type {
   Connection,

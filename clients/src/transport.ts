@@ -336,6 +336,7 @@ function wsRequest(url: string, token: string | undefined): { target: string; su
   const channels = parsed.searchParams.getAll("channel");
   const events = parsed.searchParams.get("events");
   const cursor = parsed.searchParams.get("cursor");
+  const filter = parsed.searchParams.get("filter");
   parsed.pathname = parsed.pathname.replace(/\/realtime$/, "/ws");
   parsed.search = "";
   if (token) parsed.searchParams.set("token", token);
@@ -343,6 +344,7 @@ function wsRequest(url: string, token: string | undefined): { target: string; su
   const subscribe: Record<string, unknown> = { type: "subscribe", ref: SUBSCRIBE_REF, channels };
   if (events) subscribe["events"] = events.split(",");
   if (cursor) subscribe["cursor"] = cursor;
+  if (filter) subscribe["filter"] = JSON.parse(filter) as unknown;
   return { target: parsed.toString(), subscribe };
 }
 

@@ -1,0 +1,328 @@
+//! Server-side filters: exactly the matching events, live and on resume, over SSE and
+//! WebSocket, on both stores; cursors that move past what was filtered out; the schema's
+//! refusals; a filter a token imposes.
+
+#[macro_use]
+mod support;
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+use support::*;
+use tidings::{Config, JwtAuthorizer};
+
+fn say(user: &str, text: &str) -> Value {
+    json!({ "text": text, "user": user })
+}
+
+fn enc(v: &Value) -> String {
+    form_urlencoded::byte_serialize(v.to_string().as_bytes()).collect()
+}
+
+async fn server(backend: &Backend, tweak: impl FnOnce(Config) -> Config) -> TestServer {
+    let store = backend.store(tidings::Retention::default(), "f:").await;
+    TestServer::start(store, tweak).await
+}
+
+/// Texts per channel of the chat messages among `frames` (SSE).
+fn texts(frames: &[Frame]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for f in frames
+        .iter()
+        .filter(|f| f.event.as_deref() == Some("chat.message"))
+    {
+        let d = f.json();
+        out.entry(d["channel"].as_str().unwrap().to_string())
+            .or_default()
+            .push(d["data"]["text"].as_str().unwrap().to_string());
+    }
+    out
+}
+
+/// The room:N → [texts] ada said, for messages `from..to` of [`emit_interleaved`].
+fn adas(from: usize, to: usize) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for i in (from..to).filter(|i| i % 2 == 0) {
+        out.entry(format!("room:{}", i % 3 + 1))
+            .or_default()
+            .push(format!("m{i}"));
+    }
+    out
+}
+
+/// Messages `from..to` over room:1..3 in turn, said by ada (even) and bob (odd): half of every
+/// channel's messages are ada's.
+async fn emit_interleaved(s: &TestServer, from: usize, to: usize) {
+    for i in from..to {
+        let user = if i % 2 == 0 { "ada" } else { "bob" };
+        s.emit_ok(
+            &format!("room:{}", i % 3 + 1),
+            "chat.message",
+            say(user, &format!("m{i}")),
+        )
+        .await;
+    }
+}
+
+async fn filtered_sse_live_and_resume_are_exact(backend: Backend) {
+    let s = server(&backend, |c| c).await;
+    let filter = enc(&json!({ "user": "ada" }));
+    let url = s.url(&format!("/realtime?channel=room:1,room:2,room:3&filter={filter}"));
+    let mut sse = SseReader::open(&url, None).await;
+    sse.until("tidings.ready").await;
+    emit_interleaved(&s, 0, 24).await;
+    // Live: exactly ada's, in order per channel. Read them all, keep the cursor after m12.
+    let mut got = Vec::new();
+    while texts(&got).values().map(Vec::len).sum::<usize>() < 12 {
+        got.push(sse.next().await.expect("the stream stays open"));
+    }
+    assert_eq!(texts(&got), adas(0, 24), "{}", backend.name());
+    let upto = got
+        .iter()
+        .position(|f| f.data.as_deref().is_some_and(|d| d.contains("\"m12\"")))
+        .unwrap();
+    let cursor = got[upto].id.clone().unwrap();
+    drop(sse);
+    emit_interleaved(&s, 24, 36).await;
+    // Resume from m12's cursor: ada's after it, nothing of bob's, nothing twice.
+    let mut sse = SseReader::open(&url, Some(&cursor)).await;
+    let frames = sse.until("tidings.ready").await;
+    assert_eq!(texts(&frames), adas(14, 36), "{}", backend.name());
+    assert!(frames.iter().all(|f| f.event.as_deref() != Some("tidings.reset")));
+}
+
+async fn a_filtered_out_event_still_moves_the_cursor(backend: Backend) {
+    let s = server(&backend, |c| c).await;
+    let url = s.url(&format!(
+        "/realtime?channel=room:1&filter={}",
+        enc(&json!({ "user": "ada" }))
+    ));
+    let mut sse = SseReader::open(&url, None).await;
+    let ready = sse.until("tidings.ready").await.pop().unwrap();
+    let before = ready.id.unwrap();
+    let mut bobs = Vec::new();
+    for i in 0..3 {
+        bobs.push(
+            s.emit_ok("room:1", "chat.message", say("bob", &format!("b{i}")))
+                .await,
+        );
+    }
+    drop(sse);
+    // From the cursor before bob's: his messages are replayed, filtered out, and the ready
+    // frame's cursor is past them.
+    let mut sse = SseReader::open(&url, Some(&before)).await;
+    let frames = sse.until("tidings.ready").await;
+    assert!(texts(&frames).is_empty(), "{frames:?}");
+    let after = frames.last().unwrap().id.clone().unwrap();
+    let bob_last = bobs.last().unwrap();
+    assert!(
+        after.starts_with(&format!("room:1={bob_last}")),
+        "{after} should be past {bob_last}"
+    );
+    let ada = s.emit_ok("room:1", "chat.message", say("ada", "a0")).await;
+    let f = sse.next().await.unwrap();
+    assert_eq!(f.json()["id"], ada.as_str());
+    drop(sse);
+    // From that cursor nothing is replayed, filtered or not.
+    let mut sse = SseReader::open(&url, Some(&after)).await;
+    let frames = sse.until("tidings.ready").await;
+    assert_eq!(
+        texts(&frames),
+        BTreeMap::from([("room:1".to_string(), vec!["a0".to_string()])])
+    );
+}
+
+async fn filtered_websocket_subscriptions_are_exact_per_subscription(backend: Backend) {
+    let s = server(&backend, |c| c).await;
+    let mut ws = WsClient::connect(&s.url(""), "").await;
+    ws.next().await.unwrap();
+    // Two subscriptions with their own filters on one connection.
+    ws.send(
+        json!({"type": "subscribe", "ref": 1, "channels": ["room:1", "room:2"], "filter": {"user": "ada"}}),
+    )
+    .await;
+    ws.until("ready").await;
+    ws.send(
+        json!({"type": "subscribe", "ref": 2, "channels": ["room:3"], "filter": {"text": {"prefix": "m1"}}}),
+    )
+    .await;
+    ws.until("ready").await;
+    emit_interleaved(&s, 0, 24).await;
+    let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut last = String::new();
+    // ada's on room:1 and room:2, and on room:3 the texts starting m1 (m11, m14, m17), bob's too.
+    let want_room3: Vec<String> = (0..24)
+        .filter(|i| i % 3 == 2 && format!("m{i}").starts_with("m1"))
+        .map(|i| format!("m{i}"))
+        .collect();
+    let mut want = adas(0, 24);
+    want.remove("room:3");
+    want.insert("room:3".into(), want_room3);
+    let total: usize = want.values().map(Vec::len).sum();
+    while got.values().map(Vec::len).sum::<usize>() < total {
+        let f = ws.next().await.expect("open");
+        if f["type"] == "event" {
+            got.entry(f["channel"].as_str().unwrap().to_string())
+                .or_default()
+                .push(f["data"]["text"].as_str().unwrap().to_string());
+            last = f["cursor"].as_str().unwrap().to_string();
+        }
+    }
+    assert_eq!(got, want, "{}", backend.name());
+    drop(ws);
+    // A resume of the first subscription with the cursor: nothing more of it was missed.
+    emit_interleaved(&s, 24, 30).await;
+    let mut ws = WsClient::connect(&s.url(""), "").await;
+    ws.next().await.unwrap();
+    ws.send(json!({"type": "subscribe", "ref": 1, "channels": ["room:1", "room:2"], "filter": {"user": "ada"}, "cursor": last}))
+        .await;
+    let frames = ws.until("ready").await;
+    let replayed: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["type"] == "event")
+        .map(|f| f["data"]["text"].as_str().unwrap())
+        .collect();
+    let mut expect: Vec<String> = adas(24, 30)
+        .into_iter()
+        .filter(|(c, _)| c != "room:3")
+        .flat_map(|(_, v)| v)
+        .collect();
+    expect.sort();
+    let mut replayed_sorted: Vec<String> = replayed.iter().map(|s| s.to_string()).collect();
+    replayed_sorted.sort();
+    assert_eq!(replayed_sorted, expect, "{}", backend.name());
+}
+
+on_both_backends!(
+    filtered_sse_live_and_resume_are_exact,
+    a_filtered_out_event_still_moves_the_cursor,
+    filtered_websocket_subscriptions_are_exact_per_subscription,
+);
+
+#[tokio::test]
+async fn bad_filters_are_400_or_error_frames_naming_the_problem() {
+    let s = server(&Backend::Memory, |c| c).await;
+    let mut deep = json!({"user": "ada"});
+    for _ in 0..9 {
+        deep = json!({ "not": deep });
+    }
+    let cases = [
+        (json!({"colour": "red"}), vec!["no event", "colour", "fields are"]),
+        (
+            json!({"active": {"gt": 1}}),
+            vec!["\"active\"", "boolean", "not a number"],
+        ),
+        (json!({"status": "busy"}), vec!["\"status\"", "one of"]),
+        (json!({"user": {"between": 1}}), vec!["unknown operator"]),
+        (deep, vec!["too deep"]),
+    ];
+    let mut ws = WsClient::connect(&s.url(""), "").await;
+    ws.next().await.unwrap();
+    for (f, mentions) in &cases {
+        let (status, _, body) = get_json(
+            &s.url(&format!("/realtime?channel=room:1&filter={}", enc(f))),
+            &[],
+        )
+        .await;
+        assert_error(
+            status,
+            &body,
+            400,
+            "invalid_filter",
+            &mentions.iter().map(|m| &**m).collect::<Vec<_>>(),
+        );
+        ws.send(json!({"type": "subscribe", "ref": "x", "channels": ["room:1"], "filter": f}))
+            .await;
+        let e = ws.until("error").await.pop().unwrap();
+        assert_eq!(
+            (e["error"].as_str(), e["ref"].as_str()),
+            (Some("invalid_filter"), Some("x")),
+            "{e}"
+        );
+    }
+    // A field of an event the subscription does not get is refused too.
+    let (status, _, body) = get_json(
+        &s.url(&format!(
+            "/realtime?channel=room:1&events=chat.typing&filter={}",
+            enc(&json!({"text": "x"}))
+        )),
+        &[],
+    )
+    .await;
+    assert_error(status, &body, 400, "invalid_filter", &["\"text\"", "fields are"]);
+    let long = format!(r#"{{"user":"{}"}}"#, "a".repeat(5000));
+    let long: String = form_urlencoded::byte_serialize(long.as_bytes()).collect();
+    let (status, _, body) = get_json(&s.url(&format!("/realtime?channel=room:1&filter={long}")), &[]).await;
+    assert_error(status, &body, 400, "invalid_filter", &["too long"]);
+    assert_eq!(body["limit"], 4096);
+    // WebSocket: at most 16 filtered subscriptions on a connection.
+    for i in 0..16 {
+        ws.send(
+            json!({"type": "subscribe", "ref": i, "channels": [format!("c:{i}")], "filter": {"user": "ada"}}),
+        )
+        .await;
+        ws.until("ready").await;
+    }
+    ws.send(json!({"type": "subscribe", "ref": 99, "channels": ["c:99"], "filter": {"user": "ada"}}))
+        .await;
+    let e = ws.until("error").await.pop().unwrap();
+    assert_eq!(
+        (e["error"].as_str(), e["limit"].as_u64()),
+        (Some("too_many_filters"), Some(16)),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_filter_in_the_token_cannot_be_widened() {
+    let s = server(&Backend::Memory, |c| {
+        c.authorizer(JwtAuthorizer::hs256(JWT_SECRET))
+    })
+    .await;
+    let token = hs256(json!({
+        "sub": "ada", "exp": unix_now() + 600, "subscribe": ["room:*"], "filter": {"user": "ada"}
+    }));
+    let widen = enc(&json!({"or": [{"user": "bob"}, {"user": "ada"}]}));
+    let mut own = SseReader::open(
+        &s.url(&format!("/realtime?channel=room:1&token={token}&filter={widen}")),
+        None,
+    )
+    .await;
+    own.until("tidings.ready").await;
+    let mut ws = WsClient::connect(&s.url(""), &format!("?token={token}")).await;
+    ws.next().await.unwrap();
+    ws.send(json!({"type": "subscribe", "channels": ["room:1"]}))
+        .await;
+    ws.until("ready").await;
+    let mut bobs = WsClient::connect(&s.url(""), &format!("?token={token}")).await;
+    bobs.next().await.unwrap();
+    bobs.send(json!({"type": "subscribe", "channels": ["room:1"], "filter": {"user": "bob"}}))
+        .await;
+    bobs.until("ready").await;
+    for (u, t) in [("bob", "b1"), ("ada", "a1"), ("bob", "b2"), ("ada", "a2")] {
+        s.emit_ok("room:1", "chat.message", say(u, t)).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let f = own.next().await.unwrap();
+        if f.event.as_deref() == Some("chat.message") {
+            got.push(f.json()["data"]["text"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(got, ["a1", "a2"], "the client's or did not reach bob's");
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let f = ws.next().await.unwrap();
+        if f["type"] == "event" {
+            got.push(f["data"]["text"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(got, ["a1", "a2"], "no filter of its own: the token's");
+    // Narrowing to bob under a token for ada's: nothing at all.
+    s.emit_ok("room:1", "chat.message", say("ada", "a3")).await;
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), bobs.next()).await;
+    assert!(
+        quiet.is_err(),
+        "nothing for bob's filter under ada's token: {quiet:?}"
+    );
+}
