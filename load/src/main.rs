@@ -131,6 +131,27 @@ struct SubStats {
     resets: u64,
 }
 
+impl SubStats {
+    /// Counts the delivery of event `seq`, emitted at `sent` ns: a first one (with its latency,
+    /// unless the storm's), or a duplicate.
+    fn record(&mut self, shared: &Shared, seq: u64, sent: u64) {
+        let now = now_ns();
+        match self.received.get_mut(seq as usize) {
+            Some(slot) if *slot == 0 => {
+                *slot = 1;
+                shared.delivered.fetch_add(1, Ordering::AcqRel);
+                shared.last_delivery_ns.fetch_max(now, Ordering::AcqRel);
+                if seq < shared.storm_from {
+                    let us = now.saturating_sub(sent) / 1000;
+                    self.latencies_us.push(us.min(u32::MAX as u64) as u32);
+                }
+            }
+            Some(_) => self.duplicates += 1,
+            None => {}
+        }
+    }
+}
+
 struct Shared {
     channels: usize,
     events: u64,
@@ -628,20 +649,7 @@ async fn subscriber(
                     Some("tidings.reset") => stats.resets += 1,
                     Some("notification.alert") => {
                         if let Some((seq, sent)) = frame.data.as_deref().and_then(payload) {
-                            let now = now_ns();
-                            match stats.received.get_mut(seq as usize) {
-                                Some(slot) if *slot == 0 => {
-                                    *slot = 1;
-                                    shared.delivered.fetch_add(1, Ordering::AcqRel);
-                                    shared.last_delivery_ns.fetch_max(now, Ordering::AcqRel);
-                                    if seq < shared.storm_from {
-                                        let us = now.saturating_sub(sent) / 1000;
-                                        stats.latencies_us.push(us.min(u32::MAX as u64) as u32);
-                                    }
-                                }
-                                Some(_) => stats.duplicates += 1,
-                                None => {}
-                            }
+                            stats.record(&shared, seq, sent);
                         }
                     }
                     _ => {}
@@ -739,20 +747,7 @@ async fn ws_subscriber(
                     cursor = Some(c.to_string());
                 }
                 if let Some((seq, sent)) = payload(text) {
-                    let now = now_ns();
-                    match stats.received.get_mut(seq as usize) {
-                        Some(slot) if *slot == 0 => {
-                            *slot = 1;
-                            shared.delivered.fetch_add(1, Ordering::AcqRel);
-                            shared.last_delivery_ns.fetch_max(now, Ordering::AcqRel);
-                            if seq < shared.storm_from {
-                                let us = now.saturating_sub(sent) / 1000;
-                                stats.latencies_us.push(us.min(u32::MAX as u64) as u32);
-                            }
-                        }
-                        Some(_) => stats.duplicates += 1,
-                        None => {}
-                    }
+                    stats.record(&shared, seq, sent);
                 }
                 continue;
             }
