@@ -1,7 +1,7 @@
 //! Filters: which events of a subscription a client gets, checked against the schema.
 //!
 //! A filter is a JSON object. Each key is a path into the payload (`user`, `author.name`), or
-//! `event` (the event's name), or `and` / `or` (an array of filters) / `not` (a filter); a
+//! `event` (the event's name), `channel` (the channel's), or `and` / `or` (an array of filters) / `not` (a filter); a
 //! value is what the field must equal (`{"user": "ada"}`), or an object of operators
 //! (`{"votes": {"gte": 3}}`): `eq`, `ne`, `in`, `nin`, `exists`, `gt`, `gte`, `lt`, `lte` (on
 //! numbers) and `prefix` (on strings). Several keys in one object must all hold.
@@ -48,6 +48,8 @@ enum Node {
     },
     /// A test on the event's name.
     Event(Test),
+    /// A test on the channel's name.
+    Channel(Test),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -157,9 +159,9 @@ impl Filter {
         check_node(&self.root, registry, events)
     }
 
-    /// Whether an event `event` with payload `data` passes.
-    pub fn matches(&self, event: &str, data: &Value) -> bool {
-        eval(&self.root, event, data)
+    /// Whether an event `event` on `channel` with payload `data` passes.
+    pub fn matches(&self, channel: &str, event: &str, data: &Value) -> bool {
+        eval(&self.root, channel, event, data)
     }
 }
 
@@ -222,6 +224,10 @@ fn node(value: &Value, at: &str, depth: usize, tests: &mut usize) -> Result<Node
             "event" => {
                 *tests += 1;
                 Node::Event(test(v, &here)?)
+            }
+            "channel" => {
+                *tests += 1;
+                Node::Channel(test(v, &here)?)
             }
             path => {
                 *tests += 1;
@@ -318,12 +324,13 @@ fn test(value: &Value, at: &str) -> Result<Test, FilterError> {
     })
 }
 
-fn eval(node: &Node, event: &str, data: &Value) -> bool {
+fn eval(node: &Node, channel: &str, event: &str, data: &Value) -> bool {
     match node {
-        Node::All(nodes) => nodes.iter().all(|n| eval(n, event, data)),
-        Node::Any(nodes) => nodes.iter().any(|n| eval(n, event, data)),
-        Node::Not(n) => !eval(n, event, data),
+        Node::All(nodes) => nodes.iter().all(|n| eval(n, channel, event, data)),
+        Node::Any(nodes) => nodes.iter().any(|n| eval(n, channel, event, data)),
+        Node::Not(n) => !eval(n, channel, event, data),
         Node::Event(test) => run(test, Some(&Value::String(event.to_string()))),
+        Node::Channel(test) => run(test, Some(&Value::String(channel.to_string()))),
         Node::Field { path, test } => {
             let mut v = Some(data);
             for key in path {
@@ -366,6 +373,15 @@ fn check_node(node: &Node, registry: &Registry, events: &[&str]) -> Result<(), F
     match node {
         Node::All(nodes) | Node::Any(nodes) => nodes.iter().try_for_each(|n| check_node(n, registry, events)),
         Node::Not(n) => check_node(n, registry, events),
+        Node::Channel(test) => match test {
+            Test::Eq(v) | Test::Ne(v) if v.is_string() => Ok(()),
+            Test::In(vs) | Test::Nin(vs) if vs.iter().all(Value::is_string) => Ok(()),
+            Test::Prefix(_) => Ok(()),
+            _ => Err(FilterError::Type {
+                path: "channel".into(),
+                message: "is a channel name: compare it with a string, eq, ne, in, nin or prefix".into(),
+            }),
+        },
         Node::Event(test) => {
             let names: Vec<&Value> = match test {
                 Test::Eq(v) | Test::Ne(v) => vec![v],
@@ -640,22 +656,29 @@ mod tests {
                 true,
             ),
             (json!({"not": {"or": [{"id": 7}, {"id": 8}]}}), false),
+            (json!({"channel": "shop:1"}), true),
+            (json!({"channel": {"in": ["shop:2"]}}), false),
+            (json!({"channel": {"prefix": "shop:"}, "tenant": "acme"}), true),
         ];
         for (f, want) in cases {
-            assert_eq!(compiled(f.clone()).matches("order.placed", &o), want, "{f}");
+            assert_eq!(
+                compiled(f.clone()).matches("shop:1", "order.placed", &o),
+                want,
+                "{f}"
+            );
         }
     }
 
     #[test]
     fn a_missing_field_equals_nothing() {
         let data = json!({"user": "ada"});
-        assert!(!compiled(json!({"tenant": "acme"})).matches("chat.typing", &data));
-        assert!(compiled(json!({"tenant": {"ne": "acme"}})).matches("chat.typing", &data));
-        assert!(compiled(json!({"tenant": {"nin": ["acme"]}})).matches("chat.typing", &data));
-        assert!(compiled(json!({"tenant": {"exists": false}})).matches("chat.typing", &data));
-        assert!(!compiled(json!({"total": {"lt": 100}})).matches("chat.typing", &data));
+        assert!(!compiled(json!({"tenant": "acme"})).matches("c", "chat.typing", &data));
+        assert!(compiled(json!({"tenant": {"ne": "acme"}})).matches("c", "chat.typing", &data));
+        assert!(compiled(json!({"tenant": {"nin": ["acme"]}})).matches("c", "chat.typing", &data));
+        assert!(compiled(json!({"tenant": {"exists": false}})).matches("c", "chat.typing", &data));
+        assert!(!compiled(json!({"total": {"lt": 100}})).matches("c", "chat.typing", &data));
         // A payload that is not an object (order.note is a string) has no fields.
-        assert!(!compiled(json!({"tenant": "acme"})).matches("order.note", &json!("hi")));
+        assert!(!compiled(json!({"tenant": "acme"})).matches("c", "order.note", &json!("hi")));
     }
 
     fn refused(f: Value, events: &[&str]) -> String {
@@ -704,6 +727,7 @@ mod tests {
                 vec!["not an event of this subscription"],
             ),
             (json!({"event": {"gt": 1}}), ALL, vec!["event name"]),
+            (json!({"channel": 3}), ALL, vec!["channel name"]),
         ] {
             let e = refused(f.clone(), events);
             for m in mentions {
@@ -776,9 +800,9 @@ mod tests {
         let both = imposed.and(own);
         let mut other = order();
         other["tenant"] = json!("other");
-        assert!(both.matches("order.placed", &order()));
+        assert!(both.matches("c", "order.placed", &order()));
         assert!(
-            !both.matches("order.placed", &other),
+            !both.matches("c", "order.placed", &other),
             "the client's or cannot reach another tenant"
         );
     }

@@ -453,7 +453,7 @@ impl<T: Transport> Session<T> {
                 local.as_ref()
             }
         };
-        data.is_some_and(|d| filter.matches(&entry.event, d))
+        data.is_some_and(|d| filter.matches(channel.as_str(), &entry.event, d))
     }
 
     /// Writes the reset frame for `channel`, whose history after the cursor is gone, and moves

@@ -364,3 +364,18 @@ export function PresencePanel() {
   assertType<Equal<(typeof generic.members)[number]["data"], { seat: number } | null>>();
   return store;
 }
+
+// Filters are typed by the subscription's payloads: a wrong path or value type does not compile.
+export function filtered(c: Client) {
+  c.subscribe({ channels: ["room:1"], events: ["chat.message"], filter: { user: "ada", text: { prefix: "hi" } }, onData: () => {} });
+  c.subscribe({ channels: ["room:1"], events: ["presence.status"], filter: { status: { in: ["away", "online"] } }, onData: () => {} });
+  c.subscribe({ channels: ["room:1"], filter: { or: [{ event: "chat.typing" }, { user: "ada" }] }, onData: () => {} });
+  // @ts-expect-error: chat.message has no field colour
+  c.subscribe({ channels: ["room:1"], events: ["chat.message"], filter: { colour: "red" }, onData: () => {} });
+  // @ts-expect-error: active is a boolean
+  c.subscribe({ channels: ["room:1"], events: ["chat.typing"], filter: { active: "yes" }, onData: () => {} });
+  // @ts-expect-error: busy is not an Availability
+  c.subscribe({ channels: ["room:1"], events: ["presence.status"], filter: { status: "busy" }, onData: () => {} });
+  // @ts-expect-error: gt compares numbers, user is a string
+  c.subscribe({ channels: ["room:1"], events: ["chat.message"], filter: { user: { gt: 3 } }, onData: () => {} });
+}
