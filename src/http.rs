@@ -26,10 +26,10 @@ use crate::auth::{authorize_publish, authorize_read, AuthError, AuthRequest, Ide
 use crate::channel::Channel;
 use crate::cursor::Cursor;
 use crate::id::Position;
-use crate::realtime::{EmitError, EmitOptions, Tidings};
+use crate::realtime::{EmitError, EmitOptions, Scan, Tidings};
 use crate::schema::ValidateError;
 use crate::sse::{Sink, StreamRequest, StreamSettings};
-use crate::store::{Range, StoreError};
+use crate::store::StoreError;
 
 /// An error at the HTTP edge: a status and a JSON body `{"error", "message", …}`.
 ///
@@ -925,22 +925,38 @@ async fn presence(
     Ok(Json(rt.presence(&channel).await.map_err(ApiError::store)?))
 }
 
+/// `GET /history?channel=`: stored entries, newest first page or paged by `before`/`after`,
+/// through the same `events` and `filter` as a subscription (and the filter a credential imposes).
 async fn history(
     State(rt): State<Tidings>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let query = parse_query(raw.as_deref());
-    known_keys(&query, &["channel", "limit", "after", "before", "token"])?;
+    known_keys(
+        &query,
+        &["channel", "limit", "after", "before", "token", "events", "filter"],
+    )?;
     let name = one(&query, "channel")?
         .ok_or_else(|| ApiError::bad_request("invalid_channel", "no channel given; add ?channel=<name>"))?;
     let channel = rt.parse_channel(name).map_err(ApiError::channel)?;
-    authorize_read(
+    let events = match one(&query, "events")? {
+        None | Some("") => None,
+        Some(list) => Some(check_events(&rt, list.split(','))?),
+    };
+    let filter = match one(&query, "filter")? {
+        None | Some("") => None,
+        Some(text) => Some(check_filter(&rt, text, events.as_ref())?),
+    };
+    let identity = authorize_read(
         &rt.inner.config,
         &AuthRequest::new(headers, raw.clone()),
         std::slice::from_ref(&channel),
     )
     .await?;
+    // History shows a credential no more than its subscriptions would.
+    let filter = enforce_filter(&identity, filter)?;
+    let want = (events.is_some() || filter.is_some()).then_some(crate::session::Want { events, filter });
     let max = rt.inner.config.limits.max_history;
     let limit = match one(&query, "limit")? {
         None => 100.min(max),
@@ -968,9 +984,7 @@ async fn history(
             })
             .transpose()
     };
-    let (after, before) = (position("after")?, position("before")?);
-    let handle = rt.channel(channel.as_str());
-    let (entries, epoch, reset) = match (after, before) {
+    let from = match (position("after")?, position("before")?) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
                 "invalid_query",
@@ -978,27 +992,25 @@ async fn history(
             ));
         }
         // Paging forward is a resume: it says when history after `after` is gone.
-        (Some(after), None) => {
-            let (entries, replay) = handle.replay(after, limit).await?;
-            let reset = replay.trimmed.map(|t| {
-                json!({
-                    "oldest": t.oldest,
-                    "from": Position::written(t.resume_from, replay.epoch).to_string(),
-                    "reason": t.reason.as_str(),
-                })
-            });
-            (entries, replay.epoch, reset)
-        }
-        (None, before) => {
-            let range = before.map_or(Range::Latest, |b| Range::Before(b.id));
-            let (entries, epoch) = handle.history_page(range, limit).await?;
-            (entries, epoch, None)
-        }
+        (Some(after), None) => Scan::Forward(after),
+        (None, before) => Scan::Back(before.map(|b| b.id)),
     };
+    let (page, trimmed) = rt
+        .channel(channel.as_str())
+        .scan(from, limit, want.as_ref())
+        .await?;
+    let reset = trimmed.map(|t| {
+        json!({
+            "oldest": t.oldest,
+            "from": Position::written(t.resume_from, page.epoch).to_string(),
+            "reason": t.reason.as_str(),
+        })
+    });
     Ok(Json(json!({
         "channel": channel,
-        "epoch": epoch.map(|e| e.to_string()),
-        "entries": entries,
+        "epoch": page.epoch.map(|e| e.to_string()),
+        "entries": page.entries,
+        "next": page.next.map(|id| Position::written(id, page.epoch).to_string()),
         "reset": reset,
     })))
 }

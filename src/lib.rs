@@ -84,7 +84,10 @@ pub use http::{router, ApiError};
 pub use id::{Epoch, ParseEpochError, ParseIdError, ParsePositionError, Position, StreamId};
 pub use payload::{Emittable, Payload};
 pub use presence::{Member, PresenceError, PresenceSnapshot};
-pub use realtime::{ChannelHandle, EmitError, EmitOptions, StartError, Tidings, MAX_IDEMPOTENCY_KEY_LEN};
+pub use realtime::{
+    ChannelHandle, EmitError, EmitOptions, HistoryPage, StartError, Tidings, MAX_HISTORY_SCAN,
+    MAX_IDEMPOTENCY_KEY_LEN,
+};
 pub use schema::Registry;
 pub use server::serve;
 pub use store::{

@@ -13,8 +13,36 @@ use crate::limits::{Connections, EmitRate};
 use crate::payload::Emittable;
 use crate::schema::{Registry, RegistryError, ValidateError};
 use crate::store::{
-    AppendOptions, Appended, MemoryStore, Range, RedisOptions, RedisStore, Replay, Store, StoreError,
+    AppendOptions, Appended, Entry, MemoryStore, Range, RedisOptions, RedisStore, Store, StoreError, Trimmed,
 };
+
+/// The most entries one filtered history read looks at; past them, [`HistoryPage::next`] says
+/// where to go on.
+pub const MAX_HISTORY_SCAN: usize = 10_000;
+
+/// One read of [`ChannelHandle::history_matching`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HistoryPage {
+    /// The entries that pass, oldest first.
+    pub entries: Vec<Envelope>,
+    /// Where reading in the same direction goes on: `Range::Before(next)` paging back,
+    /// `Range::After(next)` paging forward. `None` when the history ends there; `Some` when
+    /// `limit` entries were found (there may be more) or [`MAX_HISTORY_SCAN`] entries were
+    /// looked at.
+    pub next: Option<StreamId>,
+    /// The channel's epoch when the read began.
+    pub epoch: Option<Epoch>,
+}
+
+/// Where a history read starts, and its direction.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Scan {
+    /// Back from the newest entry, or from before an id.
+    Back(Option<StreamId>),
+    /// Forward from after a position, as a resume reads: it says when history is gone.
+    Forward(Position),
+}
 
 /// A running tidings instance: emit from Rust, or serve it over HTTP with
 /// [`router`](crate::router).
@@ -435,39 +463,149 @@ impl ChannelHandle {
     /// # Errors
     /// [`EmitError::Channel`] for a bad name, [`EmitError::Store`] when the store fails.
     pub async fn history(&self, range: Range, limit: usize) -> Result<Vec<Envelope>, EmitError> {
-        Ok(self.history_page(range, limit).await?.0)
+        Ok(self.history_matching(range, limit, None).await?.entries)
     }
 
-    /// [`ChannelHandle::history`] and the epoch of the page.
-    pub(crate) async fn history_page(
+    /// [`ChannelHandle::history`] through a filter: `limit` counts the entries that pass, and
+    /// [`HistoryPage::next`] says where to read on. A filter from outside should first be
+    /// [checked](crate::Filter::check) against the schema.
+    ///
+    /// ```no_run
+    /// # async fn demo(rt: tidings::Tidings) -> Result<(), Box<dyn std::error::Error>> {
+    /// use tidings::{Filter, Range};
+    /// let adas = Filter::parse(&serde_json::json!({ "user": "ada" }))?;
+    /// let page = rt.channel("room:1").history_matching(Range::Latest, 20, Some(&adas)).await?;
+    /// if let Some(older) = page.next {
+    ///     let more = rt.channel("room:1").history_matching(Range::Before(older), 20, Some(&adas)).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`EmitError::Channel`] for a bad name, [`EmitError::Store`] when the store fails.
+    pub async fn history_matching(
         &self,
         range: Range,
         limit: usize,
-    ) -> Result<(Vec<Envelope>, Option<Epoch>), EmitError> {
-        let channel = self.channel()?;
-        let limit = limit.min(self.rt.inner.config.limits.max_history);
-        let page = self.rt.inner.store.history(channel, range, limit).await?;
-        Ok((self.envelopes(channel, &page.entries), page.epoch))
+        filter: Option<&crate::Filter>,
+    ) -> Result<HistoryPage, EmitError> {
+        let from = match range {
+            Range::Latest => Scan::Back(None),
+            Range::Before(id) => Scan::Back(Some(id)),
+            Range::After(id) => Scan::Forward(id.into()),
+        };
+        let want = filter.map(|f| crate::session::Want {
+            events: None,
+            filter: Some(f.clone()),
+        });
+        Ok(self.scan(from, limit, want.as_ref()).await?.0)
     }
 
-    /// Entries after `after`, as a resume reads them: with what was lost since `after`.
-    pub(crate) async fn replay(
+    /// Reads up to `limit` entries that `want` selects, from `from`, looking at no more than
+    /// [`MAX_HISTORY_SCAN`] entries; forward, with what was lost after the start position.
+    pub(crate) async fn scan(
         &self,
-        after: Position,
+        from: Scan,
         limit: usize,
-    ) -> Result<(Vec<Envelope>, Replay), EmitError> {
+        want: Option<&crate::session::Want>,
+    ) -> Result<(HistoryPage, Option<Trimmed>), EmitError> {
         let channel = self.channel()?;
-        let limit = limit.min(self.rt.inner.config.limits.max_history);
-        let mut replay = self.rt.inner.store.replay(channel, after, limit).await?;
-        let entries = std::mem::take(&mut replay.entries);
-        Ok((self.envelopes(channel, &entries), replay))
-    }
-
-    fn envelopes(&self, channel: &Channel, entries: &[crate::store::Entry]) -> Vec<Envelope> {
-        entries
-            .iter()
-            .filter(|e| self.rt.deliverable(channel, e))
-            .map(|e| Envelope::from_entry(channel, e))
-            .collect()
+        let max = self.rt.inner.config.limits.max_history;
+        let limit = limit.min(max);
+        // Unselected, a page is what was asked; selected, read as much as a read may.
+        let page = if want.is_some() { max } else { limit }.max(1);
+        let store = &self.rt.inner.store;
+        let keep =
+            |e: &Entry| self.rt.deliverable(channel, e) && want.is_none_or(|w| w.admits(channel, e, None));
+        let mut got: Vec<Envelope> = Vec::new();
+        let mut scanned = 0;
+        if limit == 0 {
+            return Ok((
+                HistoryPage {
+                    entries: got,
+                    next: None,
+                    epoch: None,
+                },
+                None,
+            ));
+        }
+        match from {
+            Scan::Back(before) => {
+                let mut range = before.map_or(Range::Latest, Range::Before);
+                let mut epoch = None;
+                let next = loop {
+                    let read = store.history(channel, range, page).await?;
+                    if scanned == 0 {
+                        epoch = read.epoch;
+                    }
+                    scanned += read.entries.len();
+                    for e in read.entries.iter().rev().filter(|e| keep(e)) {
+                        got.push(Envelope::from_entry(channel, e));
+                        if got.len() == limit {
+                            break;
+                        }
+                    }
+                    if got.len() == limit {
+                        break got.last().map(|e| e.id);
+                    }
+                    let Some(oldest) = read.entries.first().filter(|_| read.entries.len() >= page) else {
+                        break None;
+                    };
+                    if scanned >= MAX_HISTORY_SCAN {
+                        break Some(oldest.id);
+                    }
+                    range = Range::Before(oldest.id);
+                };
+                got.reverse();
+                Ok((
+                    HistoryPage {
+                        entries: got,
+                        next,
+                        epoch,
+                    },
+                    None,
+                ))
+            }
+            Scan::Forward(after) => {
+                let mut at = after;
+                let mut first: Option<(Option<Epoch>, Option<Trimmed>)> = None;
+                let next = loop {
+                    let read = store.replay(channel, at, page).await?;
+                    match &first {
+                        None => first = Some((read.epoch, read.trimmed.clone())),
+                        // History was lost while this read went on: the next read from here
+                        // says so.
+                        Some(_) if read.trimmed.is_some() => break Some(at.id),
+                        Some(_) => {}
+                    }
+                    scanned += read.entries.len();
+                    for e in read.entries.iter().filter(|e| keep(e)) {
+                        got.push(Envelope::from_entry(channel, e));
+                        if got.len() == limit {
+                            break;
+                        }
+                    }
+                    if got.len() == limit {
+                        break got.last().map(|e| e.id);
+                    }
+                    let Some(newest) = read.entries.last().filter(|_| read.entries.len() >= page) else {
+                        break None;
+                    };
+                    if scanned >= MAX_HISTORY_SCAN {
+                        break Some(newest.id);
+                    }
+                    at = Position::new(newest.id, read.epoch);
+                };
+                let (epoch, trimmed) = first.unwrap_or_default();
+                Ok((
+                    HistoryPage {
+                        entries: got,
+                        next,
+                        epoch,
+                    },
+                    trimmed,
+                ))
+            }
+        }
     }
 }

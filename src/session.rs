@@ -56,6 +56,34 @@ impl Want {
     pub fn new(events: Option<HashSet<String>>, filter: Option<crate::filter::Filter>) -> Events {
         (events.is_some() || filter.is_some()).then(|| Arc::new(Want { events, filter }))
     }
+
+    /// Whether `entry` of `channel` is selected. A filter reads the payload parsed: from
+    /// `parsed` (shared by every subscriber of a live delivery, so parsed once) or here.
+    pub fn admits(
+        &self,
+        channel: &Channel,
+        entry: &Entry,
+        parsed: Option<&std::sync::OnceLock<Option<serde_json::Value>>>,
+    ) -> bool {
+        if self
+            .events
+            .as_ref()
+            .is_some_and(|set| !set.contains(&*entry.event))
+        {
+            return false;
+        }
+        let Some(filter) = &self.filter else { return true };
+        let parse = || serde_json::from_str::<serde_json::Value>(&entry.data).ok();
+        let local;
+        let data = match parsed {
+            Some(cell) => cell.get_or_init(parse).as_ref(),
+            None => {
+                local = parse();
+                local.as_ref()
+            }
+        };
+        data.is_some_and(|d| filter.matches(channel.as_str(), &entry.event, d))
+    }
 }
 
 /// One connection's cursor and channels, writing to transport `T`.
@@ -424,8 +452,7 @@ impl<T: Transport> Session<T> {
         }
     }
 
-    /// Whether `entry` of `channel` is wanted. A filter reads the payload parsed: from
-    /// `parsed` (shared by every subscriber of a live delivery, so parsed once) or here.
+    /// Whether `entry` of `channel` is wanted (see [`Want::admits`]).
     fn wants(
         &self,
         channel: &Channel,
@@ -435,25 +462,7 @@ impl<T: Transport> Session<T> {
         let Some((_, want)) = self.watched.iter().find(|(c, _)| c == channel) else {
             return false;
         };
-        let Some(want) = want else { return true };
-        if want
-            .events
-            .as_ref()
-            .is_some_and(|set| !set.contains(&*entry.event))
-        {
-            return false;
-        }
-        let Some(filter) = &want.filter else { return true };
-        let parse = || serde_json::from_str::<serde_json::Value>(&entry.data).ok();
-        let local;
-        let data = match parsed {
-            Some(cell) => cell.get_or_init(parse).as_ref(),
-            None => {
-                local = parse();
-                local.as_ref()
-            }
-        };
-        data.is_some_and(|d| filter.matches(channel.as_str(), &entry.event, d))
+        want.as_ref().is_none_or(|w| w.admits(channel, entry, parsed))
     }
 
     /// Writes the reset frame for `channel`, whose history after the cursor is gone, and moves

@@ -193,11 +193,134 @@ async fn filtered_websocket_subscriptions_are_exact_per_subscription(backend: Ba
     assert_eq!(replayed_sorted, expect, "{}", backend.name());
 }
 
+/// `GET /history` with `query`: the texts of its entries and its `next`.
+async fn history(s: &TestServer, query: &str) -> (Vec<String>, Option<String>) {
+    let (status, _, body) = get_json(&s.url(&format!("/history?{query}")), &[]).await;
+    assert_eq!(status, 200, "{query}: {body}");
+    let texts = body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"]["text"].as_str().unwrap_or("-").to_string())
+        .collect();
+    (texts, body["next"].as_str().map(String::from))
+}
+
+fn ms(ids: impl IntoIterator<Item = usize>) -> Vec<String> {
+    ids.into_iter().map(|i| format!("m{i}")).collect()
+}
+
+async fn filtered_history_counts_matches_and_pages_both_ways(backend: Backend) {
+    let s = server(&backend, |c| c).await;
+    emit_interleaved(&s, 0, 60).await;
+    for i in 0..5 {
+        s.emit_ok(
+            "room:1",
+            "chat.typing",
+            json!({"user": "ada", "active": i % 2 == 0}),
+        )
+        .await;
+    }
+    // room:1 holds m0, m3, …, m57; ada said the even ones, m0, m6, …, m54, then typed.
+    let ada = enc(&json!({ "user": "ada", "event": "chat.message" }));
+    let (texts, next) = history(&s, &format!("channel=room:1&limit=4&filter={ada}")).await;
+    assert_eq!(
+        texts,
+        ms([36, 42, 48, 54]),
+        "{}: the newest 4 that pass",
+        backend.name()
+    );
+    let next = next.expect("older matches remain");
+    let (texts, next) = history(&s, &format!("channel=room:1&limit=4&filter={ada}&before={next}")).await;
+    assert_eq!(texts, ms([12, 18, 24, 30]), "{}", backend.name());
+    let (texts, end) = history(
+        &s,
+        &format!("channel=room:1&limit=4&filter={ada}&before={}", next.unwrap()),
+    )
+    .await;
+    assert_eq!(
+        (texts, end),
+        (ms([0, 6]), None),
+        "{}: the start of history",
+        backend.name()
+    );
+    // Forward from m0's id, as far as the end.
+    let (status, _, body) = get_json(
+        &s.url(&format!("/history?channel=room:1&limit=1&filter={ada}&after=0-0")),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, &body["entries"][0]["data"]["text"]),
+        (200, &json!("m0")),
+        "{body}"
+    );
+    assert!(body["reset"].is_null(), "{body}");
+    let m0 = body["entries"][0]["id"].as_str().unwrap().to_string();
+    let (texts, next) = history(&s, &format!("channel=room:1&limit=5&filter={ada}&after={m0}")).await;
+    assert_eq!(texts, ms([6, 12, 18, 24, 30]), "{}", backend.name());
+    let (texts, end) = history(
+        &s,
+        &format!("channel=room:1&limit=5&filter={ada}&after={}", next.unwrap()),
+    )
+    .await;
+    assert_eq!((texts, end), (ms([36, 42, 48, 54]), None), "{}", backend.name());
+    // `events` narrows as on a stream; unfiltered reads are as before, with `next`.
+    let (texts, _) = history(&s, "channel=room:1&events=chat.typing&limit=3").await;
+    assert_eq!(texts, ["-", "-", "-"]);
+    let active = enc(&json!({ "active": true }));
+    let (status, _, body) = get_json(
+        &s.url(&format!(
+            "/history?channel=room:1&events=chat.typing&filter={active}"
+        )),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let flags: Vec<_> = body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"]["active"].clone())
+        .collect();
+    assert_eq!(flags, vec![json!(true); 3], "typing entries 0, 2 and 4");
+    let (texts, next) = history(&s, "channel=room:1&limit=2").await;
+    assert_eq!((texts.len(), next.is_some()), (2, true));
+}
+
 on_both_backends!(
     filtered_sse_live_and_resume_are_exact,
     a_filtered_out_event_still_moves_the_cursor,
     filtered_websocket_subscriptions_are_exact_per_subscription,
+    filtered_history_counts_matches_and_pages_both_ways,
 );
+
+#[tokio::test]
+async fn history_refuses_bad_filters_as_streams_do() {
+    let s = server(&Backend::Memory, |c| c).await;
+    for (f, mentions) in [
+        (json!({"colour": "red"}), vec!["colour", "fields are"]),
+        (json!({"active": {"gt": 1}}), vec!["\"active\"", "not a number"]),
+    ] {
+        let (status, _, body) = get_json(
+            &s.url(&format!("/history?channel=room:1&filter={}", enc(&f))),
+            &[],
+        )
+        .await;
+        assert_error(status, &body, 400, "invalid_filter", &mentions);
+    }
+    let (status, _, body) = get_json(
+        &s.url(&format!(
+            "/history?channel=room:1&events=chat.typing&filter={}",
+            enc(&json!({"text": "x"}))
+        )),
+        &[],
+    )
+    .await;
+    assert_error(status, &body, 400, "invalid_filter", &["\"text\"", "fields are"]);
+    let (status, _, body) = get_json(&s.url("/history?channel=room:1&events=chat.nope"), &[]).await;
+    assert_eq!(status, 400, "{body}");
+}
 
 #[tokio::test]
 async fn bad_filters_are_400_or_error_frames_naming_the_problem() {
@@ -325,4 +448,69 @@ async fn a_filter_in_the_token_cannot_be_widened() {
         quiet.is_err(),
         "nothing for bob's filter under ada's token: {quiet:?}"
     );
+    // History holds the token to its filter too, with or without one of the client's.
+    for own in ["", &format!("&filter={widen}")] {
+        let (status, _, body) = get_json(
+            &s.url(&format!("/history?channel=room:1&token={token}{own}")),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let texts: Vec<_> = body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["data"]["text"].clone())
+            .collect();
+        assert_eq!(texts, ["a1", "a2", "a3"], "history under ada's token{own}");
+    }
+}
+
+#[tokio::test]
+async fn a_rare_match_past_the_scan_budget_is_reached_through_next() {
+    use tidings::{Filter, Range, MAX_HISTORY_SCAN};
+    let store = Backend::Memory
+        .store(tidings::Retention::default().max_len(MAX_HISTORY_SCAN * 2), "f:")
+        .await;
+    let s = TestServer::start(store, |c| c).await;
+    let room = s.rt.channel("room:1");
+    let name = tidings::Channel::new("room:1").unwrap();
+    let emit = |user: &'static str, text: String| {
+        let (rt, name) = (s.rt.clone(), name.clone());
+        async move {
+            rt.emit_json(&name, "chat.message", &say(user, &text))
+                .await
+                .unwrap()
+        }
+    };
+    let rare = emit("ada", "the one".into()).await;
+    for i in 0..MAX_HISTORY_SCAN + 500 {
+        emit("bob", format!("b{i}")).await;
+    }
+    let adas = Filter::parse(&json!({"user": "ada"})).unwrap();
+    // One read looks at MAX_HISTORY_SCAN entries, finds nothing, and says where to go on.
+    let page = room
+        .history_matching(Range::Latest, 10, Some(&adas))
+        .await
+        .unwrap();
+    assert!(page.entries.is_empty(), "{:?}", page.entries.len());
+    let next = page.next.expect("history goes on past the budget");
+    let page = room
+        .history_matching(Range::Before(next), 10, Some(&adas))
+        .await
+        .unwrap();
+    assert_eq!(page.entries.iter().map(|e| e.id).collect::<Vec<_>>(), [rare]);
+    assert_eq!(page.next, None, "the start of history");
+    // Forward from the start: the one, then the budget runs out among bob's.
+    let page = room
+        .history_matching(Range::After(tidings::StreamId::ZERO), 2, Some(&adas))
+        .await
+        .unwrap();
+    assert_eq!(page.entries.iter().map(|e| e.id).collect::<Vec<_>>(), [rare]);
+    let next = page.next.expect("the budget ran out before the end");
+    let page = room
+        .history_matching(Range::After(next), 2, Some(&adas))
+        .await
+        .unwrap();
+    assert_eq!((page.entries.len(), page.next), (0, None));
 }

@@ -157,14 +157,32 @@ export interface SubscribeOptions<M extends EventMap = EventMap, E extends Event
   onReady?: () => void;
 }
 
-/** Options of {@link Client.history}. */
-export interface HistoryOptions {
-  /** At most this many (the server caps it, 1000 by default). */
+/** Options of {@link Client.history}: `E` the events wanted (all of `M` by default). */
+export interface HistoryOptions<M extends EventMap = EventMap, E extends EventName<M> = EventName<M>> {
+  /** At most this many (the server caps it, 1000 by default); with a filter, this many that pass. */
   limit?: number;
-  /** Entries after this id (paging forward). */
+  /** Entries after this id (paging forward), or a page's `next` going forward. */
   after?: string;
-  /** Entries before this id (paging back). */
+  /** Entries before this id (paging back), or a page's `next` going back. */
   before?: string;
+  /** Only these events; default all. */
+  events?: readonly E[];
+  /** Only entries whose payload passes, typed as {@link SubscribeOptions.filter}; the server applies it. */
+  filter?: Filter<M[E], E>;
+}
+
+/** One read of {@link Client.historyPage}. */
+export interface HistoryPage<M extends EventMap = EventMap, E extends EventName<M> = EventName<M>> {
+  /** The entries, oldest first. */
+  entries: Envelope<M, E>[];
+  /**
+   * Where to read on in the same direction (as `before` paging back, `after` paging forward), or
+   * `null` at the end of history. Set whenever there may be more: `limit` entries were found, or
+   * the server looked at as many as one read may (a rare filter) before finding them.
+   */
+  next: string | null;
+  /** Paging forward (`after`): history after `after` is gone, and the page starts at `from`. */
+  reset: { oldest: string | null; from: string; reason: ResetInfo["reason"] } | null;
 }
 
 /** Options of {@link Client.emit}. */
@@ -239,8 +257,18 @@ export interface Client<M extends EventMap = EventMap> {
   onStatus(listener: (status: Status, error: TidingsError | undefined) => void): () => void;
   /** The cursor over every channel seen: where a reconnect resumes. */
   cursor(): string;
-  /** Reads stored events of one channel, oldest first. */
-  history(channel: string, options?: HistoryOptions): Promise<Envelope<M>[]>;
+  /** Reads stored events of one channel, oldest first: {@link Client.historyPage}'s entries. */
+  history<E extends EventName<M> = EventName<M>>(channel: string, options?: HistoryOptions<M, E>): Promise<Envelope<M, E>[]>;
+  /**
+   * Reads stored events of one channel, oldest first, with where to read on: the newest page,
+   * or one `before` or `after` an id. `events` and `filter` are applied by the server, and
+   * `limit` counts what passes.
+   *
+   * @example
+   * let page = await client.historyPage("room:1", { limit: 20, filter: { user: "ada" } });
+   * while (page.next) page = await client.historyPage("room:1", { limit: 20, filter: { user: "ada" }, before: page.next });
+   */
+  historyPage<E extends EventName<M> = EventName<M>>(channel: string, options?: HistoryOptions<M, E>): Promise<HistoryPage<M, E>>;
   /**
    * Emits an event over the WebSocket connection (`transport: "websocket"`), through the same
    * validation, authorization and rate limits as `POST /emit`: the token must grant publishing
@@ -904,11 +932,16 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
       return formatCursor(positions, [...positions.keys()].sort());
     },
     async history(channel, o = {}) {
+      return (await api.historyPage(channel, o)).entries;
+    },
+    async historyPage<E extends EventName<M>>(channel: string, o: HistoryOptions<M, E> = {}): Promise<HistoryPage<M, E>> {
       if (!fetchImpl) throw new TidingsError("no fetch implementation available");
       const query = new URLSearchParams({ channel });
       if (o.limit !== undefined) query.set("limit", String(o.limit));
       if (o.after !== undefined) query.set("after", o.after);
       if (o.before !== undefined) query.set("before", o.before);
+      if (o.events !== undefined) query.set("events", o.events.join(","));
+      if (o.filter !== undefined) query.set("filter", JSON.stringify(o.filter));
       const read = async (reason: TokenReason) => {
         let hdrs: Record<string, string> = { accept: "application/json", ...(await headers()) };
         const bearer = await getToken(reason);
@@ -925,8 +958,8 @@ export function createClient<M extends EventMap = EventMap>(options: ClientOptio
         response = await read("unauthenticated");
       }
       if (!response.ok) throw await TidingsError.fromResponse(response);
-      const body = (await response.json()) as { entries?: Envelope<M>[] };
-      return body.entries ?? [];
+      const body = (await response.json()) as Partial<HistoryPage<M, E>>;
+      return { entries: body.entries ?? [], next: body.next ?? null, reset: body.reset ?? null };
     },
     emit(channel, event, data, o = {}) {
       if (closed) return Promise.reject(new TidingsError("the client is closed"));

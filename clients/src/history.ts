@@ -2,6 +2,7 @@
 // stream. `react.ts` and `svelte.ts` wrap it; anything else can call it directly.
 import type { Client, ResetInfo } from "./client.js";
 import { compareIds } from "./cursor.js";
+import { matchesFilter, type Filter } from "./filter.js";
 import type { Envelope, EventMap, EventName } from "./types.js";
 
 /** Where a feed stands: loading history, showing it, or failed to load it (live events still arrive). */
@@ -11,8 +12,14 @@ export type FeedStatus = "loading" | "ready" | "error";
 export interface HistoryFeedOptions<M extends EventMap = EventMap, E extends EventName<M> = EventName<M>> {
   /** Keep the newest this many entries (default 100, the server's default page). */
   limit?: number;
-  /** Only these events; default all. History is filtered after it is fetched, so fewer than `limit` may remain. */
+  /** Only these events; default all. */
   events?: readonly E[];
+  /**
+   * Only entries whose payload passes, typed by the payloads of `E` (see the README's
+   * "Filters"). The server applies it to history and to the live stream alike, so `limit`
+   * counts entries that pass.
+   */
+  filter?: Filter<M[E], E>;
   /** Called after `tidings.reset` for the channel, before the feed reloads. */
   onReset?: (info: ResetInfo) => void;
 }
@@ -47,7 +54,7 @@ export const DEFAULT_FEED_LIMIT = 100;
  * EventSource transport of a client created without `eventNames`.
  *
  * @example
- * const feed = createHistoryFeed(client, "room:1", { limit: 50, events: ["chat.message"] }, (f) =>
+ * const feed = createHistoryFeed(client, "room:1", { limit: 50, events: ["chat.message"], filter: { user: "ada" } }, (f) =>
  *   render(f.entries()), // Envelope<"chat.message">[] for a client of the generated createClient
  * );
  */
@@ -59,6 +66,7 @@ export function createHistoryFeed<M extends EventMap = EventMap, E extends Event
 ): HistoryFeed<M, E> {
   const limit = Math.max(1, Math.floor(options.limit ?? DEFAULT_FEED_LIMIT));
   const wanted: ReadonlySet<string> | undefined = options.events ? new Set(options.events) : undefined;
+  const filter = options.filter as Record<string, unknown> | undefined;
 
   let list: readonly Envelope<M, E>[] = [];
   let status: FeedStatus = "loading";
@@ -96,9 +104,13 @@ export function createHistoryFeed<M extends EventMap = EventMap, E extends Event
       status = "loading";
       changed();
     }
-    let page: Envelope<M>[];
+    let page: Envelope<M, E>[];
     try {
-      page = await client.history(channel, { limit });
+      page = await client.history<E>(channel, {
+        limit,
+        ...(options.events ? { events: options.events } : {}),
+        ...(options.filter ? { filter: options.filter } : {}),
+      });
     } catch (cause) {
       if (closed || mine !== generation) return;
       collecting = false;
@@ -109,8 +121,10 @@ export function createHistoryFeed<M extends EventMap = EventMap, E extends Event
       return;
     }
     if (closed || mine !== generation) return;
-    // Checked by `events` (all of them when it is absent), so these are `Envelope<M, E>`.
-    const fetched = page.filter((e) => !wanted || wanted.has(e.event)) as Envelope<M, E>[];
+    // The server applied `events` and `filter`; checked again here, as live events are.
+    const fetched = page.filter(
+      (e) => (!wanted || wanted.has(e.event)) && (!filter || matchesFilter(filter, e.channel, e.event, e.data)),
+    );
     list = mergeEntries<Envelope<M, E>>(fetched, pending, limit);
     collecting = false;
     pending = [];
@@ -126,6 +140,7 @@ export function createHistoryFeed<M extends EventMap = EventMap, E extends Event
   const unsubscribe = client.subscribe<E>({
     channels: [channel],
     ...(options.events ? { events: options.events } : {}),
+    ...(options.filter ? { filter: options.filter } : {}),
     onData: (envelope) => {
       if (closed) return;
       if (collecting) pending.push(envelope);

@@ -12,6 +12,7 @@ export type {
   EmitOptions,
   Emitted,
   HistoryOptions,
+  HistoryPage,
   Member,
   PresenceOptions,
   ResetInfo,

@@ -26,6 +26,7 @@ import {
 } from "./client.js";
 import { createHistoryFeed, type FeedStatus, type HistoryFeed } from "./history.js";
 import type { Envelope, EventMap, EventName } from "./types.js";
+import type { Filter } from "./filter.js";
 
 export type { Client, ClientOptions, Member, ResetInfo, Status } from "./client.js";
 export type { FeedStatus } from "./history.js";
@@ -145,6 +146,11 @@ export interface UseRealtimeOptions<M extends EventMap = EventMap, E extends Eve
   channels: readonly string[];
   /** Only these events; default all. Narrows the envelope `onData` receives. */
   events?: readonly E[];
+  /**
+   * Only events whose payload passes, typed by the payloads of `E` (see
+   * {@link SubscribeOptions.filter}); compared by value, so an inline object is fine.
+   */
+  filter?: Filter<M[E], E>;
   /** Called once per event. The latest function is called: it need not be stable. */
   onData?: (envelope: Envelope<M, E>) => void;
   /** History of a channel was trimmed past this client's cursor: reload that channel's state. */
@@ -175,7 +181,7 @@ export interface RealtimeState {
 
 /**
  * Subscribes to `channels` while the component is mounted. It subscribes again only when
- * `channels`, `events`, `enabled` or the client change (by value, so inline arrays are fine).
+ * `channels`, `events`, `filter`, `enabled` or the client change (by value, so inline arrays are fine).
  * `M` comes from `client`, or from the bound hook of {@link createRealtimeHooks} (the app's
  * generated `useRealtime`, which is the one to use).
  *
@@ -202,7 +208,8 @@ export function useRealtime<M extends EventMap = EventMap, E extends EventName<M
 
   const channelsKey = JSON.stringify(options.channels);
   const eventsKey = options.events ? JSON.stringify(options.events) : "*";
-  const key = `${channelsKey}|${eventsKey}`;
+  const filterKey = options.filter ? JSON.stringify(options.filter) : "";
+  const key = `${channelsKey}|${eventsKey}|${filterKey}`;
   // The subscription whose `onReady` came: compared with the current one while rendering, so a
   // change of channels shows `ready: false` at once, not after the effect.
   const [readyFor, setReadyFor] = useState<{ client: Client<M>; key: string } | undefined>(undefined);
@@ -211,10 +218,12 @@ export function useRealtime<M extends EventMap = EventMap, E extends EventName<M
     const channels = JSON.parse(channelsKey) as string[];
     if (channels.length === 0) return;
     const events = eventsKey === "*" ? undefined : (JSON.parse(eventsKey) as E[]);
-    const mine = { client, key: `${channelsKey}|${eventsKey}` };
+    const filter = filterKey === "" ? undefined : (JSON.parse(filterKey) as Filter<M[E], E>);
+    const mine = { client, key: `${channelsKey}|${eventsKey}|${filterKey}` };
     const unsubscribe = client.subscribe<E>({
       channels,
       ...(events ? { events } : {}),
+      ...(filter ? { filter } : {}),
       onData: (envelope) => latest.current.onData?.(envelope),
       onReset: (info) => latest.current.onReset?.(info),
       onReady: () => {
@@ -227,15 +236,17 @@ export function useRealtime<M extends EventMap = EventMap, E extends EventName<M
       // Disabled and enabled again with the same key: not ready until the new subscription is.
       setReadyFor((current) => (current === mine ? undefined : current));
     };
-  }, [client, channelsKey, eventsKey, enabled]);
+  }, [client, channelsKey, eventsKey, filterKey, enabled]);
 
   const status = useStatus(client);
   const ready = enabled && readyFor !== undefined && readyFor.client === client && readyFor.key === key;
   return { status: enabled ? status : "disconnected", ready };
 }
 
-/** Options of the per-event hooks (`useChatMessage`, …) and {@link useEvent}. */
-export interface EventHookOptions<M extends EventMap = EventMap> {
+/** Options of the per-event hooks (`useChatMessage`, …) and {@link useEvent}, for event `E`. */
+export interface EventHookOptions<M extends EventMap = EventMap, E extends EventName<M> = EventName<M>> {
+  /** Only events whose payload passes, typed by `E`'s payload (see {@link UseRealtimeOptions.filter}). */
+  filter?: Filter<M[E], E>;
   /** `false` unsubscribes (default `true`). */
   enabled?: boolean;
   /** History of a channel was trimmed past this client's cursor. */
@@ -260,7 +271,7 @@ export function useEvent<M extends EventMap = EventMap, E extends EventName<M> =
   channel: string | readonly string[],
   event: E,
   handler: (data: M[E], envelope: Envelope<M, E>) => void,
-  options: EventHookOptions<M> = {},
+  options: EventHookOptions<M, E> = {},
 ): RealtimeState {
   return useRealtime<M, E>({
     channels: typeof channel === "string" ? [channel] : channel,
@@ -276,6 +287,11 @@ export interface UseHistoryOptions<M extends EventMap = EventMap, E extends Even
   limit?: number;
   /** Only these events; default all. */
   events?: readonly E[];
+  /**
+   * Only entries whose payload passes, in history and live alike (`limit` counts those), typed
+   * by the payloads of `E`; compared by value, so an inline object is fine.
+   */
+  filter?: Filter<M[E], E>;
   /** Called on `tidings.reset` for the channel, before the entries reload. */
   onReset?: (info: ResetInfo) => void;
   /** `false` drops the feed (default `true`). */
@@ -304,7 +320,7 @@ const NO_ENTRIES: readonly never[] = [];
  *
  * @example
  * // with the app's generated `useHistory`:
- * const { entries } = useHistory("room:1", { limit: 50, events: ["chat.message"] });
+ * const { entries } = useHistory("room:1", { limit: 50, events: ["chat.message"], filter: { user: "ada" } });
  * entries.map((m) => <li key={m.id}>{m.data.user}: {m.data.text}</li>);
  */
 export function useHistory<M extends EventMap = EventMap, E extends EventName<M> = EventName<M>>(
@@ -326,8 +342,10 @@ export function useHistory<M extends EventMap = EventMap, E extends EventName<M>
 
   const limit = options.limit;
   const eventsKey = options.events ? JSON.stringify(options.events) : "*";
+  const filterKey = options.filter ? JSON.stringify(options.filter) : "";
   useEffect(() => {
     const events = eventsKey === "*" ? undefined : (JSON.parse(eventsKey) as E[]);
+    const filter = filterKey === "" ? undefined : (JSON.parse(filterKey) as Filter<M[E], E>);
     if (!enabled) {
       setSnapshot({ entries: NO_ENTRIES, status: "loading", error: undefined });
       return;
@@ -338,6 +356,7 @@ export function useHistory<M extends EventMap = EventMap, E extends EventName<M>
       {
         ...(limit !== undefined ? { limit } : {}),
         ...(events ? { events } : {}),
+        ...(filter ? { filter } : {}),
         onReset: (info) => latest.current.onReset?.(info),
       },
       (f) => setSnapshot({ entries: f.entries(), status: f.status, error: f.error }),
@@ -348,7 +367,7 @@ export function useHistory<M extends EventMap = EventMap, E extends EventName<M>
       feed.close();
       if (feedRef.current === feed) feedRef.current = undefined;
     };
-  }, [client, channel, limit, eventsKey, enabled]);
+  }, [client, channel, limit, eventsKey, filterKey, enabled]);
 
   const reload = useCallback(() => feedRef.current?.reload() ?? Promise.resolve(), []);
   return { ...snapshot, reload };
@@ -432,7 +451,7 @@ export interface RealtimeHooks<M extends EventMap> {
     channel: string | readonly string[],
     event: E,
     handler: (data: M[E], envelope: Envelope<M, E>) => void,
-    options?: EventHookOptions<M>,
+    options?: EventHookOptions<M, E>,
   ) => RealtimeState;
   /** {@link useRealtimeClient}, typed `Client<M>`. */
   useRealtimeClient: () => Client<M>;

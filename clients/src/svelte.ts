@@ -8,6 +8,7 @@ import { getContext, hasContext, onDestroy, setContext } from "svelte";
 import { writable, type Readable } from "svelte/store";
 import { createClient, type Client, type ClientOptions, type Member, type ResetInfo, type Status } from "./client.js";
 import { createHistoryFeed, type FeedStatus, type HistoryFeedOptions } from "./history.js";
+import type { Filter } from "./filter.js";
 import type { Envelope, EventMap, EventName } from "./types.js";
 
 export type { Client, ClientOptions, Member, ResetInfo, Status } from "./client.js";
@@ -58,6 +59,8 @@ export interface RealtimeOptions<M extends EventMap = EventMap, E extends EventN
   channels: readonly string[];
   /** Only these events; default all. Narrows the envelope `onData` receives. */
   events?: readonly E[];
+  /** Only events whose payload passes, typed by the payloads of `E` (see {@link SubscribeOptions.filter}). */
+  filter?: Filter<M[E], E>;
   /** Called once per event. */
   onData?: (envelope: Envelope<M, E>) => void;
   /** History of a channel was trimmed past this client's cursor: reload that channel's state. */
@@ -92,7 +95,7 @@ export interface RealtimeStore extends RealtimeHandle {
 
 /**
  * Subscribes `client` with `options`, or with every value of a store of options: it subscribes
- * again when `channels`, `events` or `enabled` change (by value), and otherwise only takes the
+ * again when `channels`, `events`, `filter` or `enabled` change (by value), and otherwise only takes the
  * new callbacks. Works anywhere; call `destroy()` when done.
  */
 export function createRealtimeStore<M extends EventMap = EventMap, E extends EventName<M> = EventName<M>>(
@@ -111,7 +114,7 @@ export function createRealtimeStore<M extends EventMap = EventMap, E extends Eve
     if (destroyed) return;
     current = next;
     const enabled = (next.enabled ?? true) && next.channels.length > 0;
-    const nextKey = enabled ? JSON.stringify([next.channels, next.events ?? null]) : undefined;
+    const nextKey = enabled ? JSON.stringify([next.channels, next.events ?? null, next.filter ?? null]) : undefined;
     if (nextKey !== key) {
       unsubscribe?.();
       unsubscribe = undefined;
@@ -121,6 +124,7 @@ export function createRealtimeStore<M extends EventMap = EventMap, E extends Eve
         unsubscribe = client.subscribe<E>({
           channels: [...next.channels],
           ...(next.events ? { events: [...next.events] } : {}),
+          ...(next.filter ? { filter: next.filter } : {}),
           onData: (envelope) => current?.onData?.(envelope),
           onReset: (info) => current?.onReset?.(info),
           // Never called after `unsubscribe`, so this is the current subscription.
@@ -173,12 +177,10 @@ export function useRealtime<M extends EventMap = EventMap, E extends EventName<M
   return { status: store.status, ready: store.ready };
 }
 
-/**
- * Options of {@link useEvent} and the per-event functions (`useChatMessage`, …). Nothing here
- * depends on `M` yet; it is there so the generated code reads as React's, whose options carry a
- * `client`.
- */
-export interface EventHookOptions<M extends EventMap = EventMap> {
+/** Options of {@link useEvent} and the per-event functions (`useChatMessage`, …), for event `E`. */
+export interface EventHookOptions<M extends EventMap = EventMap, E extends EventName<M> = EventName<M>> {
+  /** Only events whose payload passes, typed by `E`'s payload (see {@link SubscribeOptions.filter}). */
+  filter?: Filter<M[E], E>;
   /** `false` unsubscribes (default `true`). */
   enabled?: boolean;
   /** History of a channel was trimmed past this client's cursor. */
@@ -201,7 +203,7 @@ export function useEvent<M extends EventMap = EventMap, E extends EventName<M> =
   channel: string | readonly string[],
   event: E,
   handler: (data: M[E], envelope: Envelope<M, E>) => void,
-  options: EventHookOptions<M> = {},
+  options: EventHookOptions<M, E> = {},
 ): RealtimeHandle {
   return useRealtime<M, E>({
     channels: typeof channel === "string" ? [channel] : channel,
@@ -322,7 +324,7 @@ export interface RealtimeBindings<M extends EventMap> {
     channel: string | readonly string[],
     event: E,
     handler: (data: M[E], envelope: Envelope<M, E>) => void,
-    options?: EventHookOptions<M>,
+    options?: EventHookOptions<M, E>,
   ) => RealtimeHandle;
   /** {@link createRealtimeStore} for the events of `M`. */
   createRealtimeStore: <E extends EventName<M> = EventName<M>>(

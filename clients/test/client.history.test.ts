@@ -64,6 +64,34 @@ describe("history", () => {
     expect(pages).toEqual(ids);
   });
 
+  it("events and filter are applied by the server, and limit counts what passes", async () => {
+    const ch = uniqueChannel("hfilter");
+    const adas: string[] = [];
+    for (let i = 0; i < 30; i++) {
+      const user = i % 3 === 0 ? "ada" : "bob";
+      const id = await server.emit(ch, "chat.message", { user, text: `t${i}` });
+      if (user === "ada") adas.push(id);
+    }
+    await server.emit(ch, "chat.typing", { user: "ada", active: true });
+    const newest = await client.history(ch, { events: ["chat.message"], filter: { user: "ada" }, limit: 4 });
+    expect(newest.map((e) => e.id)).toEqual(adas.slice(-4));
+    expect(newest.every((e) => e.data.user === "ada")).toBe(true);
+    // Paging back by `next` reaches every match once, then null.
+    const seen: string[] = [];
+    let page = await client.historyPage(ch, { events: ["chat.message"], filter: { user: "ada" }, limit: 4 });
+    for (;;) {
+      seen.unshift(...page.entries.map((e) => e.id));
+      if (page.next === null) break;
+      page = await client.historyPage(ch, { events: ["chat.message"], filter: { user: "ada" }, limit: 4, before: page.next });
+    }
+    expect(seen).toEqual(adas);
+    expect(page.reset).toBeNull();
+    // `event` in a filter, without `events`.
+    const typing = await client.history(ch, { filter: { event: "chat.typing" } });
+    expect(typing.map((e) => e.event)).toEqual(["chat.typing"]);
+    await expectError(client.history(ch, { events: ["chat.message"], filter: { active: true } as never }), 400, "invalid_filter");
+  });
+
   it("an unknown channel is empty", async () => {
     expect(await client.history(uniqueChannel("empty"))).toEqual([]);
   });
@@ -114,6 +142,26 @@ describe.each(KINDS)("createHistoryFeed, %s transport", (kind) => {
     expect(duplicates(got)).toEqual([]);
     expect(got).toEqual(all);
     expect(reads).toBe(1);
+    feed.close();
+    c.close();
+  });
+
+  it("a filtered feed holds the newest `limit` that pass, and only those arrive live", async () => {
+    const ch = uniqueChannel("ffeed");
+    const adas: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const user = i % 4 === 0 ? "ada" : "bob";
+      const id = await server.emit(ch, "chat.message", { user, text: `old ${i}` });
+      if (user === "ada") adas.push(id);
+    }
+    const { client: c } = makeClient(kind, server.url);
+    const feed = createHistoryFeed(c, ch, { limit: 3, events: ["chat.message"], filter: { user: "ada" } }, () => {});
+    await waitFor(() => feed.status === "ready", "the feed loaded", 5000, () => String(feed.error));
+    expect(feed.entries().map((e) => e.id)).toEqual(adas.slice(-3));
+    await server.emit(ch, "chat.message", { user: "bob", text: "live bob" });
+    const live = await server.emit(ch, "chat.message", { user: "ada", text: "live ada" });
+    await waitFor(() => feed.entries().at(-1)?.id === live, "ada's live message");
+    expect(feed.entries().map((e) => e.id)).toEqual([...adas.slice(-2), live]);
     feed.close();
     c.close();
   });

@@ -55,6 +55,7 @@ function fakeClient() {
       };
     },
     emit: () => Promise.reject(new Error("not used here")),
+    historyPage: () => Promise.reject(new Error("not used here")),
     presence: () => () => {},
     onStatus(listener) {
       const l = (s: Status) => listener(s, undefined);
@@ -62,9 +63,9 @@ function fakeClient() {
       return () => listeners.delete(l);
     },
     cursor: () => [...covered].map((c) => `${c}=0-0`).join(","),
-    history(channel, options) {
-      return new Promise<Envelope[]>((resolve, reject) => requests.push({ channel, options, resolve, reject }));
-    },
+    // Generic over the events asked for; the test hands back whatever entries it likes.
+    history: ((channel: string, options?: HistoryOptions) =>
+      new Promise<Envelope[]>((resolve, reject) => requests.push({ channel, options, resolve, reject }))) as Client["history"],
     close() {
       subs.clear();
       setStatus("disconnected");
@@ -246,6 +247,20 @@ describe("createHistoryFeed", () => {
     expect(first?.data.text).toBe("m1-0");
   });
 
+  it("hands `events` and `filter` to the subscription and to the history read", async () => {
+    const fake = fakeClient();
+    const filter = { text: { prefix: "keep" } };
+    const feed = createHistoryFeed(fake.client, "room:1", { events: ["chat.message"], filter, limit: 5 }, () => {});
+    expect(fake.subs.values().next().value?.filter).toEqual(filter);
+    fake.connect("room:1");
+    await tick();
+    expect(fake.requests[0]?.options).toEqual({ limit: 5, events: ["chat.message"], filter });
+    // What the server sends passed; a page it did not filter is still held to the filter.
+    fake.requests[0]?.resolve([msg("1-0", "keep 1"), msg("2-0", "drop 2")]);
+    await tick();
+    expect(feed.entries().map((e) => e.data.text)).toEqual(["keep 1"]);
+  });
+
   it("reports a failed load, still takes live events, and recovers on reload", async () => {
     const fake = fakeClient();
     const feed = createHistoryFeed(fake.client, "room:1", {}, () => {});
@@ -320,7 +335,7 @@ describe("mergeEntries", () => {
 });
 
 describe("svelte createRealtimeStore", () => {
-  it("subscribes again only when channels, events or enabled change", () => {
+  it("subscribes again only when channels, events, filter or enabled change", () => {
     const fake = fakeClient();
     const seen: string[] = [];
     const options = writable<RealtimeOptions<EventMap, "chat.message">>({
@@ -344,6 +359,15 @@ describe("svelte createRealtimeStore", () => {
     fake.emit(msg("2-0", "old room"));
     fake.emit(msg("3-0", "new room", "room:2"));
     expect(seen).toEqual(["b:hi", "c:new room"]);
+
+    // A filter is part of the selection: by value, so an equal new object keeps the subscription.
+    options.update((o) => ({ ...o, filter: { user: "ada" } }));
+    const filtered = [...fake.subs][0];
+    expect(filtered?.filter).toEqual({ user: "ada" });
+    options.update((o) => ({ ...o, filter: { user: "ada" } }));
+    expect([...fake.subs]).toEqual([filtered]);
+    options.update((o) => ({ ...o, filter: { user: "bob" } }));
+    expect([...fake.subs][0]?.filter).toEqual({ user: "bob" });
 
     options.update((o) => ({ ...o, enabled: false }));
     expect(fake.subs.size).toBe(0);

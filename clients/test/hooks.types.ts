@@ -379,3 +379,36 @@ export function filtered(c: Client) {
   // @ts-expect-error: gt compares numbers, user is a string
   c.subscribe({ channels: ["room:1"], events: ["chat.message"], filter: { user: { gt: 3 } }, onData: () => {} });
 }
+
+// Filters in the hooks, the history feed and history reads: typed by the events they cover.
+export function filteredHooks(c: Client) {
+  useChatMessage("room:1", () => {}, { filter: { user: "ada", text: { prefix: "hi" } } });
+  useRealtime({ channels: ["room:1"], events: ["chat.typing"], filter: { active: true }, onData: () => {} });
+  const h = useHistory("room:1", { events: ["chat.message"], filter: { user: { in: ["ada", "bob"] } } });
+  assertType<Equal<typeof h.entries, readonly Envelope<"chat.message">[]>>();
+  svelte.useChatTyping("room:1", () => {}, { filter: { active: false } });
+  svelte.useRealtime({ channels: ["room:1"], events: ["chat.message"], filter: { user: "ada" } });
+  svelte.useHistory("room:1", { events: ["presence.status"], filter: { status: "away" } });
+  createHistoryFeed(c, "room:1", { events: ["chat.message"], filter: { text: { prefix: "a" } } }, () => {});
+  void c.history("room:1", { events: ["chat.message"], filter: { user: "ada" } }).then((entries) => {
+    assertType<Equal<typeof entries, Envelope<"chat.message">[]>>();
+  });
+  void c.historyPage("room:1", { filter: { event: "chat.typing" }, before: "1-0" }).then((page) => {
+    assertType<Equal<typeof page.next, string | null>>();
+  });
+
+  // @ts-expect-error: chat.message has no field active
+  useChatMessage("room:1", () => {}, { filter: { active: true } });
+  // @ts-expect-error: active is a boolean
+  useRealtime({ channels: ["room:1"], events: ["chat.typing"], filter: { active: 1 }, onData: () => {} });
+  // @ts-expect-error: gt compares numbers
+  useHistory("room:1", { events: ["chat.message"], filter: { user: { gt: 1 } } });
+  // @ts-expect-error: busy is not an Availability
+  svelte.useHistory("room:1", { events: ["presence.status"], filter: { status: "busy" } });
+  // @ts-expect-error: chat.typing has no field text
+  svelte.useChatTyping("room:1", () => {}, { filter: { text: "x" } });
+  // @ts-expect-error: chat.message has no field colour
+  void c.history("room:1", { events: ["chat.message"], filter: { colour: "red" } });
+  // @ts-expect-error: not an event of the schema
+  void c.historyPage("room:1", { events: ["chat.nope"] });
+}

@@ -445,7 +445,7 @@ fn bindings(schema: &SchemaFile, fw: &Framework) -> String {
             "export function {hook}(\n  \
              channel: string | readonly string[],\n  \
              handler: (data: schema.{ty}, envelope: schema.Envelope<{name}>) => void,\n  \
-             options?: EventHookOptions<EventMap>,\n\
+             options?: EventHookOptions<EventMap, {name}>,\n\
              ): {returns} {{\n  \
              return useEvent(channel, {name}, handler, options);\n\
              }}\n",
@@ -998,7 +998,7 @@ mod tests {
              *\n * Posted.\n * Twice.\n */\nexport function useChatMessage(\n  \
              channel: string | readonly string[],\n  \
              handler: (data: schema.ChatMessage, envelope: schema.Envelope<\"chat.message\">) => void,\n  \
-             options?: EventHookOptions<EventMap>,\n): RealtimeState {\n  \
+             options?: EventHookOptions<EventMap, \"chat.message\">,\n): RealtimeState {\n  \
              return useEvent(channel, \"chat.message\", handler, options);\n}\n"
         ));
         // `useRealtimeClient` is the provider's hook; the event's hook must not shadow it, nor

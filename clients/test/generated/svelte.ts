@@ -39,7 +39,7 @@ export function createPresenceStore<C extends string>(
 export function useChatMessage(
   channel: string | readonly string[],
   handler: (data: schema.ChatMessage, envelope: schema.Envelope<"chat.message">) => void,
-  options?: EventHookOptions<EventMap>,
+  options?: EventHookOptions<EventMap, "chat.message">,
 ): RealtimeHandle {
   return useEvent(channel, "chat.message", handler, options);
 }
@@ -52,7 +52,7 @@ export function useChatMessage(
 export function useChatTyping(
   channel: string | readonly string[],
   handler: (data: schema.ChatTyping, envelope: schema.Envelope<"chat.typing">) => void,
-  options?: EventHookOptions<EventMap>,
+  options?: EventHookOptions<EventMap, "chat.typing">,
 ): RealtimeHandle {
   return useEvent(channel, "chat.typing", handler, options);
 }
@@ -65,7 +65,7 @@ export function useChatTyping(
 export function useNotificationAlert(
   channel: string | readonly string[],
   handler: (data: schema.NotificationAlert, envelope: schema.Envelope<"notification.alert">) => void,
-  options?: EventHookOptions<EventMap>,
+  options?: EventHookOptions<EventMap, "notification.alert">,
 ): RealtimeHandle {
   return useEvent(channel, "notification.alert", handler, options);
 }
@@ -78,7 +78,7 @@ export function useNotificationAlert(
 export function usePresenceStatus(
   channel: string | readonly string[],
   handler: (data: schema.PresenceStatus, envelope: schema.Envelope<"presence.status">) => void,
-  options?: EventHookOptions<EventMap>,
+  options?: EventHookOptions<EventMap, "presence.status">,
 ): RealtimeHandle {
   return useEvent(channel, "presence.status", handler, options);
 }

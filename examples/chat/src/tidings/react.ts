@@ -22,7 +22,7 @@ export function usePresence<C extends string>(
 export function useChatMessage(
   channel: string | readonly string[],
   handler: (data: schema.ChatMessage, envelope: schema.Envelope<"chat.message">) => void,
-  options?: EventHookOptions<EventMap>,
+  options?: EventHookOptions<EventMap, "chat.message">,
 ): RealtimeState {
   return useEvent(channel, "chat.message", handler, options);
 }
@@ -35,7 +35,7 @@ export function useChatMessage(
 export function useChatTyping(
   channel: string | readonly string[],
   handler: (data: schema.ChatTyping, envelope: schema.Envelope<"chat.typing">) => void,
-  options?: EventHookOptions<EventMap>,
+  options?: EventHookOptions<EventMap, "chat.typing">,
 ): RealtimeState {
   return useEvent(channel, "chat.typing", handler, options);
 }
@@ -48,7 +48,7 @@ export function useChatTyping(
 export function useNotificationAlert(
   channel: string | readonly string[],
   handler: (data: schema.NotificationAlert, envelope: schema.Envelope<"notification.alert">) => void,
-  options?: EventHookOptions<EventMap>,
+  options?: EventHookOptions<EventMap, "notification.alert">,
 ): RealtimeState {
   return useEvent(channel, "notification.alert", handler, options);
 }
@@ -61,7 +61,7 @@ export function useNotificationAlert(
 export function usePresenceStatus(
   channel: string | readonly string[],
   handler: (data: schema.PresenceStatus, envelope: schema.Envelope<"presence.status">) => void,
-  options?: EventHookOptions<EventMap>,
+  options?: EventHookOptions<EventMap, "presence.status">,
 ): RealtimeState {
   return useEvent(channel, "presence.status", handler, options);
 }

@@ -22,7 +22,7 @@ export function usePresence<C extends string>(
 export function useOrderPlaced(
   channel: string | readonly string[],
   handler: (data: schema.OrderPlaced, envelope: schema.Envelope<"order.placed">) => void,
-  options?: EventHookOptions<EventMap>,
+  options?: EventHookOptions<EventMap, "order.placed">,
 ): RealtimeState {
   return useEvent(channel, "order.placed", handler, options);
 }
@@ -35,7 +35,7 @@ export function useOrderPlaced(
 export function useOrderStatus(
   channel: string | readonly string[],
   handler: (data: schema.OrderStatus, envelope: schema.Envelope<"order.status">) => void,
-  options?: EventHookOptions<EventMap>,
+  options?: EventHookOptions<EventMap, "order.status">,
 ): RealtimeState {
   return useEvent(channel, "order.status", handler, options);
 }
@@ -48,7 +48,7 @@ export function useOrderStatus(
 export function useStockLow(
   channel: string | readonly string[],
   handler: (data: schema.StockLow, envelope: schema.Envelope<"stock.low">) => void,
-  options?: EventHookOptions<EventMap>,
+  options?: EventHookOptions<EventMap, "stock.low">,
 ): RealtimeState {
   return useEvent(channel, "stock.low", handler, options);
 }

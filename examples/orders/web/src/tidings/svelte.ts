@@ -39,7 +39,7 @@ export function createPresenceStore<C extends string>(
 export function useOrderPlaced(
   channel: string | readonly string[],
   handler: (data: schema.OrderPlaced, envelope: schema.Envelope<"order.placed">) => void,
-  options?: EventHookOptions<EventMap>,
+  options?: EventHookOptions<EventMap, "order.placed">,
 ): RealtimeHandle {
   return useEvent(channel, "order.placed", handler, options);
 }
@@ -52,7 +52,7 @@ export function useOrderPlaced(
 export function useOrderStatus(
   channel: string | readonly string[],
   handler: (data: schema.OrderStatus, envelope: schema.Envelope<"order.status">) => void,
-  options?: EventHookOptions<EventMap>,
+  options?: EventHookOptions<EventMap, "order.status">,
 ): RealtimeHandle {
   return useEvent(channel, "order.status", handler, options);
 }
@@ -65,7 +65,7 @@ export function useOrderStatus(
 export function useStockLow(
   channel: string | readonly string[],
   handler: (data: schema.StockLow, envelope: schema.Envelope<"stock.low">) => void,
-  options?: EventHookOptions<EventMap>,
+  options?: EventHookOptions<EventMap, "stock.low">,
 ): RealtimeHandle {
   return useEvent(channel, "stock.low", handler, options);
 }
