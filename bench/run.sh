@@ -252,12 +252,14 @@ if [[ $QUICK == 1 ]]; then
   : "${FAN_SUBS:=100}" "${FAN_EVENTS:=500}" "${FAN_RATE:=500}"
   : "${BIG_SUBS:=300}" "${BIG_EVENTS:=40}" "${BIG_RATE:=40}"
   : "${DELIV_SUBS:=20}" "${DELIV_EVENTS:=1000}"
+  : "${FILT_SUBS:=100}" "${FILT_EVENTS:=1000}"
   : "${STORM_SUBS:=200}" "${STORM_CHANNELS:=20}" "${STORM_EVENTS:=400}" "${STORM_MISSED:=200}"
 else
   : "${XADD_N:=200000}" "${EMIT_EVENTS:=200000}" "${INPROC_EVENTS:=400000}"
   : "${FAN_SUBS:=1000}" "${FAN_EVENTS:=20000}" "${FAN_RATE:=2000}"
   : "${BIG_SUBS:=10000}" "${BIG_EVENTS:=50}" "${BIG_RATE:=5}"
   : "${DELIV_SUBS:=200}" "${DELIV_EVENTS:=20000}"
+  : "${FILT_SUBS:=1000}" "${FILT_EVENTS:=20000}"
   : "${STORM_SUBS:=10000}" "${STORM_CHANNELS:=1000}" "${STORM_EVENTS:=4000}" "${STORM_MISSED:=2000}"
 fi
 EMIT_CONC=${EMIT_CONC:-64} INPROC_TASKS=${INPROC_TASKS:-1024}
@@ -294,6 +296,16 @@ scenario deliver-ws-redis redis -- --transport ws --subscribers "$DELIV_SUBS" --
   --concurrency 16
 scenario fan10k-ws-memory memory -- --transport ws --subscribers "$BIG_SUBS" --channels 1 --events "$BIG_EVENTS" \
   --rate "$BIG_RATE" --concurrency 4
+# Filters: FILT_SUBS subscribers on one channel, each with its own filter {"user":"u<i>"}, so
+# each event (a chat.message by u<seq mod FILT_SUBS>) matches one of them and every event is
+# tested by every filter. Next to it the same deliveries without filters: FILT_SUBS subscribers
+# on as many channels, each event on one channel. The difference is what filtering costs.
+scenario filter1k-redis redis -- --filtered --subscribers "$FILT_SUBS" --channels 1 --events "$FILT_EVENTS" --concurrency 16
+scenario unfiltered1k-redis redis -- --chat --subscribers "$FILT_SUBS" --channels "$FILT_SUBS" --events "$FILT_EVENTS" \
+  --concurrency 16
+scenario filter1k-memory memory -- --filtered --subscribers "$FILT_SUBS" --channels 1 --events "$FILT_EVENTS" --concurrency 16
+scenario unfiltered1k-memory memory -- --chat --subscribers "$FILT_SUBS" --channels "$FILT_SUBS" --events "$FILT_EVENTS" \
+  --concurrency 16
 # A reconnect storm: every subscriber drops at once, misses STORM_MISSED events (spread over the
 # channels), and all reconnect at once with their cursors, as after a node restart behind a load
 # balancer; measured until the last one has its replay and tidings.ready.
@@ -309,8 +321,8 @@ KEYSPACE=$(redis-cli -p "$REDIS_PORT" config get notify-keyspace-events | tail -
 GIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git status --porcelain -- src 2>/dev/null) ]]; then GIT="$GIT with uncommitted changes in src/"; fi
 export GIT REDIS_VERSION FD_NOTE START_LOAD END_LOAD KEYSPACE RUNS QUICK
-export EMIT_CONC INPROC_TASKS FAN_SUBS FAN_RATE BIG_SUBS BIG_RATE DELIV_SUBS STORM_SUBS STORM_CHANNELS STORM_MISSED
-export SIZES="xadd n=$XADD_N; emit events=$EMIT_EVENTS conc=$EMIT_CONC; inproc events=$INPROC_EVENTS tasks=$INPROC_TASKS; fan1k subs=$FAN_SUBS events=$FAN_EVENTS rate=$FAN_RATE/s; fan10k subs=$BIG_SUBS events=$BIG_EVENTS rate=$BIG_RATE/s; deliver subs=$DELIV_SUBS events=$DELIV_EVENTS; storm subs=$STORM_SUBS channels=$STORM_CHANNELS events=$STORM_EVENTS missed=$STORM_MISSED"
+export EMIT_CONC INPROC_TASKS FAN_SUBS FAN_RATE BIG_SUBS BIG_RATE DELIV_SUBS FILT_SUBS STORM_SUBS STORM_CHANNELS STORM_MISSED
+export SIZES="xadd n=$XADD_N; emit events=$EMIT_EVENTS conc=$EMIT_CONC; inproc events=$INPROC_EVENTS tasks=$INPROC_TASKS; fan1k subs=$FAN_SUBS events=$FAN_EVENTS rate=$FAN_RATE/s; fan10k subs=$BIG_SUBS events=$BIG_EVENTS rate=$BIG_RATE/s; deliver subs=$DELIV_SUBS events=$DELIV_EVENTS; filter subs=$FILT_SUBS events=$FILT_EVENTS; storm subs=$STORM_SUBS channels=$STORM_CHANNELS events=$STORM_EVENTS missed=$STORM_MISSED"
 python3 - "$RESULTS" <<'PY' | tee "$OUT/report.md"
 import json, os, statistics, sys
 
@@ -349,6 +361,8 @@ def fmt(v, unit=""):
         return f"{v:.0f} %"
     if unit == "s":
         return f"{v:.2f} s"
+    if unit == "µs":
+        return f"{v:.1f} µs"
     return f"{v:,.0f}{unit}"
 
 cpu = open("/proc/cpuinfo").read()
@@ -370,6 +384,7 @@ DEL = f"deliveries, {n('DELIV_SUBS')} subs, 1 channel"
 EMIT = f"HTTP emit, validated, {n('EMIT_CONC')} conc."
 INPROC = f"in-process typed emit, {n('INPROC_TASKS')} tasks"
 STORM = f"reconnect storm, {n('STORM_SUBS')} clients with cursors on {n('STORM_CHANNELS')} channels, {n('STORM_MISSED')} events missed"
+FILT = f"{n('FILT_SUBS')} subs, each event for 1"
 STORM_S = lambda r: r["result"]["storm"]["secs_to_last_ready"]
 STORM_CPU = lambda r: r["result"]["storm"]["server_cpu_secs"]
 
@@ -379,6 +394,12 @@ p16 = med("xadd-p16", lambda r: r["result"]["requests_per_sec"])
 R = lambda k: (lambda r: r["result"][k])
 LAT = lambda k: (lambda r: r["result"]["latency_ms"][k])
 RSS = lambda r: r["result"]["rss_per_connection_bytes"]
+# tidings CPU per event emitted (and delivered once), over the whole run.
+CPU_EV = lambda r: 1e6 * r["server_cpu"] / r["result"]["events"]
+unf_r = med("unfiltered1k-redis", R("deliveries_per_sec"))
+unf_m = med("unfiltered1k-memory", R("deliveries_per_sec"))
+unf_r_cpu = med("unfiltered1k-redis", CPU_EV)
+unf_m_cpu = med("unfiltered1k-memory", CPU_EV)
 
 # id, label, metric, unit, target text, target check (value -> bool) or None, ceiling (name, value)
 rows = [
@@ -419,6 +440,22 @@ rows = [
     ("deliver-ws-redis", f"WebSocket: {DEL}, Redis (deliveries/s)", R("deliveries_per_sec"), "",
      "(≥ 300,000, as SSE)", lambda v: v >= 300000, None),
     ("fan10k-ws-memory", f"WebSocket: {BIG}, memory: RSS per connection", RSS, "B", "(information)", None, None),
+    ("unfiltered1k-redis", f"{FILT} by its channel, Redis (deliveries/s)", R("deliveries_per_sec"), "",
+     "(information)", None, None),
+    ("filter1k-redis", f"{FILT} by its filter, one channel, Redis (deliveries/s)", R("deliveries_per_sec"), "",
+     "(information)", None, ("unfiltered", unf_r)),
+    ("unfiltered1k-redis", f"{FILT} by its channel, Redis: tidings CPU per event", CPU_EV, "µs",
+     "(information)", None, None),
+    ("filter1k-redis", f"{FILT} by its filter, Redis: tidings CPU per event", CPU_EV, "µs",
+     "(information)", None, ("unfiltered", unf_r_cpu)),
+    ("unfiltered1k-memory", f"{FILT} by its channel, memory (deliveries/s)", R("deliveries_per_sec"), "",
+     "(information)", None, None),
+    ("filter1k-memory", f"{FILT} by its filter, one channel, memory (deliveries/s)", R("deliveries_per_sec"), "",
+     "(information)", None, ("unfiltered", unf_m)),
+    ("unfiltered1k-memory", f"{FILT} by its channel, memory: tidings CPU per event", CPU_EV, "µs",
+     "(information)", None, None),
+    ("filter1k-memory", f"{FILT} by its filter, memory: tidings CPU per event", CPU_EV, "µs",
+     "(information)", None, ("unfiltered", unf_m_cpu)),
     ("storm-redis", f"{STORM}, Redis: until the last is ready", STORM_S, "s", "(information)", None, None),
     ("storm-redis", f"{STORM}, Redis: tidings CPU in that time", STORM_CPU, "s", "(information)", None, None),
     ("storm-memory", f"{STORM}, memory: until the last is ready", STORM_S, "s", "(information)", None, None),

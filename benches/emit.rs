@@ -1,9 +1,10 @@
 //! Hot path of an emit: validate, encode, append; then the whole `Tidings::emit_json` path on the
-//! embedded store. Whole-system numbers (HTTP, Redis, fan-out) come from `bench/run.sh`.
+//! embedded store; and the cost of subscribers' filters on one event. Whole-system numbers (HTTP, Redis, fan-out) come from `bench/run.sh`.
 //!
 //! ```sh
 //! cargo bench --bench emit              # all of them, about 3 s of measurement each
 //! cargo bench --bench emit -- validate  # only those whose name contains "validate"
+//! cargo bench --bench emit -- filter    # one event past 1,000 subscribers' filters
 //! ```
 
 // criterion_group! generates an undocumented pub fn; a bench target has no public API to document.
@@ -177,6 +178,30 @@ fn emit(c: &mut Criterion) {
     tidings.close();
 }
 
+/// One live event past 1,000 subscribers' filters, as the hub hands it on: its payload parsed
+/// once, then every filter tested (one of them passes), next to parsing alone.
+fn filter(c: &mut Criterion) {
+    let filters: Vec<tidings::Filter> = (0..1000)
+        .map(|i| tidings::Filter::parse(&json!({ "user": format!("u{i}") })).expect("a filter"))
+        .collect();
+    let data = r#"{"user":"u500","text":"12345 1733000000000000000"}"#;
+    let mut g = c.benchmark_group("filter");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse the payload", |b| {
+        b.iter(|| serde_json::from_str::<Value>(black_box(data)).is_ok())
+    });
+    g.bench_function("parse, then 1000 filters", |b| {
+        b.iter(|| {
+            let v: Value = serde_json::from_str(black_box(data)).expect("json");
+            filters
+                .iter()
+                .filter(|f| f.matches("room:1", "chat.message", &v))
+                .count()
+        })
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -187,6 +212,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = validate, encode, append, emit
+    targets = validate, encode, append, emit, filter
 }
 criterion_main!(benches);

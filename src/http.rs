@@ -880,11 +880,15 @@ pub(crate) async fn open_stream<S: Sink>(
     }
     let mut hub_channels = req.channels.clone();
     hub_channels.extend(with_presence.iter().map(Channel::presence));
-    let sub = match rt.inner.hub.subscribe(&hub_channels).await {
+    // The hub tests what the stream wants before it queues an entry for it.
+    let want = crate::session::Want::new(req.events.take(), req.filter.take());
+    // Boxed: its state would otherwise sit in every connection's future, idle ones too.
+    let sub = match Box::pin(rt.inner.hub.subscribe(&hub_channels, &want)).await {
         Ok(sub) => sub,
         Err(e) => return Err((ApiError::store(e), sink)),
     };
     let settings = StreamSettings {
+        want,
         heartbeat: rt.inner.config.heartbeat,
         write_timeout: rt.inner.config.write_timeout,
         retry: rt.inner.config.retry,

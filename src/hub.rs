@@ -35,7 +35,7 @@ pub(crate) struct Delivery {
     pub entry: Entry,
     /// The epoch of the channel's history the entry belongs to.
     pub epoch: Option<Epoch>,
-    /// The payload parsed, once, by the first subscriber whose filter needs it.
+    /// The payload parsed, once, by the first filter that needs it.
     pub parsed: std::sync::OnceLock<Option<serde_json::Value>>,
 }
 
@@ -50,6 +50,42 @@ struct Subscriber {
     /// Wakes the subscription's [`Subscription::recv`] when it is kicked: its own handle keeps
     /// the queue open, so the queue alone would not end.
     kick: tokio::sync::Notify,
+    /// Entries queued so far (counted by the hub, under its lock).
+    queued: AtomicU64,
+    /// Where the hub went past entries this subscriber's filter left out, per channel: its
+    /// cursor may move there once it has every entry queued before (see
+    /// [`Subscription::passed`]).
+    passed: Mutex<Vec<Passed>>,
+    /// `passed` is not empty (read without the lock).
+    has_passed: AtomicBool,
+}
+
+/// The newest entry of `channel` a subscriber's filter left out, and how many entries had been
+/// queued for it by then.
+struct Passed {
+    channel: Channel,
+    pos: Position,
+    after: u64,
+}
+
+impl Subscriber {
+    /// Notes that the hub went past `pos` of `channel` without queueing it.
+    fn pass(&self, channel: &Channel, pos: Position) {
+        let after = self.queued.load(Ordering::Relaxed);
+        let mut list = lock(&self.passed);
+        match list.iter_mut().find(|p| &p.channel == channel) {
+            Some(p) => {
+                p.pos = pos;
+                p.after = after;
+            }
+            None => list.push(Passed {
+                channel: channel.clone(),
+                pos,
+                after,
+            }),
+        }
+        self.has_passed.store(true, Ordering::Release);
+    }
 }
 
 struct Watched {
@@ -57,7 +93,15 @@ struct Watched {
     /// the first subscribers read where the channel ends (the tail leaves it alone until then).
     pos: Option<Position>,
     /// By id: a subscriber leaves in O(1), so dropping many at once is not quadratic.
-    subs: HashMap<u64, Arc<Subscriber>>,
+    subs: HashMap<u64, Registered>,
+}
+
+/// A subscriber on one channel, with what it wants of it.
+struct Registered {
+    sub: Arc<Subscriber>,
+    /// Tested here, before the entry is queued: a subscriber that filters is not woken for
+    /// what it does not want ([`Subscription::passed`] tells it how far it got).
+    want: crate::session::Events,
 }
 
 struct Inner {
@@ -86,6 +130,8 @@ pub(crate) struct Subscription {
     rx: mpsc::Receiver<Arc<Delivery>>,
     /// Each channel's position when the subscription started: every later entry arrives in `rx`.
     pub start: Vec<(Channel, Position)>,
+    /// Entries taken from `rx`.
+    received: u64,
 }
 
 impl Subscription {
@@ -101,20 +147,47 @@ impl Subscription {
         if self.kicked() {
             return self.rx.try_recv().ok();
         }
-        tokio::select! {
+        let d = tokio::select! {
             biased;
             d = self.rx.recv() => d,
             _ = self.me.kick.notified() => self.rx.try_recv().ok(),
-        }
+        };
+        self.received += u64::from(d.is_some());
+        d
     }
 
     /// The next entry if one is queued now.
     pub fn try_recv(&mut self) -> Option<Arc<Delivery>> {
-        self.rx.try_recv().ok()
+        let d = self.rx.try_recv().ok();
+        self.received += u64::from(d.is_some());
+        d
+    }
+
+    /// Calls `f` with each position the hub went past without queueing the entry (one this
+    /// subscriber's filter left out) once every entry queued before it is handled: every one
+    /// received, or, with `pending`, all but the one just received and not handled yet. A
+    /// cursor may then move there: nothing it wants at or before that position is still to come.
+    pub fn passed(&mut self, pending: bool, mut f: impl FnMut(&Channel, Position)) {
+        if !self.me.has_passed.load(Ordering::Acquire) {
+            return;
+        }
+        let done = self.received - u64::from(pending && self.received > 0);
+        let mut list = lock(&self.me.passed);
+        list.retain(|p| {
+            let ready = p.after <= done;
+            if ready {
+                f(&p.channel, p.pos);
+            }
+            !ready
+        });
+        if list.is_empty() {
+            self.me.has_passed.store(false, Ordering::Release);
+        }
     }
 
     /// Registers on more `channels` and returns each one's position at that moment: every
-    /// later entry of theirs arrives in [`Subscription::recv`].
+    /// later entry of theirs that `want` selects arrives in [`Subscription::recv`] (every entry
+    /// of a presence channel).
     ///
     /// Registering is one short critical section; a channel nobody watched yet has its end read
     /// from the store afterwards, outside any lock, so a reconnect storm's subscribes do not
@@ -124,7 +197,11 @@ impl Subscription {
     /// # Errors
     /// [`StoreError`] when the store cannot say where a newly watched channel ends; the
     /// subscription is then not registered on any of `channels`.
-    pub async fn join(&mut self, channels: &[Channel]) -> Result<Vec<(Channel, Position)>, StoreError> {
+    pub async fn join(
+        &mut self,
+        channels: &[Channel],
+        want: &crate::session::Events,
+    ) -> Result<Vec<(Channel, Position)>, StoreError> {
         let inner = &self.hub;
         let id = self.me.id;
         let mut start: Vec<(Channel, Option<Position>)> = {
@@ -137,7 +214,18 @@ impl Subscription {
                         pos: None,
                         subs: HashMap::new(),
                     });
-                    w.subs.insert(id, self.me.clone());
+                    let want = if channel.presence_of().is_none() {
+                        want.clone()
+                    } else {
+                        None
+                    };
+                    w.subs.insert(
+                        id,
+                        Registered {
+                            sub: self.me.clone(),
+                            want,
+                        },
+                    );
                     (channel.clone(), w.pos)
                 })
                 .collect()
@@ -236,23 +324,31 @@ impl Hub {
             channels: Mutex::new(Vec::new()),
             kicked: AtomicBool::new(false),
             kick: tokio::sync::Notify::new(),
+            queued: AtomicU64::new(0),
+            passed: Mutex::new(Vec::new()),
+            has_passed: AtomicBool::new(false),
         });
         Subscription {
             hub: inner.clone(),
             me,
             rx,
             start: Vec::new(),
+            received: 0,
         }
     }
 
-    /// Registers a subscriber on `channels` ([`Hub::subscriber`], then
+    /// Registers a subscriber on `channels` for `want` ([`Hub::subscriber`], then
     /// [`Subscription::join`]); its `start` holds each channel's position.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot say where a newly watched channel ends.
-    pub async fn subscribe(&self, channels: &[Channel]) -> Result<Subscription, StoreError> {
+    pub async fn subscribe(
+        &self,
+        channels: &[Channel],
+        want: &crate::session::Events,
+    ) -> Result<Subscription, StoreError> {
         let mut sub = self.subscriber();
-        sub.start = sub.join(channels).await?;
+        sub.start = sub.join(channels, want).await?;
         Ok(sub)
     }
 
@@ -308,7 +404,7 @@ fn dispatch(inner: &Inner, batches: Vec<TailBatch>) {
             } else {
                 tracing::warn!(channel = %batch.channel, "tail fell behind trimming; subscribers will resume from their cursors");
             }
-            dropped.extend(w.subs.drain().map(|(_, s)| s));
+            dropped.extend(w.subs.drain().map(|(_, r)| r.sub));
             emptied = true;
             if let Some(last) = batch.entries.last() {
                 *pos = if replaced {
@@ -337,13 +433,29 @@ fn dispatch(inner: &Inner, batches: Vec<TailBatch>) {
                 epoch: batch.epoch,
                 parsed: std::sync::OnceLock::new(),
             });
-            w.subs.retain(|_, s| match s.tx.try_send(delivery.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    dropped.push(s.clone());
-                    false
+            w.subs.retain(|_, r| {
+                // The payload is parsed once, by the first filter that needs it.
+                let wanted = r.want.as_ref().is_none_or(|want| {
+                    want.admits(&delivery.channel, &delivery.entry, Some(&delivery.parsed))
+                });
+                if !wanted {
+                    r.sub.pass(
+                        &delivery.channel,
+                        Position::new(delivery.entry.id, delivery.epoch),
+                    );
+                    return true;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                match r.sub.tx.try_send(delivery.clone()) {
+                    Ok(()) => {
+                        r.sub.queued.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        dropped.push(r.sub.clone());
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
             });
             emptied |= w.subs.is_empty();
         }
@@ -392,9 +504,9 @@ mod tests {
     async fn delivers_to_every_subscriber_of_a_channel_only() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         let hub = Hub::start(store.clone(), 16, any());
-        let mut a = hub.subscribe(&[ch("x")]).await.unwrap();
-        let mut b = hub.subscribe(&[ch("x"), ch("y")]).await.unwrap();
-        let mut c = hub.subscribe(&[ch("y")]).await.unwrap();
+        let mut a = hub.subscribe(&[ch("x")], &None).await.unwrap();
+        let mut b = hub.subscribe(&[ch("x"), ch("y")], &None).await.unwrap();
+        let mut c = hub.subscribe(&[ch("y")], &None).await.unwrap();
         assert_eq!(a.start, vec![(ch("x"), Position::ZERO)]);
         let id = add(&*store, &ch("x"), "1").await;
         for sub in [&mut a, &mut b] {
@@ -409,11 +521,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_filter_is_tested_before_queueing_and_passed_says_how_far() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let hub = Hub::start(store.clone(), 16, any());
+        let odd = crate::filter::Filter::parse(&serde_json::json!({"n": {"in": [1, 3]}})).unwrap();
+        let want = crate::session::Want::new(None, Some(odd));
+        let mut sub = hub.subscribe(&[ch("x"), ch("y")], &want).await.unwrap();
+        let mut all = hub.subscribe(&[ch("x")], &None).await.unwrap();
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            ids.push(add(&*store, &ch("x"), &format!(r#"{{"n":{n}}}"#)).await);
+            // Wait for the unfiltered one, so the hub has handed the entry to both.
+            assert_eq!(recv(&mut all).await.unwrap().entry.id, ids[n]);
+        }
+        let passed = |sub: &mut Subscription, pending: bool| {
+            let mut out = Vec::new();
+            sub.passed(pending, |c, p| out.push((c.as_str().to_string(), p.id)));
+            out
+        };
+        // Only 1 and 3 were queued; nothing passed is due before 1 is handled.
+        assert!(passed(&mut sub, false).is_empty());
+        let first = sub.try_recv().unwrap();
+        assert_eq!(first.entry.id, ids[1]);
+        // The hub keeps the newest passed position per channel: 4, passed after two were
+        // queued, so not before both are handled.
+        assert!(passed(&mut sub, true).is_empty());
+        assert_eq!(sub.try_recv().unwrap().entry.id, ids[3]);
+        assert!(
+            passed(&mut sub, true).is_empty(),
+            "4 was passed after 3 was queued"
+        );
+        assert_eq!(passed(&mut sub, false), [("x".to_string(), ids[4])]);
+        assert!(passed(&mut sub, false).is_empty(), "told once");
+        assert!(sub.try_recv().is_none(), "0, 2 and 4 never woke it");
+    }
+
+    #[tokio::test]
     async fn start_position_is_the_channel_end_at_registration() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         let before = add(&*store, &ch("x"), "old").await;
         let hub = Hub::start(store.clone(), 16, any());
-        let mut sub = hub.subscribe(&[ch("x")]).await.unwrap();
+        let mut sub = hub.subscribe(&[ch("x")], &None).await.unwrap();
         assert_eq!(sub.start[0].0, ch("x"));
         assert_eq!(sub.start[0].1.id, before);
         assert!(sub.start[0].1.epoch.is_some(), "the memory store names its epoch");
@@ -425,8 +573,8 @@ mod tests {
     async fn a_full_queue_drops_the_subscriber_everywhere_but_not_others() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         let hub = Hub::start(store.clone(), 2, any());
-        let mut slow = hub.subscribe(&[ch("x"), ch("y")]).await.unwrap();
-        let mut fast = hub.subscribe(&[ch("x")]).await.unwrap();
+        let mut slow = hub.subscribe(&[ch("x"), ch("y")], &None).await.unwrap();
+        let mut fast = hub.subscribe(&[ch("x")], &None).await.unwrap();
         let mut ids = Vec::new();
         for i in 0..5 {
             ids.push(add(&*store, &ch("x"), &i.to_string()).await);
@@ -453,12 +601,12 @@ mod tests {
     async fn dropping_a_subscription_unregisters_it() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         let hub = Hub::start(store.clone(), 4, any());
-        let sub = hub.subscribe(&[ch("x"), ch("y")]).await.unwrap();
+        let sub = hub.subscribe(&[ch("x"), ch("y")], &None).await.unwrap();
         assert_eq!(hub.stats(), (2, 1));
         drop(sub);
         assert_eq!(hub.stats().1, 0);
         // Unwatched channels are forgotten at the next registration.
-        let _other = hub.subscribe(&[ch("z")]).await.unwrap();
+        let _other = hub.subscribe(&[ch("z")], &None).await.unwrap();
         assert_eq!(hub.stats(), (1, 1));
     }
 
@@ -479,13 +627,22 @@ mod tests {
             channels: Mutex::new(vec![ch("x")]),
             kicked: AtomicBool::new(false),
             kick: tokio::sync::Notify::new(),
+            queued: AtomicU64::new(0),
+            passed: Mutex::new(Vec::new()),
+            has_passed: AtomicBool::new(false),
         });
         let kicked = sub.clone();
         lock(&inner.channels).insert(
             ch("x"),
             Watched {
                 pos: Some(pos),
-                subs: HashMap::from([(1, sub.clone())]),
+                subs: HashMap::from([(
+                    1,
+                    Registered {
+                        sub: sub.clone(),
+                        want: None,
+                    },
+                )]),
             },
         );
         (inner, rx, kicked)
@@ -629,13 +786,13 @@ mod tests {
         let hub = Hub::start(store.clone(), 16, any());
         let slow = tokio::spawn({
             let hub = hub.clone();
-            async move { hub.subscribe(&[ch("slow")]).await.map(|s| s.start.clone()) }
+            async move { hub.subscribe(&[ch("slow")], &None).await.map(|s| s.start.clone()) }
         });
         tokio::task::yield_now().await;
         // While the first waits for the store, others subscribe, to new channels and to the one
         // it is reading.
         for name in ["a", "b", "c"] {
-            let sub = tokio::time::timeout(Duration::from_secs(2), hub.subscribe(&[ch(name)]))
+            let sub = tokio::time::timeout(Duration::from_secs(2), hub.subscribe(&[ch(name)], &None))
                 .await
                 .expect("not held up by the pending subscribe")
                 .unwrap();
@@ -656,7 +813,7 @@ mod tests {
         for n in [2_000, 20_000] {
             let mut subs = Vec::with_capacity(n);
             for _ in 0..n {
-                subs.push(hub.subscribe(&[ch("x"), ch("y")]).await.unwrap());
+                subs.push(hub.subscribe(&[ch("x"), ch("y")], &None).await.unwrap());
             }
             let started = std::time::Instant::now();
             drop(subs);

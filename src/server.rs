@@ -426,6 +426,7 @@ mod tests {
             cors: String::new(),
         };
         let settings = crate::sse::StreamSettings {
+            want: None,
             heartbeat: Duration::from_secs(15),
             write_timeout: Duration::from_secs(30),
             retry: Duration::from_secs(2),

@@ -410,6 +410,27 @@ impl<T: Transport> Session<T> {
         }
     }
 
+    /// Takes the next entry `d` from `sub`: the cursor first moves past what the hub left out
+    /// for this connection's filters before `d`, then `d` is written ([`Session::live`]).
+    pub fn take(&mut self, sub: &mut crate::hub::Subscription, d: &Delivery) {
+        sub.passed(true, |c, p| self.passed(c, p));
+        self.live(d);
+    }
+
+    /// After the last entry taken: the cursor moves past what the hub left out since, so the
+    /// next frame carries it.
+    pub fn settle(&mut self, sub: &mut crate::hub::Subscription) {
+        sub.passed(false, |c, p| self.passed(c, p));
+    }
+
+    /// The hub went past `pos` of `channel` without handing it to this connection (its filter
+    /// left it out), and everything before it that was wanted has been taken.
+    fn passed(&mut self, channel: &Channel, pos: Position) {
+        if self.cursor.get(channel).is_some_and(|at| at.id < pos.id) {
+            self.cursor.set(channel, pos);
+        }
+    }
+
     /// Writes a live entry, unless it was replayed already or its channel is no longer watched.
     /// The hub hands out only readable entries of known events.
     pub fn live(&mut self, d: &Delivery) {

@@ -56,6 +56,9 @@ pub(crate) struct StreamRequest {
 }
 
 pub(crate) struct StreamSettings {
+    /// The request's `events` and `filter` (with what its credential imposes), as the hub
+    /// applies them.
+    pub want: crate::session::Events,
     pub heartbeat: Duration,
     /// A write that makes no progress for this long ends the stream (the client is gone).
     pub write_timeout: Duration,
@@ -159,7 +162,7 @@ pub(crate) async fn run<S: Sink>(
         s.adopt_presence(Box::new(part));
         (svc, channels)
     });
-    let events = crate::session::Want::new(req.events, req.filter);
+    let events = settings.want.take();
     match s
         .join(&start, events, req.cursor.as_ref(), settings.deadline)
         .await
@@ -235,13 +238,14 @@ pub(crate) async fn run<S: Sink>(
                     let _ = s.out.flush().await;
                     return;
                 };
-                s.live(&d);
+                s.take(&mut sub, &d);
                 while s.out.pending() < CHUNK {
                     match sub.try_recv() {
-                        Some(d) => s.live(&d),
+                        Some(d) => s.take(&mut sub, &d),
                         None => break,
                     }
                 }
+                s.settle(&mut sub);
                 if s.out.pending() > 0 {
                     if s.out.flush().await.is_err() {
                         return;

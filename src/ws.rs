@@ -538,13 +538,14 @@ impl Conn {
                         Err(Some(Close::new(code::LAGGED, "fell behind; resume with the cursor of the lagged frame")))
                     }
                     Some(d) => {
-                        self.s.live(&d);
+                        self.s.take(&mut self.sub, &d);
                         while self.s.out.pending() < crate::sse::CHUNK {
                             match self.sub.try_recv() {
-                                Some(d) => self.s.live(&d),
+                                Some(d) => self.s.take(&mut self.sub, &d),
                                 None => break,
                             }
                         }
+                        self.s.settle(&mut self.sub);
                         Ok(())
                     }
                 },
@@ -795,7 +796,7 @@ impl Conn {
         // from the moment of the snapshot read below.
         let mut hub_channels = channels.clone();
         hub_channels.extend(with_presence.iter().map(Channel::presence));
-        let start = match self.sub.join(&hub_channels).await {
+        let start = match self.sub.join(&hub_channels, &events).await {
             Ok(start) => start,
             Err(e) => {
                 push_error(&mut self.s.out, reference, &ApiError::store(e));

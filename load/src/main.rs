@@ -78,6 +78,15 @@ struct Args {
     /// subscribe message, through tokio-tungstenite).
     #[arg(long, default_value = "sse", value_parser = ["sse", "ws"])]
     transport: String,
+    /// Server-side filters: events are `chat.message`s said by user `u<seq mod subscribers>`,
+    /// and subscriber i subscribes with the filter `{"user":"u<i>"}`, so each event matches
+    /// exactly one subscriber (the number of subscribers must be a multiple of `--channels`).
+    /// `--chat` alone sends the same events without filters, for comparison.
+    #[arg(long)]
+    filtered: bool,
+    /// Emit `chat.message`s (as `--filtered` does) instead of `notification.alert`s.
+    #[arg(long)]
+    chat: bool,
 }
 
 fn main() -> Result<()> {
@@ -154,6 +163,12 @@ impl SubStats {
 
 struct Shared {
     channels: usize,
+    /// Subscribers in all (who event `seq` is for, with `filtered`).
+    subscribers: usize,
+    /// Each subscriber filters on its own user: an event reaches one of them.
+    filtered: bool,
+    /// Events are `chat.message`s.
+    chat: bool,
     events: u64,
     prefix: String,
     ready: AtomicUsize,
@@ -178,8 +193,14 @@ async fn http(args: Args) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (storm_tx, storm_rx) = tokio::sync::watch::channel(0u8);
     let storm_events = args.storm_events.min(args.events);
+    if args.filtered && args.subscribers % args.channels.max(1) != 0 {
+        bail!("--filtered needs --subscribers to be a multiple of --channels");
+    }
     let shared = Arc::new(Shared {
         channels: args.channels.max(1),
+        subscribers: args.subscribers.max(1),
+        filtered: args.filtered,
+        chat: args.chat || args.filtered,
         events: args.events,
         prefix,
         ready: AtomicUsize::new(0),
@@ -257,7 +278,7 @@ async fn http(args: Args) -> Result<()> {
 
     // Wait for deliveries to stop growing (or all to arrive).
     let expected: u64 = (0..args.subscribers)
-        .map(|i| expected_for(i % shared.channels, shared.channels, args.events))
+        .map(|i| shared.wanted(i, args.events).count() as u64)
         .sum();
     let drain_deadline = Instant::now() + Duration::from_secs(args.drain_secs);
     while shared.delivered.load(Ordering::Acquire) < expected && Instant::now() < drain_deadline {
@@ -276,13 +297,10 @@ async fn http(args: Args) -> Result<()> {
     let mut latencies: Vec<u32> = Vec::new();
     let (mut reconnects, mut lagged, mut resets) = (0u64, 0u64, 0u64);
     for (i, s) in stats.iter().enumerate() {
-        let ch = i % shared.channels;
-        let mut seq = ch as u64;
-        while seq < args.events {
+        for seq in shared.wanted(i, args.events) {
             if s.received.get(seq as usize).copied().unwrap_or(0) == 0 {
                 lost += 1;
             }
-            seq += shared.channels as u64;
         }
         duplicated += s.duplicates;
         reconnects += s.reconnects;
@@ -311,6 +329,7 @@ async fn http(args: Args) -> Result<()> {
     let result = serde_json::json!({
         "subscribers": args.subscribers,
         "channels": shared.channels,
+        "filtered": args.filtered,
         "events": args.events,
         "concurrency": args.concurrency,
         "rate_cap": args.rate,
@@ -356,7 +375,7 @@ where
     F: FnOnce() -> Vec<tokio::task::JoinHandle<Result<()>>>,
 {
     let before: u64 = (0..args.subscribers)
-        .map(|i| expected_for(i % shared.channels, shared.channels, args.events - missed))
+        .map(|i| shared.wanted(i, args.events - missed).count() as u64)
         .sum();
     let deadline = Instant::now() + Duration::from_secs(args.drain_secs);
     while shared.delivered.load(Ordering::Acquire) < before && Instant::now() < deadline {
@@ -427,13 +446,21 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-fn expected_for(ch: usize, channels: usize, events: u64) -> u64 {
-    let c = channels as u64;
-    let ch = ch as u64;
-    if events <= ch {
-        0
-    } else {
-        (events - ch).div_ceil(c)
+impl Shared {
+    /// The events subscriber `index` should get, of the first `events`: those of its channel,
+    /// and with filters only those said by its user.
+    fn wanted(&self, index: usize, events: u64) -> impl Iterator<Item = u64> {
+        let (start, step) = if self.filtered {
+            (index as u64, self.subscribers as u64)
+        } else {
+            ((index % self.channels) as u64, self.channels as u64)
+        };
+        (start..events).step_by(step as usize)
+    }
+
+    /// Subscriber `index`'s filter, as JSON, when subscribers filter.
+    fn filter(&self, index: usize) -> Option<String> {
+        self.filtered.then(|| format!(r#"{{"user":"u{index}"}}"#))
     }
 }
 
@@ -484,10 +511,18 @@ async fn emitter(
         let channel = format!("{}{}", shared.prefix, seq % shared.channels as u64);
         let mut attempts = 0;
         loop {
-            let body = format!(
-                r#"{{"channel":"{channel}","event":"notification.alert","data":"{seq} {}"}}"#,
-                now_ns()
-            );
+            let body = if shared.chat {
+                format!(
+                    r#"{{"channel":"{channel}","event":"chat.message","data":{{"user":"u{}","text":"{seq} {}"}}}}"#,
+                    seq % shared.subscribers as u64,
+                    now_ns()
+                )
+            } else {
+                format!(
+                    r#"{{"channel":"{channel}","event":"notification.alert","data":"{seq} {}"}}"#,
+                    now_ns()
+                )
+            };
             let request = format!(
                 "POST /emit HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
@@ -598,8 +633,20 @@ async fn subscriber(
             .as_ref()
             .map(|id| format!("Last-Event-ID: {id}\r\n"))
             .unwrap_or_default();
+        let filter = shared
+            .filter(index)
+            .map(|f| {
+                // The filter is `{"user":"u<i>"}`: only these characters need escaping.
+                let encoded = f
+                    .replace('{', "%7B")
+                    .replace('}', "%7D")
+                    .replace('"', "%22")
+                    .replace(':', "%3A");
+                format!("&filter={encoded}")
+            })
+            .unwrap_or_default();
         let request = format!(
-            "GET /realtime?channel={channel} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n{resume}\r\n"
+            "GET /realtime?channel={channel}{filter} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n{resume}\r\n"
         );
         conn.write_all(request.as_bytes()).await?;
         let mut reader = SseReader::default();
@@ -647,7 +694,7 @@ async fn subscriber(
                     }
                     Some("tidings.lagged") => stats.lagged += 1,
                     Some("tidings.reset") => stats.resets += 1,
-                    Some("notification.alert") => {
+                    Some("notification.alert" | "chat.message") => {
                         if let Some((seq, sent)) = frame.data.as_deref().and_then(payload) {
                             stats.record(&shared, seq, sent);
                         }
@@ -712,6 +759,9 @@ async fn ws_subscriber(
             .await
             .with_context(|| format!("subscriber {index}: WebSocket handshake"))?;
         let mut subscribe = serde_json::json!({"type": "subscribe", "channels": [channel]});
+        if let Some(f) = shared.filter(index) {
+            subscribe["filter"] = serde_json::from_str(&f)?;
+        }
         if let Some(c) = &cursor {
             subscribe["cursor"] = serde_json::Value::String(c.clone());
         }
@@ -789,9 +839,13 @@ fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     Some(&text[start..start + end])
 }
 
-/// Reads `"<seq> <sent ns>"` out of an envelope's `data` string without a JSON parser.
+/// Reads `"<seq> <sent ns>"` out of an envelope's `data` string (a `notification.alert`) or its
+/// `data.text` (a `chat.message`) without a JSON parser.
 fn payload(envelope: &str) -> Option<(u64, u64)> {
-    let start = envelope.find(r#""data":""#)? + 8;
+    let start = match envelope.find(r#""data":""#) {
+        Some(at) => at + 8,
+        None => envelope.find(r#""text":""#)? + 8,
+    };
     let rest = &envelope[start..];
     let end = rest.find('"')?;
     let (seq, sent) = rest[..end].split_once(' ')?;
