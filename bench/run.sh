@@ -304,6 +304,12 @@ scenario filter1k-redis redis -- --filtered --subscribers "$FILT_SUBS" --channel
 scenario unfiltered1k-redis redis -- --chat --subscribers "$FILT_SUBS" --channels "$FILT_SUBS" --events "$FILT_EVENTS" \
   --concurrency 16
 scenario filter1k-memory memory -- --filtered --subscribers "$FILT_SUBS" --channels 1 --events "$FILT_EVENTS" --concurrency 16
+# The same filters written so that the server cannot index them by value: every event is tested
+# by every filter.
+scenario filter1k-unindexed-redis redis -- --filtered --unindexed --subscribers "$FILT_SUBS" --channels 1 \
+  --events "$FILT_EVENTS" --concurrency 16
+scenario filter1k-unindexed-memory memory -- --filtered --unindexed --subscribers "$FILT_SUBS" --channels 1 \
+  --events "$FILT_EVENTS" --concurrency 16
 scenario unfiltered1k-memory memory -- --chat --subscribers "$FILT_SUBS" --channels "$FILT_SUBS" --events "$FILT_EVENTS" \
   --concurrency 16
 # A reconnect storm: every subscriber drops at once, misses STORM_MISSED events (spread over the
@@ -448,6 +454,10 @@ rows = [
      "(information)", None, None),
     ("filter1k-redis", f"{FILT} by its filter, Redis: tidings CPU per event", CPU_EV, "µs",
      "(information)", None, ("unfiltered", unf_r_cpu)),
+    ("filter1k-unindexed-redis", f"{FILT} by an unindexable filter, Redis (deliveries/s)", R("deliveries_per_sec"), "",
+     "(information)", None, ("unfiltered", unf_r)),
+    ("filter1k-unindexed-redis", f"{FILT} by an unindexable filter, Redis: tidings CPU per event", CPU_EV, "µs",
+     "(information)", None, ("unfiltered", unf_r_cpu)),
     ("unfiltered1k-memory", f"{FILT} by its channel, memory (deliveries/s)", R("deliveries_per_sec"), "",
      "(information)", None, None),
     ("filter1k-memory", f"{FILT} by its filter, one channel, memory (deliveries/s)", R("deliveries_per_sec"), "",
@@ -455,6 +465,10 @@ rows = [
     ("unfiltered1k-memory", f"{FILT} by its channel, memory: tidings CPU per event", CPU_EV, "µs",
      "(information)", None, None),
     ("filter1k-memory", f"{FILT} by its filter, memory: tidings CPU per event", CPU_EV, "µs",
+     "(information)", None, ("unfiltered", unf_m_cpu)),
+    ("filter1k-unindexed-memory", f"{FILT} by an unindexable filter, memory (deliveries/s)", R("deliveries_per_sec"), "",
+     "(information)", None, ("unfiltered", unf_m)),
+    ("filter1k-unindexed-memory", f"{FILT} by an unindexable filter, memory: tidings CPU per event", CPU_EV, "µs",
      "(information)", None, ("unfiltered", unf_m_cpu)),
     ("storm-redis", f"{STORM}, Redis: until the last is ready", STORM_S, "s", "(information)", None, None),
     ("storm-redis", f"{STORM}, Redis: tidings CPU in that time", STORM_CPU, "s", "(information)", None, None),

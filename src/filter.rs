@@ -163,6 +163,49 @@ impl Filter {
     pub fn matches(&self, channel: &str, event: &str, data: &Value) -> bool {
         eval(&self.root, channel, event, data)
     }
+
+    /// A payload field every passing event has one of a few values at, found among the tests
+    /// that must all hold (`{"user": "ada", …}`, `{"tenant": {"in": [...]}}`): its path and
+    /// those values' [keys](value_key). The hub indexes subscribers by it, so an event is
+    /// tested only by the filters that can pass it.
+    pub(crate) fn index(&self) -> Option<(&[String], Vec<String>)> {
+        fn find(node: &Node) -> Option<(&[String], Vec<String>)> {
+            match node {
+                Node::All(nodes) => nodes.iter().find_map(find),
+                Node::Field {
+                    path,
+                    test: Test::Eq(v),
+                } => value_key(v).map(|k| (path.as_slice(), vec![k])),
+                Node::Field {
+                    path,
+                    test: Test::In(vs),
+                } => vs
+                    .iter()
+                    .map(value_key)
+                    .collect::<Option<Vec<_>>>()
+                    .map(|ks| (path.as_slice(), ks)),
+                _ => None,
+            }
+        }
+        find(&self.root)
+    }
+}
+
+/// The value at `path` in `data`.
+pub(crate) fn value_at<'a>(data: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(data, |v, key| v.get(key))
+}
+
+/// A key under which equal values (as a filter compares them: numbers by value) are equal, for
+/// a value a filter can name (a string, number, boolean or null).
+pub(crate) fn value_key(v: &Value) -> Option<String> {
+    Some(match v {
+        Value::String(s) => format!("s{s}"),
+        Value::Number(n) => format!("n{}", n.as_f64()?),
+        Value::Bool(b) => format!("b{b}"),
+        Value::Null => "z".to_string(),
+        Value::Array(_) | Value::Object(_) => return None,
+    })
 }
 
 fn malformed(path: &str, message: impl Into<String>) -> FilterError {

@@ -10,7 +10,7 @@
 //! moment; it then reads history up to at least that position itself. Entries after it arrive in
 //! its queue. The two overlap at most, and the overlap is dropped by id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -50,42 +50,9 @@ struct Subscriber {
     /// Wakes the subscription's [`Subscription::recv`] when it is kicked: its own handle keeps
     /// the queue open, so the queue alone would not end.
     kick: tokio::sync::Notify,
-    /// Entries queued so far (counted by the hub, under its lock).
+    /// Entries queued so far (counted by the hub, under its lock): when the subscription has
+    /// taken as many, nothing is waiting for it.
     queued: AtomicU64,
-    /// Where the hub went past entries this subscriber's filter left out, per channel: its
-    /// cursor may move there once it has every entry queued before (see
-    /// [`Subscription::passed`]).
-    passed: Mutex<Vec<Passed>>,
-    /// `passed` is not empty (read without the lock).
-    has_passed: AtomicBool,
-}
-
-/// The newest entry of `channel` a subscriber's filter left out, and how many entries had been
-/// queued for it by then.
-struct Passed {
-    channel: Channel,
-    pos: Position,
-    after: u64,
-}
-
-impl Subscriber {
-    /// Notes that the hub went past `pos` of `channel` without queueing it.
-    fn pass(&self, channel: &Channel, pos: Position) {
-        let after = self.queued.load(Ordering::Relaxed);
-        let mut list = lock(&self.passed);
-        match list.iter_mut().find(|p| &p.channel == channel) {
-            Some(p) => {
-                p.pos = pos;
-                p.after = after;
-            }
-            None => list.push(Passed {
-                channel: channel.clone(),
-                pos,
-                after,
-            }),
-        }
-        self.has_passed.store(true, Ordering::Release);
-    }
 }
 
 struct Watched {
@@ -94,14 +61,96 @@ struct Watched {
     pos: Option<Position>,
     /// By id: a subscriber leaves in O(1), so dropping many at once is not quadratic.
     subs: HashMap<u64, Registered>,
+    /// Subscribers whose filter needs one of a few values of a payload field
+    /// ([`Filter::index`](crate::filter::Filter)), by the field's path and those values' keys:
+    /// an event is tested only by those whose value it has, and by `rest`.
+    index: Vec<(Vec<String>, Buckets)>,
+    /// The subscribers not in `index`.
+    rest: HashSet<u64>,
+}
+
+/// Subscriber ids by the key of the value their filter needs.
+type Buckets = HashMap<String, HashSet<u64>>;
+
+impl Watched {
+    fn new() -> Watched {
+        Watched {
+            pos: None,
+            subs: HashMap::new(),
+            index: Vec::new(),
+            rest: HashSet::new(),
+        }
+    }
+
+    fn register(&mut self, id: u64, sub: Arc<Subscriber>, want: crate::session::Events) {
+        self.unregister(id);
+        let indexed = want
+            .as_ref()
+            .and_then(|w| w.filter.as_ref())
+            .and_then(|f| f.index())
+            .map(|(path, keys)| (path.to_vec(), keys));
+        match &indexed {
+            Some((path, keys)) => {
+                let at = match self.index.iter().position(|(p, _)| p == path) {
+                    Some(at) => at,
+                    None => {
+                        self.index.push((path.clone(), HashMap::new()));
+                        self.index.len() - 1
+                    }
+                };
+                for key in keys {
+                    self.index[at].1.entry(key.clone()).or_default().insert(id);
+                }
+            }
+            None => {
+                self.rest.insert(id);
+            }
+        }
+        self.subs.insert(id, Registered { sub, want, indexed });
+    }
+
+    fn unregister(&mut self, id: u64) -> Option<Registered> {
+        let r = self.subs.remove(&id)?;
+        match &r.indexed {
+            Some((path, keys)) => {
+                if let Some(at) = self.index.iter().position(|(p, _)| p == path) {
+                    let buckets = &mut self.index[at].1;
+                    for key in keys {
+                        if let Some(ids) = buckets.get_mut(key) {
+                            ids.remove(&id);
+                            if ids.is_empty() {
+                                buckets.remove(key);
+                            }
+                        }
+                    }
+                    if buckets.is_empty() {
+                        self.index.swap_remove(at);
+                    }
+                }
+            }
+            None => {
+                self.rest.remove(&id);
+            }
+        }
+        Some(r)
+    }
+
+    /// Every subscriber, for a gap: the channel starts over.
+    fn drain(&mut self) -> impl Iterator<Item = Arc<Subscriber>> + '_ {
+        self.index.clear();
+        self.rest.clear();
+        self.subs.drain().map(|(_, r)| r.sub)
+    }
 }
 
 /// A subscriber on one channel, with what it wants of it.
 struct Registered {
     sub: Arc<Subscriber>,
     /// Tested here, before the entry is queued: a subscriber that filters is not woken for
-    /// what it does not want ([`Subscription::passed`] tells it how far it got).
+    /// what it does not want ([`Subscription::caught_up`] tells it how far the hub got).
     want: crate::session::Events,
+    /// Where it is in [`Watched::index`]: the path and the value keys.
+    indexed: Option<(Vec<String>, Vec<String>)>,
 }
 
 struct Inner {
@@ -132,6 +181,8 @@ pub(crate) struct Subscription {
     pub start: Vec<(Channel, Position)>,
     /// Entries taken from `rx`.
     received: u64,
+    /// Registered with a filter on some channel: the hub may go past entries without a word.
+    filtered: bool,
 }
 
 impl Subscription {
@@ -163,25 +214,26 @@ impl Subscription {
         d
     }
 
-    /// Calls `f` with each position the hub went past without queueing the entry (one this
-    /// subscriber's filter left out) once every entry queued before it is handled: every one
-    /// received, or, with `pending`, all but the one just received and not handled yet. A
-    /// cursor may then move there: nothing it wants at or before that position is still to come.
-    pub fn passed(&mut self, pending: bool, mut f: impl FnMut(&Channel, Position)) {
-        if !self.me.has_passed.load(Ordering::Acquire) {
+    /// When nothing is queued for this subscription beyond what it took, calls `f` with the
+    /// hub's position on each of its channels but `except`: every entry up to there that it
+    /// wants has been taken (the others its filters left out), so its cursor may move there.
+    /// Nothing for a subscription without filters (it is handed every entry) or a kicked one
+    /// (the hub may have gone past a gap).
+    pub fn caught_up(&self, except: Option<&Channel>, mut f: impl FnMut(&Channel, Position)) {
+        if !self.filtered {
             return;
         }
-        let done = self.received - u64::from(pending && self.received > 0);
-        let mut list = lock(&self.me.passed);
-        list.retain(|p| {
-            let ready = p.after <= done;
-            if ready {
-                f(&p.channel, p.pos);
+        let map = lock(&self.hub.channels);
+        if self.me.queued.load(Ordering::Relaxed) != self.received || self.kicked() {
+            return;
+        }
+        for channel in lock(&self.me.channels).iter() {
+            if except == Some(channel) {
+                continue;
             }
-            !ready
-        });
-        if list.is_empty() {
-            self.me.has_passed.store(false, Ordering::Release);
+            if let Some(pos) = map.get(channel).and_then(|w| w.pos) {
+                f(channel, pos);
+            }
         }
     }
 
@@ -202,6 +254,7 @@ impl Subscription {
         channels: &[Channel],
         want: &crate::session::Events,
     ) -> Result<Vec<(Channel, Position)>, StoreError> {
+        self.filtered |= want.is_some();
         let inner = &self.hub;
         let id = self.me.id;
         let mut start: Vec<(Channel, Option<Position>)> = {
@@ -210,22 +263,13 @@ impl Subscription {
             channels
                 .iter()
                 .map(|channel| {
-                    let w = map.entry(channel.clone()).or_insert_with(|| Watched {
-                        pos: None,
-                        subs: HashMap::new(),
-                    });
+                    let w = map.entry(channel.clone()).or_insert_with(Watched::new);
                     let want = if channel.presence_of().is_none() {
                         want.clone()
                     } else {
                         None
                     };
-                    w.subs.insert(
-                        id,
-                        Registered {
-                            sub: self.me.clone(),
-                            want,
-                        },
-                    );
+                    w.register(id, self.me.clone(), want);
                     (channel.clone(), w.pos)
                 })
                 .collect()
@@ -286,7 +330,7 @@ impl Drop for Subscription {
 /// Takes subscriber `id` off `channel`, and forgets the channel when no one is left on it.
 fn leave(map: &mut HashMap<Channel, Watched>, channel: &Channel, id: u64) {
     if let Some(w) = map.get_mut(channel) {
-        w.subs.remove(&id);
+        w.unregister(id);
         if w.subs.is_empty() {
             map.remove(channel);
         }
@@ -325,8 +369,6 @@ impl Hub {
             kicked: AtomicBool::new(false),
             kick: tokio::sync::Notify::new(),
             queued: AtomicU64::new(0),
-            passed: Mutex::new(Vec::new()),
-            has_passed: AtomicBool::new(false),
         });
         Subscription {
             hub: inner.clone(),
@@ -334,6 +376,7 @@ impl Hub {
             rx,
             start: Vec::new(),
             received: 0,
+            filtered: false,
         }
     }
 
@@ -393,7 +436,8 @@ fn dispatch(inner: &Inner, batches: Vec<TailBatch>) {
         let Some(w) = map.get_mut(&batch.channel) else {
             continue;
         };
-        let Some(pos) = w.pos.as_mut() else { continue };
+        // Written back below: the subscriber lists change meanwhile.
+        let Some(mut pos) = w.pos else { continue };
         // A channel first seen without a stream takes the epoch of the stream created since.
         let replaced = batch.epoch != pos.epoch && pos.id > StreamId::ZERO;
         if batch.gap || replaced {
@@ -404,14 +448,14 @@ fn dispatch(inner: &Inner, batches: Vec<TailBatch>) {
             } else {
                 tracing::warn!(channel = %batch.channel, "tail fell behind trimming; subscribers will resume from their cursors");
             }
-            dropped.extend(w.subs.drain().map(|(_, r)| r.sub));
+            dropped.extend(w.drain());
             emptied = true;
             if let Some(last) = batch.entries.last() {
-                *pos = if replaced {
+                w.pos = Some(if replaced {
                     Position::new(last.id, batch.epoch)
                 } else {
                     Position::new(pos.id.max(last.id), batch.epoch)
-                };
+                });
             }
             continue;
         }
@@ -433,32 +477,38 @@ fn dispatch(inner: &Inner, batches: Vec<TailBatch>) {
                 epoch: batch.epoch,
                 parsed: std::sync::OnceLock::new(),
             });
-            w.subs.retain(|_, r| {
-                // The payload is parsed once, by the first filter that needs it.
-                let wanted = r.want.as_ref().is_none_or(|want| {
-                    want.admits(&delivery.channel, &delivery.entry, Some(&delivery.parsed))
-                });
-                if !wanted {
-                    r.sub.pass(
-                        &delivery.channel,
-                        Position::new(delivery.entry.id, delivery.epoch),
-                    );
-                    return true;
-                }
-                match r.sub.tx.try_send(delivery.clone()) {
-                    Ok(()) => {
-                        r.sub.queued.fetch_add(1, Ordering::Relaxed);
-                        true
+            let mut gone = Vec::new();
+            if w.index.is_empty() {
+                for (&id, r) in &w.subs {
+                    if !offer(r, &delivery, &mut dropped) {
+                        gone.push(id);
                     }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        dropped.push(r.sub.clone());
-                        false
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
                 }
-            });
+            } else {
+                // Only the filters that can pass it test it: those indexed under the value it
+                // has, and the rest.
+                let data = delivery.parsed.get_or_init(|| delivery.entry.parsed()).as_ref();
+                let mut ids: Vec<u64> = w.rest.iter().copied().collect();
+                for (path, buckets) in &w.index {
+                    let key = data
+                        .and_then(|d| crate::filter::value_at(d, path))
+                        .and_then(crate::filter::value_key);
+                    if let Some(found) = key.and_then(|k| buckets.get(&k)) {
+                        ids.extend(found);
+                    }
+                }
+                for id in ids {
+                    if !w.subs.get(&id).is_some_and(|r| offer(r, &delivery, &mut dropped)) {
+                        gone.push(id);
+                    }
+                }
+            }
+            for id in gone {
+                w.unregister(id);
+            }
             emptied |= w.subs.is_empty();
         }
+        w.pos = Some(pos);
     }
     // A dropped subscriber leaves every channel it watched: O(its channels), however many are
     // dropped at once.
@@ -473,6 +523,30 @@ fn dispatch(inner: &Inner, batches: Vec<TailBatch>) {
     // subscribers' own drops would do it, but they may be gone already.
     if emptied {
         map.retain(|_, w| !w.subs.is_empty());
+    }
+}
+
+/// Hands `delivery` to `r` if it wants it; `false` when `r` is to go (its queue is full: it is
+/// also put in `dropped`; or closed).
+fn offer(r: &Registered, delivery: &Arc<Delivery>, dropped: &mut Vec<Arc<Subscriber>>) -> bool {
+    // The payload is parsed once, by the first filter that needs it.
+    let wanted = r
+        .want
+        .as_ref()
+        .is_none_or(|want| want.admits(&delivery.channel, &delivery.entry, Some(&delivery.parsed)));
+    if !wanted {
+        return true;
+    }
+    match r.sub.tx.try_send(delivery.clone()) {
+        Ok(()) => {
+            r.sub.queued.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            dropped.push(r.sub.clone());
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
 
@@ -521,39 +595,77 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_filter_is_tested_before_queueing_and_passed_says_how_far() {
+    async fn filters_are_tested_before_queueing_through_the_index_and_caught_up_says_how_far() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         let hub = Hub::start(store.clone(), 16, any());
-        let odd = crate::filter::Filter::parse(&serde_json::json!({"n": {"in": [1, 3]}})).unwrap();
-        let want = crate::session::Want::new(None, Some(odd));
-        let mut sub = hub.subscribe(&[ch("x"), ch("y")], &want).await.unwrap();
+        let want = |f: serde_json::Value| {
+            crate::session::Want::new(None, Some(crate::filter::Filter::parse(&f).unwrap()))
+        };
+        // Indexed by n (eq, in, and an eq under and); by nothing (ne); no filter.
+        let mut one = hub
+            .subscribe(&[ch("x"), ch("y")], &want(serde_json::json!({"n": 1})))
+            .await
+            .unwrap();
+        let mut odd = hub
+            .subscribe(&[ch("x")], &want(serde_json::json!({"n": {"in": [1, 3.0]}})))
+            .await
+            .unwrap();
+        let mut both = hub
+            .subscribe(
+                &[ch("x")],
+                &want(serde_json::json!({"and": [{"m": {"exists": false}}, {"n": 3}]})),
+            )
+            .await
+            .unwrap();
+        let mut not2 = hub
+            .subscribe(&[ch("x")], &want(serde_json::json!({"n": {"ne": 2}})))
+            .await
+            .unwrap();
         let mut all = hub.subscribe(&[ch("x")], &None).await.unwrap();
         let mut ids = Vec::new();
         for n in 0..5 {
             ids.push(add(&*store, &ch("x"), &format!(r#"{{"n":{n}}}"#)).await);
-            // Wait for the unfiltered one, so the hub has handed the entry to both.
+            // Wait for the unfiltered one, so the hub has handed the entry to everyone.
             assert_eq!(recv(&mut all).await.unwrap().entry.id, ids[n]);
         }
-        let passed = |sub: &mut Subscription, pending: bool| {
+        let got = |sub: &mut Subscription| {
             let mut out = Vec::new();
-            sub.passed(pending, |c, p| out.push((c.as_str().to_string(), p.id)));
+            while let Some(d) = sub.try_recv() {
+                out.push(ids.iter().position(|id| *id == d.entry.id).unwrap());
+            }
             out
         };
-        // Only 1 and 3 were queued; nothing passed is due before 1 is handled.
-        assert!(passed(&mut sub, false).is_empty());
-        let first = sub.try_recv().unwrap();
-        assert_eq!(first.entry.id, ids[1]);
-        // The hub keeps the newest passed position per channel: 4, passed after two were
-        // queued, so not before both are handled.
-        assert!(passed(&mut sub, true).is_empty());
-        assert_eq!(sub.try_recv().unwrap().entry.id, ids[3]);
-        assert!(
-            passed(&mut sub, true).is_empty(),
-            "4 was passed after 3 was queued"
+        assert_eq!(got(&mut one), [1]);
+        assert_eq!(got(&mut odd), [1, 3]);
+        assert_eq!(got(&mut both), [3]);
+        assert_eq!(got(&mut not2), [0, 1, 3, 4]);
+        // Everything queued was taken: the hub's positions are safe to move to.
+        let at = |sub: &Subscription, except: Option<&Channel>| {
+            let mut out = Vec::new();
+            sub.caught_up(except, |c, p| out.push((c.as_str().to_string(), p.id)));
+            out.sort();
+            out
+        };
+        let y0 = ("y".to_string(), StreamId::ZERO);
+        assert_eq!(at(&one, None), [("x".to_string(), ids[4]), y0.clone()]);
+        assert_eq!(at(&one, Some(&ch("x"))), std::slice::from_ref(&y0));
+        assert_eq!(
+            at(&all, None),
+            [],
+            "a subscription without filters is handed everything"
         );
-        assert_eq!(passed(&mut sub, false), [("x".to_string(), ids[4])]);
-        assert!(passed(&mut sub, false).is_empty(), "told once");
-        assert!(sub.try_recv().is_none(), "0, 2 and 4 never woke it");
+        // Something queued and not taken yet: not before it is.
+        let late = add(&*store, &ch("x"), r#"{"n":1}"#).await;
+        assert_eq!(recv(&mut all).await.unwrap().entry.id, late);
+        assert_eq!(at(&one, None), [], "n=1 is still queued for it");
+        assert_eq!(one.try_recv().unwrap().entry.id, late);
+        assert_eq!(at(&one, None), [("x".to_string(), late), y0]);
+        // Leaving takes a subscriber out of the index.
+        drop(odd);
+        let three = add(&*store, &ch("x"), r#"{"n":3}"#).await;
+        assert_eq!(recv(&mut all).await.unwrap().entry.id, three);
+        assert_eq!(recv(&mut both).await.unwrap().entry.id, three);
+        assert!(one.try_recv().is_none());
     }
 
     #[tokio::test]
@@ -628,8 +740,6 @@ mod tests {
             kicked: AtomicBool::new(false),
             kick: tokio::sync::Notify::new(),
             queued: AtomicU64::new(0),
-            passed: Mutex::new(Vec::new()),
-            has_passed: AtomicBool::new(false),
         });
         let kicked = sub.clone();
         lock(&inner.channels).insert(
@@ -641,8 +751,11 @@ mod tests {
                     Registered {
                         sub: sub.clone(),
                         want: None,
+                        indexed: None,
                     },
                 )]),
+                index: Vec::new(),
+                rest: HashSet::from([1]),
             },
         );
         (inner, rx, kicked)

@@ -73,12 +73,11 @@ impl Want {
             return false;
         }
         let Some(filter) = &self.filter else { return true };
-        let parse = || serde_json::from_str::<serde_json::Value>(&entry.data).ok();
         let local;
         let data = match parsed {
-            Some(cell) => cell.get_or_init(parse).as_ref(),
+            Some(cell) => cell.get_or_init(|| entry.parsed()).as_ref(),
             None => {
-                local = parse();
+                local = entry.parsed();
                 local.as_ref()
             }
         };
@@ -413,18 +412,18 @@ impl<T: Transport> Session<T> {
     /// Takes the next entry `d` from `sub`: the cursor first moves past what the hub left out
     /// for this connection's filters before `d`, then `d` is written ([`Session::live`]).
     pub fn take(&mut self, sub: &mut crate::hub::Subscription, d: &Delivery) {
-        sub.passed(true, |c, p| self.passed(c, p));
+        sub.caught_up(Some(&d.channel), |c, p| self.passed(c, p));
         self.live(d);
     }
 
     /// After the last entry taken: the cursor moves past what the hub left out since, so the
     /// next frame carries it.
     pub fn settle(&mut self, sub: &mut crate::hub::Subscription) {
-        sub.passed(false, |c, p| self.passed(c, p));
+        sub.caught_up(None, |c, p| self.passed(c, p));
     }
 
-    /// The hub went past `pos` of `channel` without handing it to this connection (its filter
-    /// left it out), and everything before it that was wanted has been taken.
+    /// The hub is at `pos` of `channel`, and this connection has taken every entry up to there
+    /// that it wants (its filters left the others out).
     fn passed(&mut self, channel: &Channel, pos: Position) {
         if self.cursor.get(channel).is_some_and(|at| at.id < pos.id) {
             self.cursor.set(channel, pos);

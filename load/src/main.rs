@@ -87,6 +87,11 @@ struct Args {
     /// Emit `chat.message`s (as `--filtered` does) instead of `notification.alert`s.
     #[arg(long)]
     chat: bool,
+    /// With `--filtered`: write each filter as `{"not":{"user":{"ne":"u<i>"}}}`, which passes
+    /// the same events but which the server cannot index by value, so every event is tested by
+    /// every filter.
+    #[arg(long)]
+    unindexed: bool,
 }
 
 fn main() -> Result<()> {
@@ -169,6 +174,8 @@ struct Shared {
     filtered: bool,
     /// Events are `chat.message`s.
     chat: bool,
+    /// Filters the server cannot index.
+    unindexed: bool,
     events: u64,
     prefix: String,
     ready: AtomicUsize,
@@ -201,6 +208,7 @@ async fn http(args: Args) -> Result<()> {
         subscribers: args.subscribers.max(1),
         filtered: args.filtered,
         chat: args.chat || args.filtered,
+        unindexed: args.unindexed,
         events: args.events,
         prefix,
         ready: AtomicUsize::new(0),
@@ -330,6 +338,7 @@ async fn http(args: Args) -> Result<()> {
         "subscribers": args.subscribers,
         "channels": shared.channels,
         "filtered": args.filtered,
+        "unindexed": args.unindexed,
         "events": args.events,
         "concurrency": args.concurrency,
         "rate_cap": args.rate,
@@ -460,7 +469,13 @@ impl Shared {
 
     /// Subscriber `index`'s filter, as JSON, when subscribers filter.
     fn filter(&self, index: usize) -> Option<String> {
-        self.filtered.then(|| format!(r#"{{"user":"u{index}"}}"#))
+        self.filtered.then(|| {
+            if self.unindexed {
+                format!(r#"{{"not":{{"user":{{"ne":"u{index}"}}}}}}"#)
+            } else {
+                format!(r#"{{"user":"u{index}"}}"#)
+            }
+        })
     }
 }
 
@@ -636,7 +651,8 @@ async fn subscriber(
         let filter = shared
             .filter(index)
             .map(|f| {
-                // The filter is `{"user":"u<i>"}`: only these characters need escaping.
+                // The filter is made of these characters and letters, digits: only these
+                // need escaping.
                 let encoded = f
                     .replace('{', "%7B")
                     .replace('}', "%7D")

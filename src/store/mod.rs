@@ -32,6 +32,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The payload parsed (`None` when it is not JSON).
+    pub(crate) fn parsed(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.data).ok()
+    }
+
     /// An entry tidings cannot read (written by another tool, or without its fields): it keeps
     /// its place in the stream, so readers move past it, but is never delivered.
     pub fn unreadable(id: StreamId) -> Entry {
