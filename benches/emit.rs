@@ -2,9 +2,9 @@
 //! embedded store; and the cost of subscribers' filters on one event. Whole-system numbers (HTTP, Redis, fan-out) come from `bench/run.sh`.
 //!
 //! ```sh
-//! cargo bench --bench emit              # all of them, about 3 s of measurement each
-//! cargo bench --bench emit -- validate  # only those whose name contains "validate"
-//! cargo bench --bench emit -- filter    # one event past 1,000 subscribers' filters
+//! cargo bench -p tidings --bench emit              # all of them, about 3 s of measurement each
+//! cargo bench -p tidings --bench emit -- validate  # only those whose name contains "validate"
+//! cargo bench -p tidings --bench emit -- filter    # one event past 1,000 subscribers' filters
 //! ```
 
 // criterion_group! generates an undocumented pub fn; a bench target has no public API to document.
