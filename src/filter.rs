@@ -372,8 +372,8 @@ fn eval(node: &Node, channel: &str, event: &str, data: &Value) -> bool {
         Node::All(nodes) => nodes.iter().all(|n| eval(n, channel, event, data)),
         Node::Any(nodes) => nodes.iter().any(|n| eval(n, channel, event, data)),
         Node::Not(n) => !eval(n, channel, event, data),
-        Node::Event(test) => run(test, Some(&Value::String(event.to_string()))),
-        Node::Channel(test) => run(test, Some(&Value::String(channel.to_string()))),
+        Node::Event(test) => run_name(test, event),
+        Node::Channel(test) => run_name(test, channel),
         Node::Field { path, test } => {
             let mut v = Some(data);
             for key in path {
@@ -389,6 +389,20 @@ fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
         _ => a == b,
+    }
+}
+
+/// [`run`] on a name (an event's or a channel's), without making it a `Value` for every test.
+fn run_name(test: &Test, name: &str) -> bool {
+    let is = |v: &Value| v.as_str() == Some(name);
+    match test {
+        Test::Eq(x) => is(x),
+        Test::Ne(x) => !is(x),
+        Test::In(xs) => xs.iter().any(is),
+        Test::Nin(xs) => !xs.iter().any(is),
+        Test::Exists(want) => *want,
+        Test::Prefix(p) => name.starts_with(p.as_str()),
+        Test::Gt(_) | Test::Gte(_) | Test::Lt(_) | Test::Lte(_) => false,
     }
 }
 
@@ -692,6 +706,9 @@ mod tests {
             (json!({"event": "order.placed"}), true),
             (json!({"event": {"in": ["order.note"]}}), false),
             (json!({"event": {"prefix": "order."}}), true),
+            (json!({"event": {"ne": "order.placed"}}), false),
+            (json!({"event": {"nin": ["order.note", "chat.typing"]}}), true),
+            (json!({"event": {"eq": "order.note"}}), false),
             (json!({"tenant": "acme", "status": "new"}), false),
             (json!({"or": [{"status": "new"}, {"customer.vip": true}]}), true),
             (
@@ -702,6 +719,8 @@ mod tests {
             (json!({"channel": "shop:1"}), true),
             (json!({"channel": {"in": ["shop:2"]}}), false),
             (json!({"channel": {"prefix": "shop:"}, "tenant": "acme"}), true),
+            (json!({"channel": {"ne": "shop:1"}}), false),
+            (json!({"channel": {"nin": ["shop:2"]}}), true),
         ];
         for (f, want) in cases {
             assert_eq!(
