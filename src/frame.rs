@@ -93,9 +93,18 @@ pub(crate) enum Frame<'a> {
         snapshot: &'a crate::presence::PresenceSnapshot,
     },
     /// A member arrived on `channel` (`member`: its JSON, as the store keeps it).
-    PresenceJoin { channel: &'a Channel, member: &'a str },
+    ///
+    /// `member` is the member as one line of JSON (an object), `None` for an entry that holds
+    /// none: the session checks it once per delivery, not once per subscriber.
+    PresenceJoin {
+        channel: &'a Channel,
+        member: Option<&'a str>,
+    },
     /// A member's last connection left `channel`.
-    PresenceLeave { channel: &'a Channel, member: &'a str },
+    PresenceLeave {
+        channel: &'a Channel,
+        member: Option<&'a str>,
+    },
     /// WebSocket: a `presence.join` (or a subscribe with `presence`) took effect.
     PresenceJoined {
         reference: Ref<'a>,
@@ -268,15 +277,8 @@ impl Frame<'_> {
             Frame::PresenceJoin { channel, member } | Frame::PresenceLeave { channel, member } => {
                 out.push_str(r#""channel":"#);
                 json_str(out, channel.as_str());
-                // The store's JSON of a member we wrote (one line); anything else is not
-                // written raw.
                 out.push_str(r#","member":"#);
-                match serde_json::from_str::<serde_json::Value>(member) {
-                    Ok(v @ serde_json::Value::Object(_)) => {
-                        let _ = serde_json::to_writer(StringWriter(out), &v);
-                    }
-                    _ => out.push_str("null"),
-                }
+                out.push_str(member.unwrap_or("null"));
             }
             Frame::PresenceJoined { channels, .. } | Frame::PresenceLeft { channels, .. } => {
                 out.push_str(r#""channels":"#);

@@ -439,7 +439,16 @@ impl<T: Transport> Session<T> {
                 .as_ref()
                 .is_some_and(|p| p.watched.contains(&channel));
             if watched {
-                let member = &d.entry.data;
+                // Checked once per delivery (the parse is shared): an object, on one line.
+                let compact;
+                let member = match d.parsed.get_or_init(|| d.entry.parsed()) {
+                    Some(v @ serde_json::Value::Object(_)) if d.entry.data.contains(['\n', '\r']) => {
+                        compact = v.to_string();
+                        Some(compact.as_str())
+                    }
+                    Some(serde_json::Value::Object(_)) => Some(&*d.entry.data),
+                    _ => None,
+                };
                 self.spoke = true;
                 match &*d.entry.event {
                     PRESENCE_JOIN => self.out.push(Frame::PresenceJoin {

@@ -304,3 +304,55 @@ async fn two_nodes_on_redis_see_each_other_and_a_killed_node_leaves_within_the_t
     members.sort();
     assert_eq!(members, [("ada".into(), 1), ("bob".into(), 1)], "{body}");
 }
+
+#[tokio::test]
+async fn presence_entries_another_tool_wrote_reach_sse_and_websocket_as_one_line_or_null() {
+    let store = Arc::new(MemoryStore::default());
+    let s = TestServer::start(store.clone(), presence_config).await;
+    let (mut ws, _) = member(&s.url(""), "ada", "doc:3", None).await;
+    let url = format!(
+        "{}&token={}&presence=",
+        s.url("/realtime?channel=doc:3"),
+        token("bob", "Bob")
+    );
+    let mut sse = SseReader::open(&url, None).await;
+    sse.until("tidings.presence.snapshot").await;
+    // bob's own join (SSE ?presence= joins) reaches ada first.
+    assert_eq!(next_presence(&mut ws).await["member"]["id"], "bob");
+    let stream = tidings::Channel::new("doc:3").unwrap().presence();
+    let opts = tidings::store::AppendOptions::default();
+    use tidings::Store as _;
+    // Pretty-printed over three lines, then not an object, then not JSON.
+    let pretty = "{\n  \"id\": \"eve\",\n  \"name\": \"Eve\"\n}";
+    for data in [pretty, "\"eve\"", "{not json"] {
+        store.append(&stream, "presence.join", data, opts).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(next_presence(&mut ws).await["member"].clone());
+    }
+    assert_eq!(
+        got,
+        [json!({"id": "eve", "name": "Eve"}), Value::Null, Value::Null]
+    );
+    let mut members = Vec::new();
+    while members.len() < 3 {
+        let f = sse.next().await.expect("the stream stays open");
+        let member = f.json()["member"].clone();
+        // Its own join comes first.
+        if f.event.as_deref() == Some("tidings.presence.join") && member["id"] != "bob" {
+            members.push(member);
+        }
+    }
+    assert_eq!(members, got, "one data: line each, the same members");
+    // No member text leaked onto a line of its own.
+    for line in sse.raw.lines() {
+        assert!(
+            line.is_empty()
+                || ["event: ", "data: ", "id: ", "retry: "]
+                    .iter()
+                    .any(|f| line.starts_with(f)),
+            "a line that is not an SSE field: {line:?}"
+        );
+    }
+}
