@@ -165,13 +165,26 @@ impl Filter {
     }
 
     /// A payload field every passing event has one of a few values at, found among the tests
-    /// that must all hold (`{"user": "ada", …}`, `{"tenant": {"in": [...]}}`): its path and
-    /// those values' [keys](value_key). The hub indexes subscribers by it, so an event is
+    /// that must all hold (`{"user": "ada", …}`, `{"tenant": {"in": [...]}}`), or in every
+    /// branch of an `or`: its path and those values' [keys](value_key). The hub indexes subscribers by it, so an event is
     /// tested only by the filters that can pass it.
     pub(crate) fn index(&self) -> Option<(&[String], Vec<String>)> {
         fn find(node: &Node) -> Option<(&[String], Vec<String>)> {
             match node {
                 Node::All(nodes) => nodes.iter().find_map(find),
+                // Every branch on the same field: the values of them all (an `or` of
+                // equalities, or the filter a client merges from its subscriptions).
+                Node::Any(nodes) => {
+                    let mut found: Option<(&[String], Vec<String>)> = None;
+                    for (path, keys) in nodes.iter().map(find).collect::<Option<Vec<_>>>()? {
+                        match &mut found {
+                            None => found = Some((path, keys)),
+                            Some((p, _)) if *p != path => return None,
+                            Some((_, all)) => all.extend(keys),
+                        }
+                    }
+                    found
+                }
                 Node::Field {
                     path,
                     test: Test::Eq(v),
@@ -671,6 +684,47 @@ mod tests {
     }
 
     const ALL: &[&str] = &["order.placed", "order.note", "chat.typing"];
+
+    #[test]
+    fn the_index_is_a_field_every_passing_event_has_one_of_a_few_values_at() {
+        let index = |f: Value| {
+            Filter::parse(&f).unwrap().index().map(|(path, mut keys)| {
+                keys.sort();
+                (path.join("."), keys)
+            })
+        };
+        let keys = |path: &str, ks: &[&str]| {
+            Some((
+                path.to_string(),
+                ks.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+            ))
+        };
+        assert_eq!(index(json!({"tenant": "acme"})), keys("tenant", &["sacme"]));
+        assert_eq!(index(json!({"id": {"in": [7, 8.0]}})), keys("id", &["n7", "n8"]));
+        assert_eq!(
+            index(json!({"status": {"ne": "x"}, "customer.vip": true})),
+            keys("customer.vip", &["btrue"])
+        );
+        assert_eq!(
+            index(json!({"or": [{"tenant": "a"}, {"tenant": {"in": ["b"]}}]})),
+            keys("tenant", &["sa", "sb"])
+        );
+        // What a client merges for two subscriptions on one connection.
+        let merged = json!({"or": [
+            {"and": [{"channel": {"in": ["room:1"]}}, {"tenant": "a"}]},
+            {"and": [{"channel": {"in": ["room:2"]}}, {"tenant": "b", "id": 3}]},
+        ]});
+        assert_eq!(index(merged), keys("tenant", &["sa", "sb"]));
+        for none in [
+            json!({"or": [{"tenant": "a"}, {"id": 1}]}),
+            json!({"or": [{"tenant": "a"}, {"id": {"gt": 1}}]}),
+            json!({"not": {"tenant": "a"}}),
+            json!({"tenant": {"prefix": "a"}}),
+            json!({"event": "order.placed"}),
+        ] {
+            assert_eq!(index(none.clone()), None, "{none}");
+        }
+    }
 
     fn compiled(f: Value) -> Filter {
         let filter = Filter::parse(&f).unwrap_or_else(|e| panic!("{f}: {e}"));
