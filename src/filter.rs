@@ -166,8 +166,8 @@ impl Filter {
 
     /// A payload field every passing event has one of a few values at, found among the tests
     /// that must all hold (`{"user": "ada", …}`, `{"tenant": {"in": [...]}}`), or in every
-    /// branch of an `or`: its path and those values' [keys](value_key). The hub indexes subscribers by it, so an event is
-    /// tested only by the filters that can pass it.
+    /// branch of an `or`: its path and those values' [keys](value_key). The hub indexes
+    /// subscribers by it, so an event is tested only by the filters that can pass it.
     pub(crate) fn index(&self) -> Option<(&[String], Vec<String>)> {
         fn find(node: &Node) -> Option<(&[String], Vec<String>)> {
             match node {
@@ -387,13 +387,7 @@ fn eval(node: &Node, channel: &str, event: &str, data: &Value) -> bool {
         Node::Not(n) => !eval(n, channel, event, data),
         Node::Event(test) => run_name(test, event),
         Node::Channel(test) => run_name(test, channel),
-        Node::Field { path, test } => {
-            let mut v = Some(data);
-            for key in path {
-                v = v.and_then(|v| v.get(key));
-            }
-            run(test, v)
-        }
+        Node::Field { path, test } => run(test, value_at(data, path)),
     }
 }
 

@@ -688,10 +688,7 @@ pub(crate) fn prepare_stream(
             "no channel given; add ?channel=<name> (repeat it, or separate names with commas, for more)",
         ));
     }
-    let events = match one(&query, "events")? {
-        None | Some("") => None,
-        Some(list) => Some(check_events(rt, list.split(','))?),
-    };
+    let (events, filter) = selection(rt, &query)?;
 
     // A browser's reconnect sends the newest cursor as Last-Event-ID, while its URL still holds
     // whatever cursor it first connected with: the header wins.
@@ -728,10 +725,6 @@ pub(crate) fn prepare_stream(
                 format!("presence is not JSON: {e}; give the member's data as JSON (presence={{\"status\":\"editing\"}}), or presence= for none"),
             )
         })?)),
-    };
-    let filter = match one(&query, "filter")? {
-        None | Some("") => None,
-        Some(text) => Some(check_filter(rt, text, events.as_ref())?),
     };
     Ok(StreamRequest {
         channels,
@@ -788,6 +781,22 @@ pub(crate) fn check_events<'a>(
         set.insert(name.to_string());
     }
     Ok(set)
+}
+
+/// `events=` and `filter=` of a stream or history read, checked against the schema.
+fn selection(
+    rt: &Tidings,
+    query: &[(String, String)],
+) -> Result<(Option<HashSet<String>>, Option<crate::filter::Filter>), ApiError> {
+    let events = match one(query, "events")? {
+        None | Some("") => None,
+        Some(list) => Some(check_events(rt, list.split(','))?),
+    };
+    let filter = match one(query, "filter")? {
+        None | Some("") => None,
+        Some(text) => Some(check_filter(rt, text, events.as_ref())?),
+    };
+    Ok((events, filter))
 }
 
 /// Reads a client's filter and checks it against the events it may see (`events`, or every
@@ -944,14 +953,7 @@ async fn history(
     let name = one(&query, "channel")?
         .ok_or_else(|| ApiError::bad_request("invalid_channel", "no channel given; add ?channel=<name>"))?;
     let channel = rt.parse_channel(name).map_err(ApiError::channel)?;
-    let events = match one(&query, "events")? {
-        None | Some("") => None,
-        Some(list) => Some(check_events(&rt, list.split(','))?),
-    };
-    let filter = match one(&query, "filter")? {
-        None | Some("") => None,
-        Some(text) => Some(check_filter(&rt, text, events.as_ref())?),
-    };
+    let (events, filter) = selection(&rt, &query)?;
     let identity = authorize_read(
         &rt.inner.config,
         &AuthRequest::new(headers, raw.clone()),
@@ -960,7 +962,7 @@ async fn history(
     .await?;
     // History shows a credential no more than its subscriptions would.
     let filter = enforce_filter(&identity, filter)?;
-    let want = (events.is_some() || filter.is_some()).then_some(crate::session::Want { events, filter });
+    let want = crate::session::Want::new(events, filter);
     let max = rt.inner.config.limits.max_history;
     let limit = match one(&query, "limit")? {
         None => 100.min(max),
@@ -1001,7 +1003,7 @@ async fn history(
     };
     let (page, trimmed) = rt
         .channel(channel.as_str())
-        .scan(from, limit, want.as_ref())
+        .scan(from, limit, want.as_deref())
         .await?;
     let reset = trimmed.map(|t| {
         json!({

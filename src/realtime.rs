@@ -515,21 +515,30 @@ impl ChannelHandle {
         // Unselected, a page is what was asked; selected, read as much as a read may.
         let page = if want.is_some() { max } else { limit }.max(1);
         let store = &self.rt.inner.store;
-        let keep =
-            |e: &Entry| self.rt.deliverable(channel, e) && want.is_none_or(|w| w.admits(channel, e, None));
-        let mut got: Vec<Envelope> = Vec::new();
-        let mut scanned = 0;
         if limit == 0 {
-            return Ok((
-                HistoryPage {
-                    entries: got,
-                    next: None,
-                    epoch: None,
-                },
-                None,
-            ));
+            let page = HistoryPage {
+                entries: Vec::new(),
+                next: None,
+                epoch: None,
+            };
+            return Ok((page, None));
         }
-        match from {
+        let mut got: Vec<Envelope> = Vec::new();
+        // Takes the entries of one read that pass, in reading order, until there are `limit`:
+        // true then.
+        let take = |got: &mut Vec<Envelope>, entries: &mut dyn Iterator<Item = &Entry>| {
+            for e in entries {
+                if self.rt.deliverable(channel, e) && want.is_none_or(|w| w.admits(channel, e, None)) {
+                    got.push(Envelope::from_entry(channel, e));
+                    if got.len() == limit {
+                        return true;
+                    }
+                }
+            }
+            false
+        };
+        let mut scanned = 0;
+        let (next, epoch, trimmed) = match from {
             Scan::Back(before) => {
                 let mut range = before.map_or(Range::Latest, Range::Before);
                 let mut epoch = None;
@@ -539,13 +548,7 @@ impl ChannelHandle {
                         epoch = read.epoch;
                     }
                     scanned += read.entries.len();
-                    for e in read.entries.iter().rev().filter(|e| keep(e)) {
-                        got.push(Envelope::from_entry(channel, e));
-                        if got.len() == limit {
-                            break;
-                        }
-                    }
-                    if got.len() == limit {
+                    if take(&mut got, &mut read.entries.iter().rev()) {
                         break got.last().map(|e| e.id);
                     }
                     let Some(oldest) = read.entries.first().filter(|_| read.entries.len() >= page) else {
@@ -557,14 +560,7 @@ impl ChannelHandle {
                     range = Range::Before(oldest.id);
                 };
                 got.reverse();
-                Ok((
-                    HistoryPage {
-                        entries: got,
-                        next,
-                        epoch,
-                    },
-                    None,
-                ))
+                (next, epoch, None)
             }
             Scan::Forward(after) => {
                 let mut at = after;
@@ -579,13 +575,7 @@ impl ChannelHandle {
                         Some(_) => {}
                     }
                     scanned += read.entries.len();
-                    for e in read.entries.iter().filter(|e| keep(e)) {
-                        got.push(Envelope::from_entry(channel, e));
-                        if got.len() == limit {
-                            break;
-                        }
-                    }
-                    if got.len() == limit {
+                    if take(&mut got, &mut read.entries.iter()) {
                         break got.last().map(|e| e.id);
                     }
                     let Some(newest) = read.entries.last().filter(|_| read.entries.len() >= page) else {
@@ -597,15 +587,14 @@ impl ChannelHandle {
                     at = Position::new(newest.id, read.epoch);
                 };
                 let (epoch, trimmed) = first.unwrap_or_default();
-                Ok((
-                    HistoryPage {
-                        entries: got,
-                        next,
-                        epoch,
-                    },
-                    trimmed,
-                ))
+                (next, epoch, trimmed)
             }
-        }
+        };
+        let page = HistoryPage {
+            entries: got,
+            next,
+            epoch,
+        };
+        Ok((page, trimmed))
     }
 }

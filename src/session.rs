@@ -409,16 +409,17 @@ impl<T: Transport> Session<T> {
         }
     }
 
-    /// Takes the next entry `d` from `sub`: the cursor first moves past what the hub left out
-    /// for this connection's filters before `d`, then `d` is written ([`Session::live`]).
-    pub fn take(&mut self, sub: &mut crate::hub::Subscription, d: &Delivery) {
-        sub.caught_up(Some(&d.channel), |c, p| self.passed(c, p));
-        self.live(d);
-    }
-
-    /// After the last entry taken: the cursor moves past what the hub left out since, so the
-    /// next frame carries it.
-    pub fn settle(&mut self, sub: &mut crate::hub::Subscription) {
+    /// Writes `first`, just received from `sub`, and whatever else is queued there up to a
+    /// chunk. Before each entry the cursor moves past what the hub left out for this
+    /// connection's filters; after the last, too, so the next frame carries it.
+    pub fn live_from(&mut self, sub: &mut crate::hub::Subscription, first: &Delivery) {
+        sub.caught_up(Some(&first.channel), |c, p| self.passed(c, p));
+        self.live(first);
+        while self.out.pending() < crate::sse::CHUNK {
+            let Some(d) = sub.try_recv() else { break };
+            sub.caught_up(Some(&d.channel), |c, p| self.passed(c, p));
+            self.live(&d);
+        }
         sub.caught_up(None, |c, p| self.passed(c, p));
     }
 
@@ -432,7 +433,7 @@ impl<T: Transport> Session<T> {
 
     /// Writes a live entry, unless it was replayed already or its channel is no longer watched.
     /// The hub hands out only readable entries of known events.
-    pub fn live(&mut self, d: &Delivery) {
+    fn live(&mut self, d: &Delivery) {
         if let Some(channel) = d.channel.presence_of() {
             let watched = self
                 .presence

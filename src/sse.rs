@@ -238,14 +238,7 @@ pub(crate) async fn run<S: Sink>(
                     let _ = s.out.flush().await;
                     return;
                 };
-                s.take(&mut sub, &d);
-                while s.out.pending() < CHUNK {
-                    match sub.try_recv() {
-                        Some(d) => s.take(&mut sub, &d),
-                        None => break,
-                    }
-                }
-                s.settle(&mut sub);
+                s.live_from(&mut sub, &d);
                 if s.out.pending() > 0 {
                     if s.out.flush().await.is_err() {
                         return;

@@ -538,14 +538,7 @@ impl Conn {
                         Err(Some(Close::new(code::LAGGED, "fell behind; resume with the cursor of the lagged frame")))
                     }
                     Some(d) => {
-                        self.s.take(&mut self.sub, &d);
-                        while self.s.out.pending() < crate::sse::CHUNK {
-                            match self.sub.try_recv() {
-                                Some(d) => self.s.take(&mut self.sub, &d),
-                                None => break,
-                            }
-                        }
-                        self.s.settle(&mut self.sub);
+                        self.s.live_from(&mut self.sub, &d);
                         Ok(())
                     }
                 },

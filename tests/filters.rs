@@ -193,15 +193,29 @@ async fn filtered_websocket_subscriptions_are_exact_per_subscription(backend: Ba
     assert_eq!(replayed_sorted, expect, "{}", backend.name());
 }
 
-/// `GET /history` with `query`: the texts of its entries and its `next`.
-async fn history(s: &TestServer, query: &str) -> (Vec<String>, Option<String>) {
+/// `GET /history` with `query`: its body, which must be a 200.
+async fn history_body(s: &TestServer, query: &str) -> Value {
     let (status, _, body) = get_json(&s.url(&format!("/history?{query}")), &[]).await;
     assert_eq!(status, 200, "{query}: {body}");
-    let texts = body["entries"]
+    body
+}
+
+/// The payload field `field` of every entry of a `/history` body.
+fn data_of(body: &Value, field: &str) -> Vec<Value> {
+    body["entries"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["data"]["text"].as_str().unwrap_or("-").to_string())
+        .map(|e| e["data"][field].clone())
+        .collect()
+}
+
+/// `GET /history` with `query`: the texts of its entries ("-" for none) and its `next`.
+async fn history(s: &TestServer, query: &str) -> (Vec<String>, Option<String>) {
+    let body = history_body(s, query).await;
+    let texts = data_of(&body, "text")
+        .iter()
+        .map(|t| t.as_str().unwrap_or("-").to_string())
         .collect();
     (texts, body["next"].as_str().map(String::from))
 }
@@ -269,21 +283,12 @@ async fn filtered_history_counts_matches_and_pages_both_ways(backend: Backend) {
     let (texts, _) = history(&s, "channel=room:1&events=chat.typing&limit=3").await;
     assert_eq!(texts, ["-", "-", "-"]);
     let active = enc(&json!({ "active": true }));
-    let (status, _, body) = get_json(
-        &s.url(&format!(
-            "/history?channel=room:1&events=chat.typing&filter={active}"
-        )),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let flags: Vec<_> = body["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["data"]["active"].clone())
-        .collect();
-    assert_eq!(flags, vec![json!(true); 3], "typing entries 0, 2 and 4");
+    let body = history_body(&s, &format!("channel=room:1&events=chat.typing&filter={active}")).await;
+    assert_eq!(
+        data_of(&body, "active"),
+        vec![json!(true); 3],
+        "typing entries 0, 2 and 4"
+    );
     let (texts, next) = history(&s, "channel=room:1&limit=2").await;
     assert_eq!((texts.len(), next.is_some()), (2, true));
 }
@@ -450,18 +455,7 @@ async fn a_filter_in_the_token_cannot_be_widened() {
     );
     // History holds the token to its filter too, with or without one of the client's.
     for own in ["", &format!("&filter={widen}")] {
-        let (status, _, body) = get_json(
-            &s.url(&format!("/history?channel=room:1&token={token}{own}")),
-            &[],
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
-        let texts: Vec<_> = body["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["data"]["text"].clone())
-            .collect();
+        let (texts, _) = history(&s, &format!("channel=room:1&token={token}{own}")).await;
         assert_eq!(texts, ["a1", "a2", "a3"], "history under ada's token{own}");
     }
 }

@@ -23,6 +23,17 @@ afterAll(async () => {
   await server?.stop();
 });
 
+/** Emits `count` messages to `channel`, every `nth` one (from the first) by ada, the others by bob; returns ada's ids. */
+async function sayEvery(channel: string, count: number, nth: number, prefix: string): Promise<string[]> {
+  const adas: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const user = i % nth === 0 ? "ada" : "bob";
+    const id = await server.emit(channel, "chat.message", { user, text: `${prefix}${i}` });
+    if (user === "ada") adas.push(id);
+  }
+  return adas;
+}
+
 async function expectError(promise: Promise<unknown>, status: number, code: string): Promise<void> {
   const error = await promise.then(
     () => undefined,
@@ -66,12 +77,7 @@ describe("history", () => {
 
   it("events and filter are applied by the server, and limit counts what passes", async () => {
     const ch = uniqueChannel("hfilter");
-    const adas: string[] = [];
-    for (let i = 0; i < 30; i++) {
-      const user = i % 3 === 0 ? "ada" : "bob";
-      const id = await server.emit(ch, "chat.message", { user, text: `t${i}` });
-      if (user === "ada") adas.push(id);
-    }
+    const adas = await sayEvery(ch, 30, 3, "t");
     await server.emit(ch, "chat.typing", { user: "ada", active: true });
     const newest = await client.history(ch, { events: ["chat.message"], filter: { user: "ada" }, limit: 4 });
     expect(newest.map((e) => e.id)).toEqual(adas.slice(-4));
@@ -148,12 +154,7 @@ describe.each(KINDS)("createHistoryFeed, %s transport", (kind) => {
 
   it("a filtered feed holds the newest `limit` that pass, and only those arrive live", async () => {
     const ch = uniqueChannel("ffeed");
-    const adas: string[] = [];
-    for (let i = 0; i < 20; i++) {
-      const user = i % 4 === 0 ? "ada" : "bob";
-      const id = await server.emit(ch, "chat.message", { user, text: `old ${i}` });
-      if (user === "ada") adas.push(id);
-    }
+    const adas = await sayEvery(ch, 20, 4, "old ");
     const { client: c } = makeClient(kind, server.url);
     const feed = createHistoryFeed(c, ch, { limit: 3, events: ["chat.message"], filter: { user: "ada" } }, () => {});
     await waitFor(() => feed.status === "ready", "the feed loaded", 5000, () => String(feed.error));
